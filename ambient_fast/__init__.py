@@ -1,0 +1,54 @@
+"""ambient_fast: fused kernels and tools for Ambient Diffusion Omni (training diffusion models on data of mixed
+quality, each sample used only at the noise levels where it is safe).
+
+Ops run on Triton for CUDA tensors, on the C++ extension `ambient_fast._C` for CPU tensors, and on pure PyTorch
+when neither is available; `ambient_fast.backends()` says which.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import precond
+from ._backend import has_native, has_native_cuda, has_triton
+from .buffer import SigmaSelection, buffer_factor, select_sigma_tn
+from .ops.ambient_loss import AmbientLoss, AmbientLossFunction, ambient_loss, ambient_loss_precond
+from .ops.noising import AddNoise, add_noise
+from .ops.sample_noise import sample_noise
+from .reference import ambient_loss_reference
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AddNoise",
+    "AmbientLoss",
+    "AmbientLossFunction",
+    "SigmaSelection",
+    "add_noise",
+    "ambient_loss",
+    "ambient_loss_precond",
+    "ambient_loss_reference",
+    "backends",
+    "buffer_factor",
+    "precond",
+    "sample_noise",
+    "select_sigma_tn",
+]
+
+_OPS = {
+    # op: (has a Triton kernel, has a C++/CUDA kernel)
+    "ambient_loss": (True, True),
+    "ambient_loss_precond": (True, True),
+    "add_noise": (True, False),
+    "sample_noise": (False, True),
+}
+
+
+def backends(device: str | torch.device = "cpu") -> dict[str, str]:
+    """Which implementation ('triton', 'cpp' or 'eager') each op uses for tensors on `device`."""
+    from . import _backend
+
+    device = torch.device(device)
+    return {
+        op: _backend.select(device, has_triton_kernel=triton_kernel, has_cpp_kernel=cpp_kernel)
+        for op, (triton_kernel, cpp_kernel) in _OPS.items()
+    }

@@ -1,0 +1,94 @@
+"""Which implementation runs each op, chosen per call from the tensor's device.
+
+AMBIENT_FAST_BACKEND = auto (default) | triton | cpp | eager forces one for testing:
+  auto   CUDA tensors -> Triton (else the C++/CUDA extension, else eager); CPU tensors -> C++ extension, else eager.
+  triton every op that has a Triton kernel uses it, CPU tensors included (needs TRITON_INTERPRET=1 on a CPU).
+  cpp    the compiled extension `ambient_fast._C` (an error if it is not built).
+  eager  the pure PyTorch reference.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+import torch
+
+BACKEND_ENV = "AMBIENT_FAST_BACKEND"
+VALID_BACKENDS = ("auto", "triton", "cpp", "eager")
+
+
+@functools.lru_cache(maxsize=None)
+def native_extension():
+    """The compiled extension module, or None when it was not built (the package then runs on pure PyTorch)."""
+    try:
+        return importlib.import_module("ambient_fast._C")
+    except ImportError:
+        return None
+
+
+def has_native() -> bool:
+    return native_extension() is not None
+
+
+def has_native_cuda() -> bool:
+    ext = native_extension()
+    return ext is not None and bool(getattr(ext, "WITH_CUDA", False))
+
+
+@functools.lru_cache(maxsize=None)
+def has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def requested_backend() -> str:
+    backend = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
+    if backend not in VALID_BACKENDS:
+        raise ValueError(f"{BACKEND_ENV}={backend!r} is not one of {', '.join(VALID_BACKENDS)}")
+    return backend
+
+
+def select(device: torch.device, *, has_triton_kernel: bool = True, has_cpp_kernel: bool = True) -> str:
+    """Backend for an op on `device`: 'triton', 'cpp' or 'eager'."""
+    backend = requested_backend()
+    if backend == "eager":
+        return "eager"
+    if backend == "triton":
+        if not has_triton_kernel:
+            return "cpp" if has_cpp_kernel and has_native() else "eager"
+        if not has_triton():
+            raise RuntimeError(f"{BACKEND_ENV}=triton but triton is not installed")
+        if device.type != "cuda" and not triton_interpreted():
+            raise RuntimeError(
+                f"{BACKEND_ENV}=triton on a {device.type} tensor needs TRITON_INTERPRET=1 set before import"
+            )
+        return "triton"
+    if backend == "cpp":
+        if not has_cpp_kernel:
+            return "eager"
+        if not has_native():
+            raise RuntimeError(
+                f"{BACKEND_ENV}=cpp but the extension ambient_fast._C is not built "
+                "(pip install -e . --no-build-isolation, with AMBIENT_FAST_NO_EXT unset)"
+            )
+        if device.type == "cuda" and not has_native_cuda():
+            raise RuntimeError(f"{BACKEND_ENV}=cpp on CUDA needs the extension built with CUDA (AMBIENT_FAST_CUDA=on)")
+        return "cpp"
+    # auto
+    if device.type == "cuda":
+        if has_triton_kernel and has_triton():
+            return "triton"
+        if has_cpp_kernel and has_native_cuda():
+            return "cpp"
+        return "eager"
+    if has_cpp_kernel and has_native():
+        return "cpp"
+    return "eager"
