@@ -19,8 +19,8 @@ from .. import _backend, _validate, precond
 from ..reference import ambient_loss_precond_reference, ambient_loss_reference
 from ._triton import tl, torch_to_triton_dtype, triton
 
-MAX_GRID_ROWS = 65535
-_empty = torch.empty  # output allocation; tests swap in a NaN-filled allocator to prove every element is written  # CUDA grid axis 1 limit: samples go on that axis
+MAX_GRID_ROWS = 65535  # CUDA grid axis 1 limit: samples go on that axis
+_empty = torch.empty  # output allocation; tests swap in a NaN-filled allocator to prove every element is written
 
 
 @triton.jit
