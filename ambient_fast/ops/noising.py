@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from .. import _backend, _validate
-from ._triton import tl, triton
+from ._triton import tl, torch_to_triton_dtype, triton
 
 MAX_GRID_ROWS = 65535
 _empty = torch.empty  # output allocation; tests swap in a NaN-filled allocator to prove every element is written
@@ -26,22 +26,22 @@ def _add_noise_forward_kernel(
     x_ptr, noise_ptr, out_ptr, sigma_t_ptr, sigma_tn_ptr,
     n_per_sample, x_row_stride, noise_row_stride,
     seed, offset,
-    HAS_NOISE: tl.constexpr, HAS_SIGMA_TN: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_NOISE: tl.constexpr, HAS_SIGMA_TN: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
     block = tl.program_id(0).to(tl.int64)
     row = tl.program_id(1).to(tl.int64)
     cols = block * BLOCK + tl.arange(0, BLOCK)
     mask = cols < n_per_sample
-    sigma_t = tl.load(sigma_t_ptr + row).to(tl.float32)
+    sigma_t = tl.load(sigma_t_ptr + row).to(ACC)
     std = sigma_t
     if HAS_SIGMA_TN:
-        sigma_tn = tl.load(sigma_tn_ptr + row).to(tl.float32)
+        sigma_tn = tl.load(sigma_tn_ptr + row).to(ACC)
         std = tl.sqrt(sigma_t * sigma_t - sigma_tn * sigma_tn)  # sqrt(s_t^2 - s_tn^2)
-    x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + row * x_row_stride + cols, mask=mask, other=0.0).to(ACC)
     if HAS_NOISE:
-        eps = tl.load(noise_ptr + row * noise_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
+        eps = tl.load(noise_ptr + row * noise_row_stride + cols, mask=mask, other=0.0).to(ACC)
     else:
-        eps = tl.randn(seed, offset + row * n_per_sample + cols)  # Philox4x32-10, one counter per element
+        eps = tl.randn(seed, offset + row * n_per_sample + cols).to(ACC)  # Philox4x32-10, a counter per element
     tl.store(out_ptr + row * n_per_sample + cols, (x + std * eps).to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -58,9 +58,14 @@ def add_noise_forward_triton(x, sigma_t, sigma_tn, noise, seed, offset, *, block
         x_rows, noise_rows, out, sigma_t, sigma_tn if sigma_tn is not None else sigma_t,
         n_per_sample, x_stride, noise_stride,
         seed, offset,
-        HAS_NOISE=noise is not None, HAS_SIGMA_TN=sigma_tn is not None, BLOCK=block_size,
+        HAS_NOISE=noise is not None, HAS_SIGMA_TN=sigma_tn is not None,
+        ACC=torch_to_triton_dtype(_compute_dtype(x)), BLOCK=block_size,
     )
     return out
+
+
+def _compute_dtype(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _noise_std(sigma_t, sigma_tn):
@@ -71,8 +76,9 @@ def _add_noise_eager(x, sigma_t, sigma_tn, noise, seed, offset):
     if noise is None:
         generator = torch.Generator(device=x.device).manual_seed((seed + offset) % (1 << 63))
         noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+    compute = _compute_dtype(x)
     std = _noise_std(sigma_t, sigma_tn).reshape(-1, *([1] * (x.dim() - 1)))
-    return (x.float() + std.float() * noise.float()).to(x.dtype)
+    return (x.to(compute) + std.to(compute) * noise.to(compute)).to(x.dtype)
 
 
 class AddNoiseFunction(torch.autograd.Function):
