@@ -41,7 +41,7 @@ def test_donut_semantics():
     sigma_tn, usable = select_sigma_tn(sigma_t, sigma_min, sigma_max)
     # clean at any level; noisy sample inside its buffer (1.1 < 1.155); crops below s_max; OOD above s_max; hole.
     assert usable.tolist() == [True, False, True, True, False, False]
-    assert sigma_tn.tolist() == [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    assert sigma_tn.tolist() == [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # 0 wherever not used as noisy data
     sigma_tn, usable = select_sigma_tn(torch.tensor(2.0), torch.tensor(1.0), torch.tensor(3.0))
     assert usable.item() and sigma_tn.item() == 1.0  # both apply: sigma_min takes precedence
 
