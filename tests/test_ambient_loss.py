@@ -243,3 +243,22 @@ def test_weights_match_the_paper():
     x, x0 = torch.tensor(0.3, dtype=torch.float64), torch.tensor(-0.2, dtype=torch.float64)
     raw = (x0 - precond.c_skip(sigma_t) * x) / precond.c_out(sigma_t)
     torch.testing.assert_close(precond.c_skip(sigma_t) * x + precond.c_out(sigma_t) * raw, x0)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("incoming", [1.0, 0.37])
+def test_reduced_loss_gradients(backend, reduction, incoming, generator):
+    """The fast path (incoming gradient exactly 1 returns the stored gradient) and the scaled path agree with
+    the reference, logvar included."""
+    (prediction, x_t, x_tn), sigma_t, sigma_tn, logvar = random_problem((3, 2, 5, 5), generator, with_logvar=True)
+    ref_prediction, ref_logvar = prediction.clone().requires_grad_(), logvar.clone().requires_grad_()
+    expected = ambient_loss_reference(ref_prediction, x_t, x_tn, sigma_t, sigma_tn, logvar=ref_logvar)
+    expected = expected.mean() if reduction == "mean" else expected.sum()
+    (expected * incoming).backward()
+    op_prediction, op_logvar = prediction.clone().requires_grad_(), logvar.clone().requires_grad_()
+    loss = ambient_fast.ambient_loss(op_prediction, x_t, x_tn, sigma_t, sigma_tn, logvar=op_logvar, reduction=reduction)
+    (loss * incoming).backward()
+    assert loss.dim() == 0
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(op_prediction.grad, ref_prediction.grad, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(op_logvar.grad, ref_logvar.grad, rtol=1e-10, atol=1e-14)
