@@ -1,0 +1,124 @@
+"""Shared set-up for `pytest benchmarks/ --benchmark-only`: device, sizes, timing, and the summary table.
+
+Sizes: on a GPU the tensors are well over the 50 MB L2 of an H100/H200, so the numbers are DRAM bandwidth; on a
+CPU they are small enough for a 2-core machine. Every measured function synchronises CUDA before returning.
+Set AMBIENT_FAST_BENCH_COMPILE=0 to leave out the torch.compile baseline (its first compile is slow on a CPU).
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+ON_GPU = DEVICE.type == "cuda"
+
+# name -> shape. EDM2 latents are 4x64x64 (img512), pixels 3x64x64 (img64) and 3x512x512.
+SHAPES = (
+    {"latent-4x64x64": (256, 4, 64, 64), "pixel-3x64x64": (512, 3, 64, 64), "pixel-3x512x512": (32, 3, 512, 512)}
+    if ON_GPU
+    else {"latent-4x64x64": (8, 4, 64, 64), "pixel-3x64x64": (8, 3, 64, 64), "pixel-3x512x512": (2, 3, 512, 512)}
+)
+DTYPES = (torch.float32, torch.bfloat16) if ON_GPU else (torch.float32,)
+IMPLEMENTATIONS = ("eager", "compile", "ambient_fast")
+ROUNDS = 30 if ON_GPU else 15
+
+
+def compile_enabled() -> bool:
+    return os.environ.get("AMBIENT_FAST_BENCH_COMPILE", "1") != "0"
+
+
+def synchronize() -> None:
+    if ON_GPU:
+        torch.cuda.synchronize()
+
+
+@dataclass
+class Result:
+    op: str
+    phase: str
+    shape: str
+    dtype: str
+    implementation: str
+    seconds: float
+    bytes_moved: int
+
+
+RESULTS: list[Result] = []
+
+
+def record(benchmark, *, op, phase, shape_name, dtype, implementation, bytes_moved):
+    """Attach the byte count to pytest-benchmark's report and keep the mean time for the summary table."""
+    benchmark.extra_info.update(bytes=bytes_moved, device=str(DEVICE))
+    stats = getattr(benchmark, "stats", None)
+    if stats is None or not getattr(stats, "stats", None):
+        return  # --benchmark-disable: the function ran once, untimed
+    seconds = stats.stats.median  # robust to the odd slow round on a shared machine
+    benchmark.extra_info["GB/s"] = round(bytes_moved / seconds / 1e9, 2)
+    RESULTS.append(Result(op, phase, shape_name, str(dtype).replace("torch.", ""), implementation, seconds, bytes_moved))
+
+
+def element_bytes(shape, dtype) -> int:
+    return math.prod(shape) * torch.tensor([], dtype=dtype).element_size()
+
+
+def run(benchmark, target, *, setup=None):
+    """Time `target` (with a CUDA sync inside) after warm-up rounds that absorb JIT and torch.compile time."""
+
+    def synced(*args):
+        out = target(*args)
+        synchronize()
+        return out
+
+    if setup is None:
+        return benchmark.pedantic(synced, rounds=ROUNDS, iterations=1, warmup_rounds=2)
+    return benchmark.pedantic(synced, setup=setup, rounds=ROUNDS, warmup_rounds=2)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not RESULTS:
+        return
+    copy = [r for r in RESULTS if r.op == "copy"]
+    copy_bandwidth = max((r.bytes_moved / r.seconds for r in copy), default=None)
+    rows = {}
+    for r in RESULTS:
+        if r.op != "copy":
+            rows.setdefault((r.op, r.phase, r.shape, r.dtype), {})[r.implementation] = r
+    write = terminalreporter.write_line
+    write("")
+    write(f"ambient_fast benchmark summary on {_device_name()} (median times; GB/s from the written-down byte count)")
+    if copy_bandwidth:
+        write(f"measured device copy bandwidth: {copy_bandwidth / 1e9:.1f} GB/s (read + write of a large tensor)")
+    header = f"{'op':<14}{'phase':<18}{'shape':<17}{'dtype':<10}{'eager ms':>10}{'compile ms':>12}{'ours ms':>10}{'GB/s':>9}{'% copy':>8}{'x eager':>9}{'x compile':>10}"
+    write(header)
+    write("-" * len(header))
+    for (op, phase, shape, dtype), by_impl in sorted(rows.items()):
+        ours = by_impl.get("ambient_fast")
+        eager = by_impl.get("eager")
+        compiled = by_impl.get("compile")
+
+        def ms(result):
+            return f"{result.seconds * 1e3:.3f}" if result else "-"
+
+        gbps = ours.bytes_moved / ours.seconds / 1e9 if ours else None
+        write(
+            f"{op:<14}{phase:<18}{shape:<17}{dtype:<10}{ms(eager):>10}{ms(compiled):>12}{ms(ours):>10}"
+            f"{(f'{gbps:.1f}' if gbps else '-'):>9}"
+            f"{(f'{100 * gbps * 1e9 / copy_bandwidth:.0f}%' if gbps and copy_bandwidth else '-'):>8}"
+            f"{(f'{eager.seconds / ours.seconds:.2f}' if eager and ours else '-'):>9}"
+            f"{(f'{compiled.seconds / ours.seconds:.2f}' if compiled and ours else '-'):>10}"
+        )
+
+
+def _device_name() -> str:
+    if ON_GPU:
+        return torch.cuda.get_device_name()
+    return f"CPU ({os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads)"
+
+
+@pytest.fixture(scope="session")
+def device():
+    return DEVICE

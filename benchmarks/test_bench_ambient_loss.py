@@ -1,0 +1,86 @@
+"""Ambient loss: eager PyTorch reference vs torch.compile of the same reference vs ambient_fast.
+
+Written-down byte counts (the least any implementation must move; N elements, s bytes each):
+  forward            reads prediction, x_t, x_tn                    3 N s
+  backward           writes d loss / d prediction                  1 N s
+  forward+backward   both                                          4 N s
+ambient_fast computes the gradient in the forward pass; with reduction='mean' and `loss.backward()` the backward
+then only returns it, so a training step moves exactly these 4 N s (plus per-sample scalars).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import DTYPES, IMPLEMENTATIONS, SHAPES, compile_enabled, element_bytes, record, run
+
+import ambient_fast
+from ambient_fast.reference import ambient_loss_precond_reference, ambient_loss_reference
+
+PHASES = ("forward", "backward", "forward+backward")
+OPS = {
+    "ambient_loss": (ambient_loss_reference, ambient_fast.ambient_loss),
+    "loss_precond": (ambient_loss_precond_reference, ambient_fast.ambient_loss_precond),
+}
+BYTES_PER_ELEMENT = {"forward": 3, "backward": 1, "forward+backward": 4}
+
+
+def make_problem(shape, dtype, device, seed=0):
+    generator = torch.Generator(device=device).manual_seed(seed)
+    prediction, x_t, x_tn = (torch.randn(shape, generator=generator, device=device).to(dtype) for _ in range(3))
+    sigma_t = torch.exp(torch.randn(shape[0], generator=generator, device=device) * 1.2 - 1.2)
+    sigma_tn = sigma_t * torch.rand(shape[0], generator=generator, device=device) * 0.8
+    sigma_tn[::2] = 0.0  # half the batch clean, half annotated
+    return prediction, x_t, x_tn, sigma_t, sigma_tn
+
+
+def loss_function(op, implementation):
+    reference, fused = OPS[op]
+
+    def eager(prediction, x_t, x_tn, sigma_t, sigma_tn):
+        return reference(prediction.float(), x_t.float(), x_tn.float(), sigma_t, sigma_tn).mean()
+
+    if implementation == "eager":
+        return eager
+    if implementation == "compile":
+        return torch.compile(eager, fullgraph=True, dynamic=False)
+    # Benchmarks measure the op, not the input checks (which sync on CUDA): validate=False.
+    return lambda prediction, x_t, x_tn, sigma_t, sigma_tn: fused(
+        prediction, x_t, x_tn, sigma_t, sigma_tn, reduction="mean", validate=False
+    )
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("phase", PHASES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape_name", list(SHAPES))
+@pytest.mark.parametrize("op", list(OPS))
+def test_ambient_loss(benchmark, device, op, shape_name, dtype, phase, implementation):
+    if implementation == "compile" and not compile_enabled():
+        pytest.skip("AMBIENT_FAST_BENCH_COMPILE=0")
+    shape = SHAPES[shape_name]
+    benchmark.group = f"{op} {phase} {shape_name} {dtype}"
+    prediction, x_t, x_tn, sigma_t, sigma_tn = make_problem(shape, dtype, device)
+    loss_fn = loss_function(op, implementation)
+
+    if phase == "forward":
+        with torch.no_grad():
+            run(benchmark, lambda: loss_fn(prediction, x_t, x_tn, sigma_t, sigma_tn))
+    elif phase == "forward+backward":
+        leaf = prediction.clone().requires_grad_()
+
+        def step():
+            leaf.grad = None
+            loss_fn(leaf, x_t, x_tn, sigma_t, sigma_tn).backward()
+
+        run(benchmark, step)
+    else:
+
+        def setup():
+            leaf = prediction.clone().requires_grad_()
+            return (loss_fn(leaf, x_t, x_tn, sigma_t, sigma_tn),), {}
+
+        run(benchmark, lambda loss: loss.backward(), setup=setup)
+    record(
+        benchmark, op=op, phase=phase, shape_name=shape_name, dtype=dtype, implementation=implementation,
+        bytes_moved=BYTES_PER_ELEMENT[phase] * element_bytes(shape, dtype),
+    )
