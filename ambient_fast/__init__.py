@@ -12,6 +12,7 @@ from . import precond
 from ._backend import has_native, has_native_cuda, has_triton
 from .buffer import SigmaSelection, buffer_factor, select_sigma_tn
 from .ops.ambient_loss import AmbientLoss, AmbientLossFunction, ambient_loss, ambient_loss_precond
+from .ops.ambient_noising import ambient_noising
 from .ops.noising import AddNoise, add_noise
 from .ops.sample_noise import sample_noise
 from .reference import ambient_loss_reference
@@ -25,6 +26,7 @@ __all__ = [
     "SigmaSelection",
     "add_noise",
     "ambient_loss",
+    "ambient_noising",
     "ambient_loss_precond",
     "ambient_loss_reference",
     "backends",
@@ -39,6 +41,7 @@ _OPS = {
     "ambient_loss": (True, True),
     "ambient_loss_precond": (True, True),
     "add_noise": (True, False),
+    "ambient_noising": (True, False),
     "sample_noise": (False, True),
 }
 

@@ -11,7 +11,9 @@ except ImportError:  # pragma: no cover - exercised only where triton is absent
     HAS_TRITON = False
 
     class _Namespace:
-        constexpr = object
+        class constexpr:  # noqa: N801 - stands in for tl.constexpr (annotations and constant wrappers)
+            def __new__(cls, value=None):
+                return value
         float32 = float64 = float16 = bfloat16 = None
 
         @staticmethod

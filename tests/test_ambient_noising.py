@@ -1,0 +1,80 @@
+"""The fused training pair (x_t, x_tn): the fixed noise regenerated inside the kernel equals sample_noise() bit
+for bit, whatever the batch composition, and x_t carries fresh standard normal noise."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ambient_fast
+from ambient_fast.ops import ambient_noising as ambient_noising_module
+
+
+@pytest.fixture(params=["eager", "triton"])
+def noising_backend(request, monkeypatch):
+    from conftest import use_backend
+
+    use_backend(monkeypatch, request.param)
+    return request.param
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    def nan_empty(size, *, dtype, device):
+        return torch.full(tuple(size), float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(ambient_noising_module, "_empty", nan_empty)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 3, 17, 19), (2, 4, 64, 64), (2, 1031)], ids=lambda s: "x".join(map(str, s)))
+def test_fixed_noise_is_bit_identical_to_sample_noise(noising_backend, poison, shape, generator):
+    x0 = torch.randn(shape, generator=generator)
+    sample_ids = torch.randint(0, 2**50, (shape[0],), generator=generator)
+    sigma_t = torch.rand(shape[0], generator=generator) * 3 + 0.5
+    sigma_tn = sigma_t * torch.rand(shape[0], generator=generator) * 0.9
+    sigma_tn[0] = 0.0
+    x_t, x_tn = ambient_fast.ambient_noising(x0, sample_ids, sigma_t, sigma_tn, annotation_seed=2**33 + 5, seed=9)
+    fixed = ambient_fast.sample_noise(sample_ids, shape[1:], seed=2**33 + 5)
+    expected = x0 + sigma_tn.view(-1, *[1] * (len(shape) - 1)) * fixed  # float32, one rounding per operation
+    assert torch.equal(x_tn, expected)
+    assert torch.equal(x_tn[0], x0[0])  # a clean sample is used as it is
+    assert torch.isfinite(x_t).all()
+
+
+def test_batch_composition_does_not_change_the_fixed_noise(noising_backend, generator):
+    x0 = torch.randn(4, 2, 9, 9, generator=generator)
+    ids = torch.tensor([11, 5, 2**40, 3])
+    sigma_t, sigma_tn = torch.full((4,), 2.0), torch.full((4,), 1.0)
+    _, x_tn = ambient_fast.ambient_noising(x0, ids, sigma_t, sigma_tn, annotation_seed=1, seed=0)
+    order = torch.tensor([2, 0, 3, 1])
+    _, x_tn_permuted = ambient_fast.ambient_noising(x0[order], ids[order], sigma_t, sigma_tn, annotation_seed=1, seed=0)
+    assert torch.equal(x_tn_permuted, x_tn[order])
+    _, alone = ambient_fast.ambient_noising(x0[2:3], ids[2:3], sigma_t[:1], sigma_tn[:1], annotation_seed=1, seed=0)
+    assert torch.equal(alone, x_tn[2:3])
+
+
+def test_fresh_noise_statistics(noising_backend, generator):
+    x0 = torch.randn(4, 3, 64, 64, generator=generator)
+    sigma_t, sigma_tn = torch.tensor([0.3, 1.0, 2.0, 8.0]), torch.tensor([0.0, 0.5, 1.9, 1.0])
+    x_t, x_tn = ambient_fast.ambient_noising(x0, torch.arange(4), sigma_t, sigma_tn, annotation_seed=0, seed=77)
+    eps = ((x_t - x_tn).double() / (sigma_t.double() ** 2 - sigma_tn.double() ** 2).sqrt().view(-1, 1, 1, 1)).flatten()
+    n = eps.numel()
+    assert abs(eps.mean().item()) < 5 / n**0.5
+    assert abs(eps.var().item() - 1) < 5 * (2 / n) ** 0.5 + 1e-3  # + float32 rounding of x_t - x_tn
+    x_t_again, _ = ambient_fast.ambient_noising(x0, torch.arange(4), sigma_t, sigma_tn, annotation_seed=0, seed=77)
+    assert torch.equal(x_t, x_t_again)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(sample_ids=torch.tensor([1, 2], dtype=torch.int32)), "sample_ids must be an int64"),
+        (dict(sample_ids=torch.tensor([1])), "sample_ids must be an int64 tensor of shape"),
+        (dict(sigma_tn=torch.tensor([1.0, 0.0])), "sigma_tn must be < sigma_t"),
+        (dict(annotation_seed=-3), "annotation_seed must be"),
+    ],
+)
+def test_bad_input_is_named(noising_backend, kwargs, match):
+    arguments = dict(sample_ids=torch.tensor([1, 2]), sigma_t=torch.tensor([1.0, 1.0]), sigma_tn=torch.tensor([0.5, 0.0]), annotation_seed=0)
+    arguments.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        ambient_fast.ambient_noising(torch.zeros(2, 3), arguments.pop("sample_ids"), arguments.pop("sigma_t"), arguments.pop("sigma_tn"), **arguments)
