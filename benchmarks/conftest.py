@@ -2,16 +2,19 @@
 
 Sizes: on a GPU the tensors are well over the 50 MB L2 of an H100/H200, so the numbers are DRAM bandwidth; on a
 CPU they are small enough for a 2-core machine. Every measured function synchronises CUDA before returning.
-Set AMBIENT_FAST_BENCH_COMPILE=0 to leave out the torch.compile baseline (its first compile is slow on a CPU).
+Set AMBIENT_FAST_BENCH_COMPILE=0 to leave out the torch.compile baseline (its first compile is slow on a CPU), and
+AMBIENT_FAST_BENCH_RESULTS=file.jsonl to append every result to a file (benchmarks/summary.py prints the table).
 """
 from __future__ import annotations
 
+import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import pytest
 import torch
+from summary import summary_lines
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ON_GPU = DEVICE.type == "cuda"
@@ -58,7 +61,11 @@ def record(benchmark, *, op, phase, shape_name, dtype, implementation, bytes_mov
         return  # --benchmark-disable: the function ran once, untimed
     seconds = stats.stats.median  # robust to the odd slow round on a shared machine
     benchmark.extra_info["GB/s"] = round(bytes_moved / seconds / 1e9, 2)
-    RESULTS.append(Result(op, phase, shape_name, str(dtype).replace("torch.", ""), implementation, seconds, bytes_moved))
+    result = Result(op, phase, shape_name, str(dtype).replace("torch.", ""), implementation, seconds, bytes_moved)
+    RESULTS.append(result)
+    if os.environ.get("AMBIENT_FAST_BENCH_RESULTS"):  # JSON lines, merged across runs by benchmarks/summary.py
+        with open(os.environ["AMBIENT_FAST_BENCH_RESULTS"], "a") as handle:
+            handle.write(json.dumps({**asdict(result), "device": device_name()}) + "\n")
 
 
 def element_bytes(shape, dtype) -> int:
@@ -79,41 +86,12 @@ def run(benchmark, target, *, setup=None):
 
 
 def pytest_terminal_summary(terminalreporter):
-    if not RESULTS:
-        return
-    copy = [r for r in RESULTS if r.op == "copy"]
-    copy_bandwidth = max((r.bytes_moved / r.seconds for r in copy), default=None)
-    rows = {}
-    for r in RESULTS:
-        if r.op != "copy":
-            rows.setdefault((r.op, r.phase, r.shape, r.dtype), {})[r.implementation] = r
-    write = terminalreporter.write_line
-    write("")
-    write(f"ambient_fast benchmark summary on {_device_name()} (median times; GB/s from the written-down byte count)")
-    if copy_bandwidth:
-        write(f"measured device copy bandwidth: {copy_bandwidth / 1e9:.1f} GB/s (read + write of a large tensor)")
-    header = f"{'op':<14}{'phase':<18}{'shape':<17}{'dtype':<10}{'eager ms':>10}{'compile ms':>12}{'ours ms':>10}{'GB/s':>9}{'% copy':>8}{'x eager':>9}{'x compile':>10}"
-    write(header)
-    write("-" * len(header))
-    for (op, phase, shape, dtype), by_impl in sorted(rows.items()):
-        ours = by_impl.get("ambient_fast")
-        eager = by_impl.get("eager")
-        compiled = by_impl.get("compile")
-
-        def ms(result):
-            return f"{result.seconds * 1e3:.3f}" if result else "-"
-
-        gbps = ours.bytes_moved / ours.seconds / 1e9 if ours else None
-        write(
-            f"{op:<14}{phase:<18}{shape:<17}{dtype:<10}{ms(eager):>10}{ms(compiled):>12}{ms(ours):>10}"
-            f"{(f'{gbps:.1f}' if gbps else '-'):>9}"
-            f"{(f'{100 * gbps * 1e9 / copy_bandwidth:.0f}%' if gbps and copy_bandwidth else '-'):>8}"
-            f"{(f'{eager.seconds / ours.seconds:.2f}' if eager and ours else '-'):>9}"
-            f"{(f'{compiled.seconds / ours.seconds:.2f}' if compiled and ours else '-'):>10}"
-        )
+    if RESULTS:
+        for line in summary_lines([asdict(r) for r in RESULTS], device_name()):
+            terminalreporter.write_line(line)
 
 
-def _device_name() -> str:
+def device_name() -> str:
     if ON_GPU:
         return torch.cuda.get_device_name()
     return f"CPU ({os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads)"

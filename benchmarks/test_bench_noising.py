@@ -53,3 +53,35 @@ def test_copy_bandwidth(benchmark, device):
         benchmark, op="copy", phase="copy", shape_name="largest", dtype=torch.float32, implementation="copy",
         bytes_moved=2 * element_bytes(shape, torch.float32),
     )
+
+
+def eager_ambient_noising(x0, sample_ids, sigma_t, sigma_tn):
+    """Unfused: materialise n_i, then x_tn, then x_t (what a training loop without ambient_fast does)."""
+    fixed_noise = ambient_fast.sample_noise(sample_ids, x0.shape[1:], seed=1)
+    x_tn = x0.float() + sigma_tn.view(-1, *([1] * (x0.dim() - 1))) * fixed_noise
+    return eager_add_noise(x_tn, sigma_t, sigma_tn).to(x0.dtype), x_tn.to(x0.dtype)
+
+
+@pytest.mark.parametrize("implementation", ("eager", "ambient_fast"))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape_name", list(SHAPES))
+def test_ambient_noising(benchmark, device, shape_name, dtype, implementation):
+    """Training pair (x_t, x_tn) from x0: reads x0, writes x_tn and x_t (3 N s written down)."""
+    shape = SHAPES[shape_name]
+    benchmark.group = f"ambient_noising {shape_name} {dtype}"
+    x0 = torch.randn(shape, device=device).to(dtype)
+    sample_ids = torch.arange(shape[0], device=device) * 7919
+    sigma_t = torch.full((shape[0],), 2.0, device=device)
+    sigma_tn = torch.full((shape[0],), 0.5, device=device)
+    if implementation == "ambient_fast":
+        target = lambda: ambient_fast.ambient_noising(  # noqa: E731
+            x0, sample_ids, sigma_t, sigma_tn, annotation_seed=1, seed=3, validate=False
+        )
+    else:
+        target = lambda: eager_ambient_noising(x0, sample_ids, sigma_t, sigma_tn)  # noqa: E731
+    with torch.no_grad():
+        run(benchmark, target)
+    record(
+        benchmark, op="ambient_noising", phase="forward", shape_name=shape_name, dtype=dtype,
+        implementation=implementation, bytes_moved=3 * element_bytes(shape, dtype),
+    )

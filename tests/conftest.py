@@ -34,6 +34,8 @@ def use_backend(monkeypatch, name: str) -> None:
         pytest.skip("the C++ extension ambient_fast._C is not built")
     if name == "triton" and not _backend.has_triton():
         pytest.skip("triton is not installed")
+    if name == "triton" and not _backend.triton_interpreted():
+        pytest.skip("Triton on CPU tensors needs TRITON_INTERPRET=1 (the GPU tests cover compiled Triton)")
     monkeypatch.setenv(_backend.BACKEND_ENV, name)
 
 

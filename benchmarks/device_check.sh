@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One prepared run on a GPU machine (H100/H200; no network; PyTorch, Triton and nvcc installed), within 8 minutes:
+#   1. build the extension with CUDA (sm_90a),
+#   2. run the GPU tests (compiled Triton against float64, fixed noise bit-identical CPU vs CUDA),
+#   3. run the benchmarks and print the summary table (op, shape, dtype, eager, compile, ambient_fast, GB/s,
+#      % of measured copy bandwidth).
+# Logs go to $OUT (the device tool's folder) when set, else ./device_check_out.
+# Usage: bash benchmarks/device_check.sh        (AMBIENT_FAST_BENCH_COMPILE=0 drops the torch.compile column)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+LOGS="${OUT:-$PWD/device_check_out}"
+mkdir -p "$LOGS"
+PYTHON="${PYTHON:-python3}"
+export TRITON_INTERPRET=0 PYTHONUNBUFFERED=1
+status=0
+stage() { echo; echo "=== $1 ($(date +%H:%M:%S))"; }
+
+stage "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+"$PYTHON" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, torch.cuda.get_device_name())"
+nvcc --version | tail -1
+
+stage "build the extension with CUDA"
+AMBIENT_FAST_CUDA=on AMBIENT_FAST_BUILD_JOBS=16 timeout 240 "$PYTHON" -m pip install --no-build-isolation --no-deps --no-index -e . \
+  >"$LOGS/build.log" 2>&1 || { echo "BUILD FAILED (tail of build.log):"; tail -40 "$LOGS/build.log"; status=1; }
+"$PYTHON" -c "import ambient_fast as af; print('backends on cuda:', af.backends('cuda')); print('backends on cpu:', af.backends('cpu'))"
+
+stage "GPU tests"
+timeout 150 "$PYTHON" -m pytest tests/test_gpu.py tests/test_sample_noise.py -q -p no:cacheprovider -x 2>&1 | tee "$LOGS/gpu_tests.log" | tail -25
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+stage "benchmarks: eager and ambient_fast"
+export AMBIENT_FAST_BENCH_RESULTS="$LOGS/results.jsonl"
+rm -f "$AMBIENT_FAST_BENCH_RESULTS"
+AMBIENT_FAST_BENCH_COMPILE=0 timeout 150 "$PYTHON" -m pytest benchmarks --benchmark-only -q -p no:cacheprovider \
+  >"$LOGS/benchmarks.log" 2>&1 || status=1
+grep -E "passed|failed|error" "$LOGS/benchmarks.log" | tail -3
+
+stage "benchmarks: torch.compile baseline (what finishes in time is kept)"
+timeout "${COMPILE_SECONDS:-200}" "$PYTHON" -m pytest benchmarks --benchmark-only -q -p no:cacheprovider -k compile \
+  >"$LOGS/benchmarks_compile.log" 2>&1 || echo "(compile baseline incomplete or failed: see benchmarks_compile.log)"
+grep -E "passed|failed|error" "$LOGS/benchmarks_compile.log" | tail -3
+"$PYTHON" benchmarks/summary.py "$AMBIENT_FAST_BENCH_RESULTS" | tee "$LOGS/summary.txt"
+
+stage "done (status $status)"
+exit $status
