@@ -20,7 +20,7 @@ def summary_lines(results: list[dict], device: str) -> list[str]:
     if copy_bandwidth:
         lines.append(f"measured copy bandwidth: {copy_bandwidth / 1e9:.1f} GB/s (bytes read + written by a tensor copy)")
     header = (
-        f"{'op':<14}{'phase':<18}{'shape':<17}{'dtype':<10}{'eager ms':>10}{'compile ms':>12}{'ours ms':>10}"
+        f"{'op':<17}{'phase':<18}{'shape':<17}{'dtype':<10}{'eager ms':>10}{'compile ms':>12}{'ours ms':>10}"
         f"{'GB/s':>9}{'% copy':>8}{'x eager':>9}{'x compile':>10}"
     )
     lines += [header, "-" * len(header)]
@@ -28,7 +28,7 @@ def summary_lines(results: list[dict], device: str) -> list[str]:
         ours, eager, compiled = by_impl.get("ambient_fast"), by_impl.get("eager"), by_impl.get("compile")
         gbps = ours["bytes_moved"] / ours["seconds"] / 1e9 if ours else None
         lines.append(
-            f"{op:<14}{phase:<18}{shape:<17}{dtype:<10}{_ms(eager):>10}{_ms(compiled):>12}{_ms(ours):>10}"
+            f"{op:<17}{phase:<18}{shape:<17}{dtype:<10}{_ms(eager):>10}{_ms(compiled):>12}{_ms(ours):>10}"
             f"{_fmt(gbps, '.1f'):>9}"
             f"{_fmt(100 * gbps * 1e9 / copy_bandwidth if gbps and copy_bandwidth else None, '.0f', '%'):>8}"
             f"{_fmt(eager['seconds'] / ours['seconds'] if eager and ours else None, '.2f'):>9}"
