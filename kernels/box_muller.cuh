@@ -7,8 +7,8 @@
 // order on torch float32 tensors; keep the two in step. (torch.sqrt on float32 CPU tensors is not correctly
 // rounded, so the twin takes that one root in float64 and rounds once, which equals IEEE sqrtf.)
 //
-// Accuracy (measured by tests/test_sample_noise.py against float64 math on the same uniforms): about 1e-6
-// absolute or better on z, dominated by float32 rounding of r = sqrt(-2 ln u1) (|z| <= 5.77).
+// Accuracy against float64 math on the same uniforms, measured over all 2^23 of them (tests/test_sample_noise.py):
+// r = sqrt(-2 ln u) within 3.5e-7 (1.8 ulp, |r| <= 5.77), cos/sin within 9e-8, so |z - z_float64| < 9e-7.
 // Polynomial truncation: ln series < 1e-9 relative, sin/cos Taylor < 2e-9 absolute.
 #pragma once
 
