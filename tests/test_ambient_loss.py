@@ -262,3 +262,14 @@ def test_reduced_loss_gradients(backend, reduction, incoming, generator):
     torch.testing.assert_close(loss, expected.detach(), rtol=1e-12, atol=0)
     torch.testing.assert_close(op_prediction.grad, ref_prediction.grad, rtol=1e-10, atol=1e-14)
     torch.testing.assert_close(op_logvar.grad, ref_logvar.grad, rtol=1e-10, atol=1e-14)
+
+
+def test_float32_stays_accurate_next_to_the_singularity(backend, generator):
+    """sigma_tn = 0.999 sigma_t: alpha ~ 2e-3, the weight 1/alpha^2 ~ 2.5e5; float32 must still match."""
+    (prediction, x_t, x_tn), sigma_t, _, _ = random_problem((3, 2, 16, 16), generator)
+    sigma_tn = sigma_t * 0.999
+    x_t = x_tn + (sigma_t**2 - sigma_tn**2).sqrt().view(-1, 1, 1, 1) * torch.randn(x_t.shape, generator=generator, dtype=torch.float64)
+    prediction, x_t, x_tn, sigma_t, sigma_tn = (t.float() for t in (prediction, x_t, x_tn, sigma_t, sigma_tn))
+    expected = ambient_loss_reference(*(t.double() for t in (prediction, x_t, x_tn, sigma_t, sigma_tn)))
+    loss = ambient_fast.ambient_loss(prediction, x_t, x_tn, sigma_t, sigma_tn)
+    assert_close_relative(loss, expected, 1e-5, "loss near sigma_tn = sigma_t")

@@ -3,20 +3,22 @@
 Per sample b with N elements, alpha = (s_t^2 - s_tn^2) / s_t^2 and the EDM weight lambda(s_t):
 
     loss_b = lambda(s_t) / alpha^2 * mean_j (alpha D_j + (1 - alpha) x_t_j - x_tn_j)^2      [+ EDM2 logvar form]
-           = lambda(s_t) * mean_j e_j^2,   e_j = D_j + a_t x_t_j - a_n x_tn_j,   a_n = 1/alpha, a_t = (1-alpha)/alpha
+           = lambda(s_t) * mean_j e_j^2,   e_j = D_j - x_tn_j + a_t (x_t_j - x_tn_j),   a_t = (1-alpha)/alpha
+
+Per-sample coefficients are computed in float64 (alpha -> 0 as sigma_tn -> sigma_t amplifies their rounding),
+elements in float32 (float64 for float64 inputs); e is formed without cancelling large terms.
 
 The kernel makes one pass over (D, x_t, x_tn): it accumulates sum e^2 per (sample, chunk) and writes the gradient
 dloss_b/dD_j = 2 lambda e_j / N at the same time, so backward only scales that buffer by the incoming gradient
 (the fused cross-entropy trick). Bytes moved: forward reads 3N and writes N, backward reads N and writes N.
 With `precondition=True` the prediction is the raw network output F and D = c_skip x_t + c_out F is applied in
-the kernel: e_j = c_out F_j + (c_skip + a_t) x_t_j - a_n x_tn_j, dloss/dF_j = c_out dloss/dD_j.
+the kernel: e_j = c_out F_j + c_skip x_t_j - x_tn_j + a_t (x_t_j - x_tn_j), dloss/dF_j = c_out dloss/dD_j.
 """
 from __future__ import annotations
 
 import torch
 
 from .. import _backend, _validate, precond
-from ..reference import ambient_loss_precond_reference, ambient_loss_reference
 from ._triton import tl, torch_to_triton_dtype, triton
 
 MAX_GRID_ROWS = 65535  # CUDA grid axis 1 limit: samples go on that axis
@@ -25,20 +27,18 @@ _empty = torch.empty  # output allocation; tests swap in a NaN-filled allocator 
 
 @triton.jit
 def _ambient_coefficients(sigma_t, sigma_tn, sigma_data, PRECONDITION: tl.constexpr):
-    """(coefficient of the prediction, of x_t, of x_tn, EDM weight lambda) for one sample."""
+    """(c_out, c_skip, (1 - alpha) / alpha, EDM weight lambda) for one sample; c_out = 1, c_skip = 0 without
+    preconditioning."""
     s2 = sigma_t * sigma_t
-    n2 = sigma_tn * sigma_tn
-    d2 = s2 - n2
     sd2 = sigma_data * sigma_data
     weight = (s2 + sd2) / (s2 * sd2)  # lambda(s_t), EDM
-    coef_x_tn = s2 / d2  # 1 / alpha, eq. 2.2
-    coef_x_t = n2 / d2  # (1 - alpha) / alpha
-    coef_pred = sigma_t * 0 + 1
+    noise_ratio = sigma_tn * sigma_tn / (s2 - sigma_tn * sigma_tn)  # (1 - alpha) / alpha, alpha of eq. 2.2
+    c_out = sigma_t * 0 + 1
+    c_skip = sigma_t * 0
     if PRECONDITION:
-        denom = s2 + sd2
-        coef_x_t += sd2 / denom  # c_skip
-        coef_pred = sigma_t * sigma_data / tl.sqrt(denom)  # c_out
-    return coef_pred, coef_x_t, coef_x_tn, weight
+        c_skip = sd2 / (s2 + sd2)
+        c_out = sigma_t * sigma_data / tl.sqrt(s2 + sd2)
+    return c_out, c_skip, noise_ratio, weight
 
 
 @triton.jit
@@ -56,11 +56,14 @@ def _ambient_loss_forward_kernel(
     sigma_t = tl.load(sigma_t_ptr + row).to(ACC)
     sigma_tn = tl.load(sigma_tn_ptr + row).to(ACC)
     sigma_data = sigma_t * 0 + sigma_data  # a float argument (fp32 when compiled) promoted to ACC
-    coef_pred, coef_x_t, coef_x_tn, weight = _ambient_coefficients(sigma_t, sigma_tn, sigma_data, PRECONDITION)
+    c_out, c_skip, noise_ratio, weight = _ambient_coefficients(
+        sigma_t.to(tl.float64), sigma_tn.to(tl.float64), sigma_data.to(tl.float64), PRECONDITION
+    )
     scale = weight
     if HAS_LOGVAR:
-        scale = weight * tl.exp(-tl.load(logvar_ptr + row).to(ACC))  # EDM2: lambda / exp(u)
-    grad_coef = 2.0 * scale * coef_pred * grad_scale / n_per_sample  # grad_scale: 1/B for a mean over samples
+        scale = weight * tl.exp(-tl.load(logvar_ptr + row).to(tl.float64))  # EDM2: lambda / exp(u)
+    grad_coef = (2.0 * scale * c_out * grad_scale / n_per_sample).to(ACC)  # grad_scale: 1/B for a batch mean
+    c_out, c_skip, noise_ratio = c_out.to(ACC), c_skip.to(ACC), noise_ratio.to(ACC)
 
     pred_row = pred_ptr + row * pred_row_stride
     x_t_row = x_t_ptr + row * x_t_row_stride
@@ -74,7 +77,9 @@ def _ambient_loss_forward_kernel(
         pred = tl.load(pred_row + cols, mask=mask, other=0.0).to(ACC)
         x_t = tl.load(x_t_row + cols, mask=mask, other=0.0).to(ACC)
         x_tn = tl.load(x_tn_row + cols, mask=mask, other=0.0).to(ACC)
-        err = coef_pred * pred + coef_x_t * x_t - coef_x_tn * x_tn  # (x_tn_hat - x_tn) / alpha
+        # (x_tn_hat - x_tn) / alpha = D - x_tn + (1 - alpha)/alpha (x_t - x_tn): no cancellation of large terms
+        # as sigma_tn -> sigma_t, unlike D + (1-alpha)/alpha x_t - x_tn / alpha.
+        err = c_out * pred + c_skip * x_t - x_tn + noise_ratio * (x_t - x_tn)
         acc += err * err
         if COMPUTE_GRAD:
             tl.store(grad_row + cols, (grad_coef * err).to(grad_ptr.dtype.element_ty), mask=mask)
@@ -88,22 +93,22 @@ def _ambient_loss_finalize_kernel(
     HAS_LOGVAR: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
-    acc = tl.zeros([BLOCK], dtype=ACC)
+    acc = tl.zeros([BLOCK], dtype=tl.float64)  # per-sample scalars in float64, as in the forward kernel
     for start in range(0, num_chunks, BLOCK):
         idx = start + tl.arange(0, BLOCK)
-        acc += tl.load(partial_ptr + row * num_chunks + idx, mask=idx < num_chunks, other=0.0)
+        acc += tl.load(partial_ptr + row * num_chunks + idx, mask=idx < num_chunks, other=0.0).to(tl.float64)
     mean_sq = tl.sum(acc, axis=0) / n_per_sample
-    sigma_t = tl.load(sigma_t_ptr + row).to(ACC)
+    sigma_t = tl.load(sigma_t_ptr + row).to(tl.float64)
     sigma_data = sigma_t * 0 + sigma_data
     sd2 = sigma_data * sigma_data
     weight = (sigma_t * sigma_t + sd2) / (sigma_t * sigma_t * sd2)  # lambda(s_t), as in _ambient_coefficients
     if HAS_LOGVAR:
-        logvar = tl.load(logvar_ptr + row).to(ACC)
+        logvar = tl.load(logvar_ptr + row).to(tl.float64)
         weighted = weight * tl.exp(-logvar) * mean_sq
-        tl.store(loss_ptr + row, weighted + logvar)
-        tl.store(grad_logvar_ptr + row, (1.0 - weighted) * grad_scale)
+        tl.store(loss_ptr + row, (weighted + logvar).to(ACC))
+        tl.store(grad_logvar_ptr + row, ((1.0 - weighted) * grad_scale).to(ACC))
     else:
-        tl.store(loss_ptr + row, weight * mean_sq)
+        tl.store(loss_ptr + row, (weight * mean_sq).to(ACC))
 
 
 def _launch_plan(batch: int, n_per_sample: int, device: torch.device, block_size, chunks_per_sample):
@@ -176,6 +181,27 @@ def _ambient_loss_forward_cpp(
     return loss, grad, grad_logvar
 
 
+def _ambient_loss_eager(prediction, x_t, x_tn, sigma_t, sigma_tn, logvar, sigma_data, precondition):
+    """Pure PyTorch with the kernels' numerics (float64 per-sample scalars, no cancellation); autograd backward."""
+    compute = torch.float64 if prediction.dtype == torch.float64 else torch.float32
+    s_t, s_tn = sigma_t.double(), sigma_tn.double()
+    view = (-1,) + (1,) * (prediction.dim() - 1)
+    weight = precond.edm_weight(s_t, sigma_data)
+    noise_ratio = (s_tn**2 / (s_t**2 - s_tn**2)).to(compute).view(view)  # (1 - alpha) / alpha
+    denoised = prediction.to(compute)
+    x_t, x_tn = x_t.to(compute), x_tn.to(compute)
+    if precondition:
+        c_skip = precond.c_skip(s_t, sigma_data).to(compute).view(view)
+        c_out = precond.c_out(s_t, sigma_data).to(compute).view(view)
+        denoised = c_skip * x_t + c_out * denoised  # EDM preconditioning
+    err = denoised - x_tn + noise_ratio * (x_t - x_tn)  # (x_tn_hat - x_tn) / alpha, eq. 2.2
+    mean_sq = err.square().flatten(1).mean(dim=1)
+    if logvar is None:
+        return weight.to(compute) * mean_sq
+    logvar = logvar.to(compute)
+    return weight.to(compute) * torch.exp(-logvar) * mean_sq + logvar
+
+
 def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "mean":
         return loss.mean()
@@ -239,11 +265,7 @@ def _ambient_loss(prediction, x_t, x_tn, sigma_t, sigma_tn, sigma_data, logvar, 
 
     backend = _backend.select(device)
     if backend == "eager":
-        reference = ambient_loss_precond_reference if precondition else ambient_loss_reference
-        upcast = (lambda t: t.float()) if prediction.dtype in (torch.float16, torch.bfloat16) else (lambda t: t)
-        loss = reference(
-            upcast(prediction), upcast(x_t), upcast(x_tn), sigma_t, sigma_tn, sigma_data=sigma_data, logvar=logvar
-        )
+        loss = _ambient_loss_eager(prediction, x_t, x_tn, sigma_t, sigma_tn, logvar, sigma_data, precondition)
         return _reduce(loss, reduction)
     # logvar is a per-sample view of the caller's tensor: autograd carries its gradient back to the caller's shape.
     return AmbientLossFunction.apply(

@@ -1,0 +1,46 @@
+# ambient_fast: `make test` and `make demo` do all set-up on a fresh machine.
+#
+# The virtual environment sees the system's site-packages, so a torch that is already installed (a user's CUDA
+# build, say) is kept; only when no torch is importable do we install the pinned CPU-friendly release, so that
+# CI never pulls a multi-GB CUDA build.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+TRITON_VERSION ?= 3.9.0
+# Native build: auto | on | off (see setup.py).
+AMBIENT_FAST_CUDA ?= auto
+export AMBIENT_FAST_CUDA
+
+STAMP := $(VENV)/.ambient_fast-installed
+NATIVE_SOURCES := $(wildcard csrc/* kernels/*) CMakeLists.txt setup.py pyproject.toml
+
+.PHONY: all install test test-fast bench demo clean
+
+all: test
+
+$(PYTHON):
+	python3 -m venv --system-site-packages $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+
+$(STAMP): $(PYTHON) $(NATIVE_SOURCES)
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install --quiet "torch==$(TORCH_VERSION)"
+	$(PYTHON) -c "import triton" 2>/dev/null || $(PYTHON) -m pip install --quiet "triton==$(TRITON_VERSION)"
+	$(PYTHON) -m pip install --quiet numpy safetensors pytest pytest-benchmark scipy "cmake>=3.26" ninja setuptools wheel
+	$(PYTHON) -m pip install --quiet --no-build-isolation --no-deps -e .
+	$(PYTHON) -c "import ambient_fast; print('ambient_fast backends (cpu):', ambient_fast.backends())"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Triton kernels run through the interpreter on a CPU (TRITON_INTERPRET=1 is set by tests/conftest.py).
+test: $(STAMP)
+	$(PYTHON) -m pytest tests -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(PYTHON) -m pytest benchmarks --benchmark-only -q -p no:cacheprovider
+
+demo: $(STAMP)
+	$(PYTHON) -m ambient_fast.demo
+
+clean:
+	rm -rf build $(VENV) ambient_fast/_C*.so *.egg-info .benchmarks
