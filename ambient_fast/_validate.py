@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -55,6 +56,15 @@ def check_same_images(reference_name: str, reference: torch.Tensor, **others: to
 
 def check_sigmas(sigma_t: torch.Tensor, sigma_tn: torch.Tensor | None) -> None:
     """sigma_t > 0 and finite; 0 <= sigma_tn < sigma_t (the ambient weight is singular at sigma_tn = sigma_t)."""
+    # Fast path on the host: one transfer (free for CPU tensors), a few numpy ops on [B] values.
+    values_t = sigma_t.detach().cpu().numpy()
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(values_t) & (values_t > 0)
+        if sigma_tn is not None:
+            values_tn = sigma_tn.detach().cpu().numpy()
+            valid &= np.isfinite(values_tn) & (values_tn >= 0) & (values_tn < values_t)
+    if valid.all():
+        return
     if not torch.isfinite(sigma_t).all():
         bad = int((~torch.isfinite(sigma_t)).nonzero()[0, 0])
         raise ValueError(f"sigma_t must be finite; got {sigma_t[bad].item()} at index {bad}")

@@ -32,6 +32,8 @@ def test_add_noise(benchmark, device, shape_name, dtype, implementation):
         steps = iter(range(1 << 62))
         target = lambda: ambient_fast.add_noise(x_tn, sigma_t, sigma_tn, seed=next(steps), validate=False)  # noqa: E731
     else:
+        if implementation == "compile":
+            torch._dynamo.reset()  # one graph per (shape, dtype): start from a clean cache
         function = eager_add_noise if implementation == "eager" else torch.compile(eager_add_noise, dynamic=False)
         target = lambda: function(x_tn, sigma_t, sigma_tn)  # noqa: E731
     with torch.no_grad():

@@ -6,8 +6,8 @@
 //   (the last form avoids cancelling two terms of size 1/alpha; e = D - x_tn exactly when sigma_tn = 0)
 //   loss = lam / alpha^2 * mean((x_tn_hat - x_tn)^2) = scale * mean(e^2) [+ u],  lam = (s2 + sd^2) / (s2 sd^2),
 //   scale = lam exp(-u) with the EDM2 log-variance u, else lam.
-// Per-sample scalars are double; elementwise math is float (double for float64 inputs); sums of e^2 are double
-// over fixed chunks reduced in a fixed order, so results do not depend on the thread count.
+// Per-sample scalars are double; elementwise math is float (double for float64 inputs); sums of e^2 are float over
+// blocks of 256 elements and double above that, in a fixed order, so results do not depend on the thread count.
 #include <cmath>
 #include <vector>
 
@@ -73,11 +73,16 @@ std::vector<SampleCoefficients> sample_coefficients(const at::Tensor& sigma_t, c
   return coefficients;
 }
 
-// Sum of e_j^2 over one chunk of one sample; writes grad_prediction_j when `grad` is not null.
-template <typename scalar_t, bool kPrecondition>
+// Sum of e_j^2 over one chunk of one sample; writes grad_prediction_j when kWriteGrad.
+// Blocks of kBlock elements are summed in opmath_t by kLanes independent accumulators (a loop the compiler
+// vectorises), and each block's sum is added in double: float-speed inner loop, double-accurate totals, and a fixed
+// order so the result does not depend on the thread count.
+template <typename scalar_t, bool kPrecondition, bool kWriteGrad>
 double chunk_sum_of_squares(const scalar_t* prediction, const scalar_t* x_t, const scalar_t* x_tn, scalar_t* grad,
                             int64_t length, const SampleCoefficients& c) {
   using opmath_t = at::opmath_type<scalar_t>;
+  constexpr int64_t kLanes = 8;
+  constexpr int64_t kBlock = 256;  // a multiple of kLanes
   const opmath_t c_skip = static_cast<opmath_t>(c.c_skip);
   const opmath_t c_out = static_cast<opmath_t>(c.c_out);
   const opmath_t a_t = static_cast<opmath_t>(c.a_t);
@@ -87,23 +92,41 @@ double chunk_sum_of_squares(const scalar_t* prediction, const scalar_t* x_t, con
     const opmath_t xtn = static_cast<opmath_t>(x_tn[j]);
     const opmath_t pred = static_cast<opmath_t>(prediction[j]);
     const opmath_t denoised = kPrecondition ? c_skip * xt + c_out * pred : pred;  // D = c_skip x_t + c_out F
-    return (denoised - xtn) + a_t * (xt - xtn);
+    return (denoised - xtn) + a_t * (xt - xtn);  // (x_tn_hat - x_tn) / alpha without cancellation
   };
-  double lanes[4] = {0.0, 0.0, 0.0, 0.0};  // independent accumulators: shorter dependency chain, fixed order
-  int64_t j = 0;
-  for (; j + 4 <= length; j += 4) {
-    for (int lane = 0; lane < 4; ++lane) {
-      const opmath_t e = residual(j + lane);
-      lanes[lane] += static_cast<double>(e) * static_cast<double>(e);
-      if (grad != nullptr) grad[j + lane] = static_cast<scalar_t>(grad_scale * e);
+  double total = 0.0;
+  int64_t start = 0;
+  for (; start + kBlock <= length; start += kBlock) {
+    opmath_t lanes[kLanes] = {};
+    for (int64_t j = start; j < start + kBlock; j += kLanes) {
+      for (int64_t lane = 0; lane < kLanes; ++lane) {
+        const opmath_t e = residual(j + lane);
+        lanes[lane] += e * e;
+        if constexpr (kWriteGrad) grad[j + lane] = static_cast<scalar_t>(grad_scale * e);
+      }
     }
+    opmath_t block_sum = 0;
+    for (int64_t lane = 0; lane < kLanes; ++lane) block_sum += lanes[lane];
+    total += static_cast<double>(block_sum);
   }
-  for (; j < length; ++j) {
+  for (int64_t j = start; j < length; ++j) {
     const opmath_t e = residual(j);
-    lanes[0] += static_cast<double>(e) * static_cast<double>(e);
-    if (grad != nullptr) grad[j] = static_cast<scalar_t>(grad_scale * e);
+    total += static_cast<double>(e) * static_cast<double>(e);
+    if constexpr (kWriteGrad) grad[j] = static_cast<scalar_t>(grad_scale * e);
   }
-  return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+  return total;
+}
+
+template <typename scalar_t>
+double chunk_sum_of_squares_dispatch(bool precondition, const scalar_t* prediction, const scalar_t* x_t,
+                                     const scalar_t* x_tn, scalar_t* grad, int64_t length,
+                                     const SampleCoefficients& c) {
+  if (precondition) {
+    return grad ? chunk_sum_of_squares<scalar_t, true, true>(prediction, x_t, x_tn, grad, length, c)
+                : chunk_sum_of_squares<scalar_t, true, false>(prediction, x_t, x_tn, grad, length, c);
+  }
+  return grad ? chunk_sum_of_squares<scalar_t, false, true>(prediction, x_t, x_tn, grad, length, c)
+              : chunk_sum_of_squares<scalar_t, false, false>(prediction, x_t, x_tn, grad, length, c);
 }
 
 // Per-sample sums of e^2 (and grad_prediction) over contiguous [B, N] inputs.
@@ -125,11 +148,8 @@ std::vector<double> sample_sums_of_squares(const at::Tensor& prediction, const a
       const int64_t offset = row * numel_per_sample + first;
       const int64_t length = std::min(kChunk, numel_per_sample - first);
       scalar_t* grad_chunk = grad == nullptr ? nullptr : grad + offset;
-      partial_sums[item] =
-          precondition ? chunk_sum_of_squares<scalar_t, true>(pred_data + offset, xt_data + offset, xtn_data + offset,
-                                                              grad_chunk, length, coefficients[row])
-                       : chunk_sum_of_squares<scalar_t, false>(pred_data + offset, xt_data + offset, xtn_data + offset,
-                                                               grad_chunk, length, coefficients[row]);
+      partial_sums[item] = chunk_sum_of_squares_dispatch<scalar_t>(
+          precondition, pred_data + offset, xt_data + offset, xtn_data + offset, grad_chunk, length, coefficients[row]);
     }
   });
   std::vector<double> sums(batch, 0.0);
