@@ -1,0 +1,178 @@
+"""Per-sample annotations (sigma_min, sigma_max) as data: one row per training sample, keyed by a stable id.
+
+Semantics (DESIGN.md sections 1-2, paper Sections 3.1-3.2): sample i is usable at level s iff s > b * sigma_min_i
+(as noisy data, sigma_tn = sigma_min_i) or s < sigma_max_i (as clean data through its crops, sigma_tn = 0).
+Clean data: sigma_min = 0. Data that only helps at low noise (out of distribution): sigma_min = inf, sigma_max > 0.
+Unannotated data defaults to clean.
+
+File format: a safetensors file with tensors `sample_ids` (int64 [N]), `sigma_min`, `sigma_max` (float64 [N]),
+optional `quality` (float64 [N]) and `source` (int64 [N], an index into metadata["sources"]); its metadata holds
+JSON: `keys` (the per-sample names, e.g. file names or content hashes, [N] strings), `sources`, and `provenance`
+(how the annotation was made: classifier checkpoint, tau, grid, seed, ...). Loading checks it against the
+dataset it is used with and fails with a clear message on any mismatch; it never silently misaligns.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+FORMAT_VERSION = 1
+
+
+class AnnotationMismatchError(ValueError):
+    """The annotations do not describe the dataset they are used with."""
+
+
+@dataclass
+class Annotations:
+    sample_ids: torch.Tensor  # int64 [N], stable dataset ids
+    sigma_min: torch.Tensor  # float64 [N]; 0 = clean, inf = never usable as noisy data
+    sigma_max: torch.Tensor  # float64 [N]; 0 = no crops annotation
+    keys: list[str] | None = None  # per-sample names (file name or content hash), aligned with sample_ids
+    quality: torch.Tensor | None = None  # float64 [N], optional score the annotation came from
+    source: torch.Tensor | None = None  # int64 [N], index into `sources`
+    sources: list[str] = field(default_factory=list)
+    provenance: dict = field(default_factory=dict)  # how it was made (JSON-serialisable)
+
+    def __post_init__(self) -> None:
+        self.sample_ids = torch.as_tensor(self.sample_ids, dtype=torch.int64).reshape(-1).cpu()
+        n = self.sample_ids.numel()
+        self.sigma_min = _float_column("sigma_min", self.sigma_min, n)
+        self.sigma_max = _float_column("sigma_max", self.sigma_max, n)
+        if self.quality is not None:
+            self.quality = _float_column("quality", self.quality, n, allow_nan=True)
+        if self.source is not None:
+            self.source = torch.as_tensor(self.source, dtype=torch.int64).reshape(-1).cpu()
+            if self.source.numel() != n:
+                raise ValueError(f"source has {self.source.numel()} entries for {n} samples")
+            if n and (int(self.source.min()) < 0 or int(self.source.max()) >= len(self.sources)):
+                raise ValueError(f"source indices must lie in [0, {len(self.sources)}) (the `sources` list)")
+        if self.keys is not None and len(self.keys) != n:
+            raise ValueError(f"keys has {len(self.keys)} entries for {n} samples")
+        if torch.unique(self.sample_ids).numel() != n:
+            raise ValueError("sample_ids must be unique")
+        if (self.sigma_min < 0).any() or (self.sigma_max < 0).any():
+            raise ValueError("sigma_min and sigma_max must be >= 0 (inf allowed for sigma_min)")
+        if torch.isinf(self.sigma_max).any():
+            raise ValueError("sigma_max must be finite")
+
+    def __len__(self) -> int:
+        return self.sample_ids.numel()
+
+    @classmethod
+    def clean(cls, sample_ids, keys: list[str] | None = None, **provenance) -> Annotations:
+        """Every sample clean (sigma_min = 0, no crops annotation): the default for unannotated data."""
+        ids = torch.as_tensor(sample_ids, dtype=torch.int64)
+        zeros = torch.zeros(ids.numel(), dtype=torch.float64)
+        return cls(ids, zeros, zeros.clone(), keys=keys, provenance=provenance)
+
+    # ---------------------------------------------------------------------------------------------- file I/O
+    def save(self, path: str | Path) -> None:
+        """Write atomically (temp file + rename): a crash never leaves a half-written annotation file."""
+        from safetensors.torch import save_file
+
+        tensors = {"sample_ids": self.sample_ids, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+        if self.quality is not None:
+            tensors["quality"] = self.quality
+        if self.source is not None:
+            tensors["source"] = self.source
+        metadata = {
+            "format": "ambient_fast.annotations",
+            "version": str(FORMAT_VERSION),
+            "keys": json.dumps(self.keys),
+            "sources": json.dumps(self.sources),
+            "provenance": json.dumps(self.provenance),
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp")
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(temporary), metadata=metadata)
+        temporary.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Annotations:
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"annotation file {path} does not exist")
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                metadata = handle.metadata() or {}
+                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        except Exception as error:  # safetensors raises its own types for truncated or foreign files
+            raise ValueError(f"{path} is not a readable annotation file: {error}") from error
+        if metadata.get("format") != "ambient_fast.annotations":
+            raise ValueError(f"{path} is a safetensors file but not an ambient_fast annotation file")
+        if int(metadata.get("version", "0")) > FORMAT_VERSION:
+            raise ValueError(f"{path} has format version {metadata['version']}; this ambient_fast reads up to {FORMAT_VERSION}")
+        missing = {"sample_ids", "sigma_min", "sigma_max"} - set(tensors)
+        if missing:
+            raise ValueError(f"{path} lacks the columns {sorted(missing)}")
+        return cls(
+            tensors["sample_ids"], tensors["sigma_min"], tensors["sigma_max"],
+            keys=json.loads(metadata.get("keys", "null")),
+            quality=tensors.get("quality"), source=tensors.get("source"),
+            sources=json.loads(metadata.get("sources", "[]")),
+            provenance=json.loads(metadata.get("provenance", "{}")),
+        )
+
+    # ------------------------------------------------------------------------------------------- alignment
+    def aligned_to(self, sample_ids, keys: list[str] | None = None, *, allow_missing: bool = False) -> Annotations:
+        """The rows for a dataset's samples, in the dataset's order.
+
+        Every dataset id must be annotated (unless allow_missing, which makes missing samples clean); where both
+        sides have keys they must agree, so a re-ordered or replaced file is caught instead of misaligned.
+        """
+        ids = torch.as_tensor(sample_ids, dtype=torch.int64).reshape(-1)
+        position = {int(sample_id): row for row, sample_id in enumerate(self.sample_ids.tolist())}
+        rows = [position.get(int(sample_id), -1) for sample_id in ids.tolist()]
+        missing = [int(ids[i]) for i, row in enumerate(rows) if row < 0]
+        if missing and not allow_missing:
+            raise AnnotationMismatchError(
+                f"{len(missing)} of {ids.numel()} dataset samples have no annotation (first ids: {missing[:5]}); "
+                f"the annotation file has {len(self)} rows. Annotate this dataset, or pass allow_missing=True to "
+                "treat unannotated samples as clean."
+            )
+        if keys is not None and self.keys is not None:
+            if len(keys) != ids.numel():
+                raise ValueError(f"keys has {len(keys)} entries for {ids.numel()} sample ids")
+            for i, row in enumerate(rows):
+                if row >= 0 and self.keys[row] != keys[i]:
+                    raise AnnotationMismatchError(
+                        f"sample id {int(ids[i])} is {keys[i]!r} in the dataset but {self.keys[row]!r} in the "
+                        "annotation file: the dataset changed since it was annotated"
+                    )
+        index = torch.tensor([max(row, 0) for row in rows], dtype=torch.int64)
+        present = torch.tensor([row >= 0 for row in rows], dtype=torch.bool)
+
+        def take(column, fill):  # missing samples get `fill` (clean: 0; unknown quality: NaN)
+            return None if column is None else torch.where(present, column[index], torch.tensor(fill, dtype=column.dtype))
+
+        if keys is None and self.keys is not None:
+            keys = [self.keys[row] if row >= 0 else "" for row in rows]
+        return Annotations(
+            ids, take(self.sigma_min, 0.0), take(self.sigma_max, 0.0), keys=None if keys is None else list(keys),
+            quality=take(self.quality, math.nan), source=take(self.source, 0),
+            sources=list(self.sources), provenance=dict(self.provenance),
+        )
+
+    def usable(self, sigma: float, *, max_weight: float = 4.0) -> torch.Tensor:
+        """Bool [N]: which samples may be trained on at level sigma (Section 3.2 with the eq. D.2 buffer)."""
+        from .buffer import select_sigma_tn
+
+        levels = torch.full_like(self.sigma_min, float(sigma))
+        return select_sigma_tn(levels, self.sigma_min, self.sigma_max, max_weight=max_weight).usable
+
+
+def _float_column(name: str, values, n: int, *, allow_nan: bool = False) -> torch.Tensor:
+    column = torch.as_tensor(values, dtype=torch.float64).reshape(-1).cpu()
+    if column.numel() != n:
+        raise ValueError(f"{name} has {column.numel()} entries for {n} samples")
+    if not allow_nan and torch.isnan(column).any():
+        raise ValueError(f"{name} contains NaN at index {int(torch.isnan(column).nonzero()[0, 0])}")
+    return column
