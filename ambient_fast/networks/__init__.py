@@ -1,0 +1,7 @@
+"""Denoiser networks: a compact EDM-style UNet (unet.py), the EDM2 magnitude-preserving UNet (edm2.py), and the
+preconditioning wrapper every network plugs into (precond.py)."""
+from __future__ import annotations
+
+from .unet import UNet, UNetEncoder
+
+__all__ = ["UNet", "UNetEncoder"]
