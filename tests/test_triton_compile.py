@@ -1,0 +1,123 @@
+"""Every Triton kernel compiles ahead of time for the GPU (sm_90, H100/H200) on this CPU-only machine: the
+interpreter runs the logic, this catches what only the compiler sees (types, layouts, lowering). No GPU needed:
+Triton ships ptxas, so the whole pipeline down to a cubin runs here.
+
+The kernels must be created with TRITON_INTERPRET unset, so pytest runs this file in a fresh interpreter
+(test_kernels_compile_for_hopper below, which sets AMBIENT_FAST_AOT_CHILD=1 and TRITON_INTERPRET=0 for it).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+if os.environ.get("AMBIENT_FAST_AOT_CHILD") == "1":
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from ambient_fast.ops import ambient_loss, ambient_noising, noising
+
+    HOPPER = GPUTarget("cuda", 90, 32)
+else:
+    triton = pytest.importorskip("triton")
+
+
+def test_kernels_compile_for_hopper():
+    env = {**os.environ, "TRITON_INTERPRET": "0", "AMBIENT_FAST_AOT_CHILD": "1", "TRITON_DEFAULT_FP_FUSION": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "hopper_child"],
+        capture_output=True, text=True, env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert " passed" in result.stdout and "skipped" not in result.stdout.splitlines()[-1], result.stdout[-2000:]
+
+
+child_only = pytest.mark.skipif(os.environ.get("AMBIENT_FAST_AOT_CHILD") != "1", reason="runs in the child process")
+
+
+def compile_for_hopper(kernel, signature, constexprs, **options):
+    """Compile a @triton.jit kernel to a cubin for sm_90; returns the compiled kernel's assembly dict."""
+    fn = getattr(kernel, "fn", kernel)
+    jit_function = triton.JITFunction(fn) if not isinstance(kernel, triton.JITFunction) else kernel
+    full_signature = {name: ("constexpr" if name in constexprs else signature[name]) for name in jit_function.arg_names}
+    source = ASTSource(jit_function, full_signature, constexprs=constexprs)
+    compiled = triton.compile(source, target=HOPPER, options={"num_warps": 4, **options})
+    assert compiled.asm["cubin"], "no cubin produced"
+    return compiled.asm
+
+
+def _loss_signature(element: str, accumulate: str) -> dict:
+    pointer, scalars = f"*{element}", {"n_per_sample": "i64", "chunk_size": "i64", "num_chunks": "i32"}
+    return {
+        "pred_ptr": pointer, "x_t_ptr": pointer, "x_tn_ptr": pointer, "grad_ptr": pointer,
+        "sigma_t_ptr": f"*{accumulate}", "sigma_tn_ptr": f"*{accumulate}", "logvar_ptr": f"*{accumulate}",
+        "partial_ptr": f"*{accumulate}", **scalars,
+        "pred_row_stride": "i64", "x_t_row_stride": "i64", "x_tn_row_stride": "i64",
+        "sigma_data": "fp32", "grad_scale": "fp32",
+    }
+
+
+@child_only
+@pytest.mark.parametrize("element,accumulate", [("fp32", "fp32"), ("bf16", "fp32"), ("fp16", "fp32"), ("fp64", "fp64")])
+@pytest.mark.parametrize("precondition", [False, True])
+@pytest.mark.parametrize("has_logvar", [False, True])
+def test_hopper_child_loss_kernels(element, accumulate, precondition, has_logvar):
+    acc = {"fp32": tl.float32, "fp64": tl.float64}[accumulate]
+    compile_for_hopper(
+        ambient_loss._ambient_loss_forward_kernel, _loss_signature(element, accumulate),
+        {"PRECONDITION": precondition, "HAS_LOGVAR": has_logvar, "COMPUTE_GRAD": True, "ACC": acc, "BLOCK": 1024},
+    )
+    compile_for_hopper(
+        ambient_loss._ambient_loss_finalize_kernel,
+        {"partial_ptr": f"*{accumulate}", "loss_ptr": f"*{accumulate}", "grad_logvar_ptr": f"*{accumulate}",
+         "sigma_t_ptr": f"*{accumulate}", "logvar_ptr": f"*{accumulate}", "n_per_sample": "i64", "num_chunks": "i32",
+         "sigma_data": "fp32", "grad_scale": "fp32"},
+        {"HAS_LOGVAR": has_logvar, "ACC": acc, "BLOCK": 128},
+    )
+
+
+@child_only
+@pytest.mark.parametrize("has_noise", [False, True])
+@pytest.mark.parametrize("element", ["fp32", "bf16"])
+def test_hopper_child_add_noise_kernel(has_noise, element):
+    compile_for_hopper(
+        noising._add_noise_forward_kernel,
+        {"x_ptr": f"*{element}", "noise_ptr": f"*{element}", "out_ptr": f"*{element}", "sigma_t_ptr": "*fp32",
+         "sigma_tn_ptr": "*fp32", "n_per_sample": "i64", "x_row_stride": "i64", "noise_row_stride": "i64",
+         "seed": "i64", "offset": "i64"},
+        {"HAS_NOISE": has_noise, "HAS_SIGMA_TN": True, "ACC": tl.float32, "BLOCK": 1024},
+    )
+
+
+@child_only
+def test_hopper_child_ambient_noising_kernel():
+    signature = {"x0_ptr": "*bf16", "sample_ids_ptr": "*i64", "sigma_t_ptr": "*fp32", "sigma_tn_ptr": "*fp32",
+                 "x_tn_ptr": "*bf16", "x_t_ptr": "*bf16", "n_per_sample": "i64", "x0_row_stride": "i64",
+                 "annotation_seed": "i64", "seed": "i64", "offset": "i64"}
+    compile_for_hopper(ambient_noising._ambient_noising_forward_kernel, signature,
+                       {"PHILOX_BLOCKS": 256}, enable_fp_fusion=False)
+
+
+def _fixed_noise_only_kernel(sample_ids_ptr, out_ptr, annotation_seed, PHILOX_BLOCKS: tl.constexpr):
+    """The fixed-noise half of _ambient_noising_forward_kernel alone, to inspect its instructions."""
+    blocks = tl.program_id(0).to(tl.int64) * PHILOX_BLOCKS + tl.arange(0, PHILOX_BLOCKS).to(tl.int64)
+    sample_id = tl.load(sample_ids_ptr)
+    lo = (blocks & 0xFFFFFFFF).to(tl.uint32)
+    words = tl.philox(annotation_seed, lo, (blocks >> 32).to(tl.uint32), (lo * 0 + (sample_id & 0xFFFFFFFF)).to(tl.uint32), (lo * 0).to(tl.uint32))
+    z0, z1 = ambient_noising._box_muller(words[0], words[1])
+    tl.store(out_ptr + blocks, z0 + z1)
+
+
+@child_only
+def test_hopper_child_fixed_noise_uses_only_correctly_rounded_arithmetic():
+    """Bit-identity with the CPU needs IEEE division and square root and no fused multiply-add in the PTX."""
+    asm = compile_for_hopper(triton.jit(_fixed_noise_only_kernel), {"sample_ids_ptr": "*i64", "out_ptr": "*fp32", "annotation_seed": "i64"},
+                             {"PHILOX_BLOCKS": 256}, enable_fp_fusion=False)
+    ptx = asm["ptx"]
+    assert "fma.rn.f32" not in ptx and "fma.rz" not in ptx, "fused multiply-add in the fixed-noise arithmetic"
+    assert "div.approx" not in ptx and "div.full" not in ptx and "sqrt.approx" not in ptx
+    assert "div.rn.f32" in ptx and "sqrt.rn.f32" in ptx
