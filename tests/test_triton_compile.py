@@ -8,6 +8,7 @@ The kernels must be created with TRITON_INTERPRET unset, so pytest runs this fil
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -39,12 +40,15 @@ def test_kernels_compile_for_hopper():
 child_only = pytest.mark.skipif(os.environ.get("AMBIENT_FAST_AOT_CHILD") != "1", reason="runs in the child process")
 
 
-def compile_for_hopper(kernel, signature, constexprs, **options):
-    """Compile a @triton.jit kernel to a cubin for sm_90; returns the compiled kernel's assembly dict."""
-    fn = getattr(kernel, "fn", kernel)
-    jit_function = triton.JITFunction(fn) if not isinstance(kernel, triton.JITFunction) else kernel
+def compile_for_hopper(kernel, signature, constexprs, *, divisible_by_16=(), **options):
+    """Compile a @triton.jit kernel to a cubin for sm_90; returns the compiled kernel's assembly dict.
+
+    divisible_by_16: arguments to mark as Triton's launcher does at run time for aligned pointers and integers
+    that are multiples of 16 (what enables vectorised memory access)."""
+    jit_function = kernel
     full_signature = {name: ("constexpr" if name in constexprs else signature[name]) for name in jit_function.arg_names}
-    source = ASTSource(jit_function, full_signature, constexprs=constexprs)
+    attrs = {(jit_function.arg_names.index(name),): [["tt.divisibility", 16]] for name in divisible_by_16}
+    source = ASTSource(jit_function, full_signature, constexprs=constexprs, attrs=attrs)
     compiled = triton.compile(source, target=HOPPER, options={"num_warps": 4, **options})
     assert compiled.asm["cubin"], "no cubin produced"
     return compiled.asm
@@ -121,3 +125,19 @@ def test_hopper_child_fixed_noise_uses_only_correctly_rounded_arithmetic():
     assert "fma.rn.f32" not in ptx and "fma.rz" not in ptx, "fused multiply-add in the fixed-noise arithmetic"
     assert "div.approx" not in ptx and "div.full" not in ptx and "sqrt.approx" not in ptx
     assert "div.rn.f32" in ptx and "sqrt.rn.f32" in ptx
+
+
+@child_only
+@pytest.mark.parametrize("element", ["fp32", "bf16"])
+def test_hopper_child_loss_kernel_vectorises_aligned_rows(element):
+    """With aligned rows (the common case, specialised by Triton at launch) every tensor access is 16 bytes wide."""
+    asm = compile_for_hopper(
+        ambient_loss._ambient_loss_forward_kernel, _loss_signature(element, "fp32"),
+        {"PRECONDITION": True, "HAS_LOGVAR": False, "COMPUTE_GRAD": True, "ACC": tl.float32, "BLOCK": 1024},
+        divisible_by_16=("pred_ptr", "x_t_ptr", "x_tn_ptr", "grad_ptr", "n_per_sample", "chunk_size",
+                         "pred_row_stride", "x_t_row_stride", "x_tn_row_stride"),
+    )
+    ptx = asm["ptx"]
+    wide = "v4.b32" if element == "fp32" else "v4.b16"  # 4 x fp32 or, after packing, 8 x bf16 as v4.b32
+    assert re.search(r"ld\.global(\.nc)?\.v4\.b32", ptx) or wide in ptx, "loads are not vectorised"
+    assert "st.global.v4" in ptx or "st.global.v2" in ptx, "gradient stores are not vectorised"
