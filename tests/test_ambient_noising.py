@@ -78,3 +78,11 @@ def test_bad_input_is_named(noising_backend, kwargs, match):
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=match):
         ambient_fast.ambient_noising(torch.zeros(2, 3), arguments.pop("sample_ids"), arguments.pop("sigma_t"), arguments.pop("sigma_tn"), **arguments)
+
+
+def test_fresh_noise_is_add_noise_stream(noising_backend, generator):
+    """x_t from the fused op equals add_noise(x_tn, s_t, s_tn, seed) on the same backend: one documented stream."""
+    x0 = torch.randn(3, 3, 10, 10, generator=generator)
+    ids, sigma_t, sigma_tn = torch.tensor([4, 8, 15]), torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 0.5, 2.5])
+    x_t, x_tn = ambient_fast.ambient_noising(x0, ids, sigma_t, sigma_tn, annotation_seed=3, seed=21, offset=5)
+    torch.testing.assert_close(x_t, ambient_fast.add_noise(x_tn, sigma_t, sigma_tn, seed=21, offset=5), rtol=1e-6, atol=1e-6)

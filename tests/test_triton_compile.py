@@ -93,7 +93,7 @@ def test_hopper_child_add_noise_kernel(has_noise, element):
         {"x_ptr": f"*{element}", "noise_ptr": f"*{element}", "out_ptr": f"*{element}", "sigma_t_ptr": "*fp32",
          "sigma_tn_ptr": "*fp32", "n_per_sample": "i64", "x_row_stride": "i64", "noise_row_stride": "i64",
          "seed": "i64", "offset": "i64"},
-        {"HAS_NOISE": has_noise, "HAS_SIGMA_TN": True, "ACC": tl.float32, "BLOCK": 1024},
+        {"HAS_NOISE": has_noise, "HAS_SIGMA_TN": True, "ACC": tl.float32, "GROUPS": 256},
     )
 
 

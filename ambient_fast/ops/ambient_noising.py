@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .. import _backend, _validate
-from .noising import _empty
+from .noising import _empty, fresh_normals
 from .sample_noise import sample_noise
 from ._triton import tl, triton
 
@@ -130,7 +130,7 @@ def _ambient_noising_forward_kernel(
     sigma_tn = tl.load(sigma_tn_ptr + row).to(tl.float32)
     x0 = tl.load(x0_ptr + row * x0_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
     x_tn = x0 + sigma_tn * fixed_noise  # annotated sample, DESIGN.md section 1
-    eps = tl.randn(seed, offset + row * n_per_sample + cols)
+    eps = fresh_normals(seed, offset + row * tl.cdiv(n_per_sample, 4) + blocks)  # as add_noise's stream
     x_t = x_tn + tl.math.sqrt_rn(sigma_t * sigma_t - sigma_tn * sigma_tn) * eps  # x_t = x_tn + sqrt(s_t^2 - s_tn^2) eps
     tl.store(x_tn_ptr + row * n_per_sample + cols, x_tn.to(x_tn_ptr.dtype.element_ty), mask=mask)
     tl.store(x_t_ptr + row * n_per_sample + cols, x_t.to(x_t_ptr.dtype.element_ty), mask=mask)

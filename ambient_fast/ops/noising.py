@@ -3,8 +3,9 @@
     training input      x_t  = x_tn + sqrt(s_t^2 - s_tn^2) * eps      (eps fresh every step)
     annotated sample    x_tn = x0 + s_tn * n_i                        (n_i fixed per sample: use sample_noise)
 
-eps is either passed in or generated inside the kernel by Triton's Philox from (seed, offset + element index), so
-the noise tensor is never written to or read from memory. The annotation form is the same op with sigma_tn
+eps is either passed in or generated inside the kernel by Triton's Philox4x32-10 from (seed, counter), one
+counter per 4 consecutive elements of a sample (counter = offset + row * ceil(N / 4) + element // 4), so the noise
+tensor is never written to or read from memory. The annotation form is the same op with sigma_tn
 omitted: add_noise(x0, sigma_tn, noise=sample_noise(ids, shape, seed)).
 
 The in-kernel stream depends on the backend (Triton's Philox on the Triton path, torch.Generator on the eager
@@ -22,15 +23,24 @@ _empty = torch.empty  # output allocation; tests swap in a NaN-filled allocator 
 
 
 @triton.jit
+def fresh_normals(seed, counters):
+    """[G, 4] standard normals from [G] Philox counters: all four words of each Philox4x32-10 call are used (two
+    Box-Muller pairs), a quarter of the integer work of one call per element (tl.randn)."""
+    z0, z1, z2, z3 = tl.randn4x(seed, counters)
+    return tl.reshape(tl.join(tl.join(z0, z2), tl.join(z1, z3)), [counters.shape[0], 4])  # [g, r] = z_r
+
+
+@triton.jit
 def _add_noise_forward_kernel(
     x_ptr, noise_ptr, out_ptr, sigma_t_ptr, sigma_tn_ptr,
     n_per_sample, x_row_stride, noise_row_stride,
     seed, offset,
-    HAS_NOISE: tl.constexpr, HAS_SIGMA_TN: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_NOISE: tl.constexpr, HAS_SIGMA_TN: tl.constexpr, ACC: tl.constexpr, GROUPS: tl.constexpr,
 ):
-    block = tl.program_id(0).to(tl.int64)
+    program = tl.program_id(0).to(tl.int64)
     row = tl.program_id(1).to(tl.int64)
-    cols = block * BLOCK + tl.arange(0, BLOCK)
+    groups = program * GROUPS + tl.arange(0, GROUPS).to(tl.int64)  # 4 elements per group
+    cols = groups[:, None] * 4 + tl.arange(0, 4)[None, :]
     mask = cols < n_per_sample
     sigma_t = tl.load(sigma_t_ptr + row).to(ACC)
     std = sigma_t
@@ -41,7 +51,8 @@ def _add_noise_forward_kernel(
     if HAS_NOISE:
         eps = tl.load(noise_ptr + row * noise_row_stride + cols, mask=mask, other=0.0).to(ACC)
     else:
-        eps = tl.randn(seed, offset + row * n_per_sample + cols).to(ACC)  # Philox4x32-10, a counter per element
+        groups_per_sample = (n_per_sample + 3) // 4
+        eps = fresh_normals(seed, offset + row * groups_per_sample + groups).to(ACC)  # one counter per 4 elements
     tl.store(out_ptr + row * n_per_sample + cols, (x + std * eps).to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -49,8 +60,8 @@ def add_noise_forward_triton(x, sigma_t, sigma_tn, noise, seed, offset, *, block
     batch, n_per_sample = x.shape[0], x[0].numel()
     if batch > MAX_GRID_ROWS:
         raise ValueError(f"batch {batch} exceeds {MAX_GRID_ROWS}; split it")
-    if block_size is None:
-        block_size = 1024 if x.device.type == "cuda" else min(8192, triton.next_power_of_2(n_per_sample))
+    if block_size is None:  # elements per program
+        block_size = 1024 if x.device.type == "cuda" else min(8192, max(4, triton.next_power_of_2(n_per_sample)))
     x_rows, x_stride = _validate.as_rows(x)
     noise_rows, noise_stride = _validate.as_rows(noise) if noise is not None else (x_rows, 0)
     out = _empty(x.shape, dtype=x.dtype, device=x.device)
@@ -59,7 +70,7 @@ def add_noise_forward_triton(x, sigma_t, sigma_tn, noise, seed, offset, *, block
         n_per_sample, x_stride, noise_stride,
         seed, offset,
         HAS_NOISE=noise is not None, HAS_SIGMA_TN=sigma_tn is not None,
-        ACC=torch_to_triton_dtype(_compute_dtype(x)), BLOCK=block_size,
+        ACC=torch_to_triton_dtype(_compute_dtype(x)), GROUPS=block_size // 4,
     )
     return out
 
