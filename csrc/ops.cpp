@@ -51,6 +51,9 @@ TORCH_LIBRARY(ambient_fast, m) {
   m.def(
       "ambient_loss_fwd(Tensor prediction, Tensor x_t, Tensor x_tn, Tensor sigma_t, Tensor sigma_tn, "
       "Tensor? logvar, float sigma_data, bool precondition, bool compute_grad) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "noisy_crops(Tensor images, Tensor sample_ids, Tensor sigmas, Tensor level_keys, int draws, int crop, "
+      "int stride, int seed) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(ambient_fast, CPU, m) {
@@ -58,6 +61,7 @@ TORCH_LIBRARY_IMPL(ambient_fast, CPU, m) {
   m.impl("philox4x32_10", &ambient_fast::philox4x32_10_cpu);
   m.impl("box_muller_parts", &ambient_fast::box_muller_parts_cpu);
   m.impl("ambient_loss_fwd", &ambient_fast::ambient_loss_fwd_cpu);
+  m.impl("noisy_crops", &ambient_fast::noisy_crops_cpu);
 }
 
 TORCH_LIBRARY_IMPL(ambient_fast, Meta, m) {
@@ -65,6 +69,7 @@ TORCH_LIBRARY_IMPL(ambient_fast, Meta, m) {
   m.impl("philox4x32_10", &ambient_fast::philox4x32_10_meta);
   m.impl("box_muller_parts", &ambient_fast::box_muller_parts_meta);
   m.impl("ambient_loss_fwd", &ambient_fast::ambient_loss_fwd_meta);
+  m.impl("noisy_crops", &ambient_fast::noisy_crops_meta);
 }
 
 // Importing ambient_fast._C loads this library, and its static initialisers above register the operators.

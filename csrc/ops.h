@@ -27,6 +27,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ambient_loss_fwd_cpu(
     const at::Tensor& sigma_tn, const std::optional<at::Tensor>& logvar, double sigma_data, bool precondition,
     bool compute_grad);
 
+// Noisy crops for classifier scoring: [B*S*T*P, C, k, k] float32 (layout and RNG keying: kernels/crops.cuh).
+at::Tensor noisy_crops_cpu(const at::Tensor& images, const at::Tensor& sample_ids, const at::Tensor& sigmas,
+                           const at::Tensor& level_keys, int64_t draws, int64_t crop, int64_t stride, int64_t seed);
+
 // Shape-only versions for the Meta device (torch.compile / FakeTensor tracing).
 at::Tensor sample_noise_meta(const at::Tensor& sample_ids, c10::IntArrayRef shape, int64_t seed);
 at::Tensor philox4x32_10_meta(const at::Tensor& counters, int64_t key0, int64_t key1);
@@ -35,5 +39,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ambient_loss_fwd_meta(
     const at::Tensor& prediction, const at::Tensor& x_t, const at::Tensor& x_tn, const at::Tensor& sigma_t,
     const at::Tensor& sigma_tn, const std::optional<at::Tensor>& logvar, double sigma_data, bool precondition,
     bool compute_grad);
+at::Tensor noisy_crops_meta(const at::Tensor& images, const at::Tensor& sample_ids, const at::Tensor& sigmas,
+                            const at::Tensor& level_keys, int64_t draws, int64_t crop, int64_t stride, int64_t seed);
 
 }  // namespace ambient_fast

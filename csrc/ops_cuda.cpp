@@ -6,7 +6,9 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "../kernels/crops_launch.cuh"
 #include "../kernels/sample_noise.cuh"
+#include "crops_args.h"
 #include "sample_noise_args.h"
 
 namespace ambient_fast {
@@ -23,6 +25,27 @@ at::Tensor sample_noise_cuda(const at::Tensor& sample_ids, c10::IntArrayRef shap
   return out;
 }
 
+// Level keys are not range-checked here (that would need a device sync); the Python wrapper checks them.
+at::Tensor noisy_crops_cuda(const at::Tensor& images, const at::Tensor& sample_ids, const at::Tensor& sigmas,
+                            const at::Tensor& level_keys, int64_t draws, int64_t crop, int64_t stride, int64_t seed) {
+  const AfCropsShape shape = noisy_crops_shape(images, sample_ids, sigmas, level_keys, draws, crop, stride);
+  const c10::cuda::CUDAGuard device_guard(images.device());
+  const at::Tensor source = images.contiguous();
+  const at::Tensor ids = sample_ids.contiguous();
+  const at::Tensor sigma = sigmas.contiguous();
+  const at::Tensor keys = level_keys.contiguous();
+  at::Tensor out = at::empty(noisy_crops_output_sizes(shape), source.options());
+  if (shape.total_blocks == 0) return out;
+  af_launch_noisy_crops(shape, source.const_data_ptr<float>(), ids.const_data_ptr<int64_t>(),
+                        sigma.const_data_ptr<float>(), keys.const_data_ptr<int64_t>(), static_cast<uint64_t>(seed),
+                        out.mutable_data_ptr<float>(), c10::cuda::getCurrentCUDAStream().stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
 }  // namespace ambient_fast
 
-TORCH_LIBRARY_IMPL(ambient_fast, CUDA, m) { m.impl("sample_noise", &ambient_fast::sample_noise_cuda); }
+TORCH_LIBRARY_IMPL(ambient_fast, CUDA, m) {
+  m.impl("sample_noise", &ambient_fast::sample_noise_cuda);
+  m.impl("noisy_crops", &ambient_fast::noisy_crops_cuda);
+}
