@@ -1,0 +1,225 @@
+"""Training data: EDM2-format folders and zips (PNG/JPEG images or .npy latents, labels in dataset.json), plain
+image folders, and in-memory tensors.
+
+Every item is a dict:
+  image      float32 [C, H, W]: images in [-1, 1]; latents exactly as stored (e.g. EDM2 mean+std, 8 channels)
+  label      int64 class index (0 when the dataset has no labels)
+  sample_id  int64: the item's index in sorted file order, stable across runs, ranks and worker counts; the
+             annotations (sigma_min, sigma_max) and the fixed noise n_i are keyed by it
+  key        the file's relative name (POSIX), checked against the annotation file's keys
+
+A file that cannot be read is never skipped silently: with on_error="raise" (default) reading it raises
+CorruptSampleError naming the file; with on_error="skip", construction verifies every file, warns once per bad
+file with its name and reason, and marks it excluded (its id stays reserved, the sampler never draws it).
+"""
+from __future__ import annotations
+
+import io
+import json
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+LATENT_SUFFIXES = (".npy",)
+ON_ERROR = ("raise", "skip")
+
+
+class CorruptSampleError(RuntimeError):
+    """A dataset file could not be decoded or holds invalid values."""
+
+
+class ArrayDataset(torch.utils.data.Dataset):
+    """Common part: ids, keys, labels, exclusions, validation of decoded values and the annotation join."""
+
+    def __init__(self, keys: list[str], labels: np.ndarray | None, *, on_error: str = "raise"):
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        if not keys:
+            raise ValueError("the dataset is empty")
+        self.keys = list(keys)
+        self.labels = np.zeros(len(keys), np.int64) if labels is None else np.asarray(labels, np.int64)
+        self.label_dim = int(self.labels.max()) + 1 if labels is not None else 0
+        self.on_error = on_error
+        self.excluded = np.zeros(len(keys), bool)  # unreadable files found by verify()
+        self._shape: tuple[int, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def sample_ids(self) -> torch.Tensor:
+        return torch.arange(len(self), dtype=torch.int64)
+
+    def _load(self, index: int) -> torch.Tensor:  # implemented by subclasses: one decoded sample
+        raise NotImplementedError
+
+    def _checked(self, index: int) -> torch.Tensor:
+        key = self.keys[index]
+        try:
+            value = self._load(index)
+        except CorruptSampleError:
+            raise
+        except Exception as error:  # decoders raise many types (OSError, ValueError, zlib.error, ...)
+            raise CorruptSampleError(f"cannot read {key!r} (sample id {index}): {type(error).__name__}: {error}") from error
+        if not torch.isfinite(value).all():
+            raise CorruptSampleError(f"{key!r} (sample id {index}) holds NaN or inf values")
+        if self._shape is None:
+            self._shape = tuple(value.shape)
+        elif tuple(value.shape) != self._shape:
+            raise CorruptSampleError(f"{key!r} has shape {tuple(value.shape)}, the dataset's first sample {self._shape}")
+        return value
+
+    def __getitem__(self, index: int) -> dict:
+        index = int(index)
+        if self.excluded[index]:
+            raise CorruptSampleError(f"{self.keys[index]!r} (sample id {index}) was excluded as unreadable")
+        return {"image": self._checked(index), "label": int(self.labels[index]), "sample_id": index, "key": self.keys[index]}
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """[C, H, W] of one sample (decodes the first readable one)."""
+        if self._shape is None:
+            self[int(np.flatnonzero(~self.excluded)[0])]
+        return self._shape
+
+    def verify(self) -> list[str]:
+        """Decode every sample once; unreadable ones are warned about by name and excluded (on_error='skip') or
+        raise (on_error='raise'). Returns the excluded keys."""
+        bad = []
+        for index in range(len(self)):
+            try:
+                self._checked(index)
+            except CorruptSampleError as error:
+                if self.on_error == "raise":
+                    raise
+                warnings.warn(f"skipping unreadable sample: {error}", stacklevel=2)
+                self.excluded[index] = True
+                bad.append(self.keys[index])
+        if self.excluded.all():
+            raise CorruptSampleError("no readable sample in the dataset")
+        return bad
+
+    def annotations(self, source=None, *, allow_missing: bool = True):
+        """Annotations aligned to this dataset by sample id and key (Annotations.aligned_to). source: a path, an
+        Annotations, or None (everything clean). Unannotated samples are clean (allow_missing); excluded samples
+        get sigma_min = inf, sigma_max = 0, i.e. never usable."""
+        from ..annotations import Annotations
+
+        if source is None:
+            table = Annotations.clean(self.sample_ids, keys=self.keys)
+        else:
+            table = source if isinstance(source, Annotations) else Annotations.load(source)
+            table = table.aligned_to(self.sample_ids, self.keys, allow_missing=allow_missing)
+        if self.excluded.any():
+            excluded = torch.from_numpy(self.excluded)
+            table.sigma_min = torch.where(excluded, torch.tensor(float("inf"), dtype=torch.float64), table.sigma_min)
+            table.sigma_max = torch.where(excluded, torch.tensor(0.0, dtype=torch.float64), table.sigma_max)
+        return table
+
+
+class TensorDataset(ArrayDataset):
+    """In-memory samples [N, C, H, W] (already scaled: images in [-1, 1] or latents), optional labels and keys."""
+
+    def __init__(self, images: torch.Tensor, labels=None, keys: list[str] | None = None, *, on_error: str = "raise"):
+        if images.dim() != 4:
+            raise ValueError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
+        keys = keys if keys is not None else [f"{i:08d}" for i in range(images.shape[0])]
+        if len(keys) != images.shape[0]:
+            raise ValueError(f"{len(keys)} keys for {images.shape[0]} images")
+        super().__init__(keys, None if labels is None else torch.as_tensor(labels).cpu().numpy(), on_error=on_error)
+        self.images = images
+
+    def _load(self, index: int) -> torch.Tensor:
+        return self.images[index].float()
+
+
+class FileDataset(ArrayDataset):
+    """A directory or a .zip of images (PNG/JPEG/...) or .npy latents; EDM2's dataset.json gives the labels.
+
+    Sample ids are positions in the sorted list of relative file names, so the same files give the same ids on
+    every machine.
+    """
+
+    def __init__(self, path: str | Path, *, use_labels: bool = True, on_error: str = "raise", verify: bool | None = None):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"dataset {self.path} does not exist")
+        self._zip: zipfile.ZipFile | None = None
+        names = sorted(self._list_names())
+        files = [n for n in names if n.lower().endswith(IMAGE_SUFFIXES + LATENT_SUFFIXES)]
+        if not files:
+            raise ValueError(f"{self.path} holds no {IMAGE_SUFFIXES + LATENT_SUFFIXES} files")
+        kinds = {name.lower().endswith(LATENT_SUFFIXES) for name in files}
+        if len(kinds) > 1:
+            raise ValueError(f"{self.path} mixes images and .npy latents; keep one kind per dataset")
+        self.is_latent = kinds.pop()
+        labels = self._read_labels(files, names) if use_labels else None
+        super().__init__(files, labels, on_error=on_error)
+        if verify if verify is not None else on_error == "skip":
+            self.verify()
+
+    # ----------------------------------------------------------------------------------------- file access
+    def _list_names(self) -> list[str]:
+        if self.path.is_dir():
+            return [p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file()]
+        if zipfile.is_zipfile(self.path):
+            with zipfile.ZipFile(self.path) as archive:
+                return [n for n in archive.namelist() if not n.endswith("/")]
+        raise ValueError(f"{self.path} is neither a directory nor a zip file")
+
+    def _read_bytes(self, name: str) -> bytes:
+        if self.path.is_dir():
+            return (self.path / name).read_bytes()
+        if self._zip is None:  # opened lazily, once per DataLoader worker
+            self._zip = zipfile.ZipFile(self.path)
+        return self._zip.read(name)
+
+    def __getstate__(self):  # an open ZipFile cannot travel to worker processes
+        return {**self.__dict__, "_zip": None}
+
+    def _read_labels(self, files: list[str], names: list[str]) -> np.ndarray | None:
+        if "dataset.json" not in names:
+            return None
+        try:
+            table = json.loads(self._read_bytes("dataset.json")).get("labels")
+        except (ValueError, AttributeError) as error:
+            raise ValueError(f"{self.path}/dataset.json is not valid JSON with a 'labels' list: {error}") from error
+        if table is None:
+            return None
+        by_name = {name: label for name, label in table}
+        missing = [f for f in files if f not in by_name]
+        if missing:
+            raise ValueError(f"dataset.json has no label for {len(missing)} files (first: {missing[:3]})")
+        return np.array([by_name[f] for f in files], np.int64)
+
+    def _load(self, index: int) -> torch.Tensor:
+        data = self._read_bytes(self.keys[index])
+        if self.is_latent:
+            return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32))
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            array = np.asarray(image.convert("L" if image.mode in ("L", "I;16", "I") else "RGB"))
+        array = array[:, :, None] if array.ndim == 2 else array
+        return torch.from_numpy(array.transpose(2, 0, 1).astype(np.float32)) / 127.5 - 1  # uint8 -> [-1, 1]
+
+
+def open_dataset(source, **kwargs) -> ArrayDataset:
+    """A dataset from a path (directory or zip) or a tensor [N, C, H, W]."""
+    if isinstance(source, torch.Tensor):
+        return TensorDataset(source, **kwargs)
+    return FileDataset(source, **kwargs)
+
+
+def collate(items: list[dict]) -> dict:
+    return {
+        "image": torch.stack([item["image"] for item in items]),
+        "label": torch.tensor([item["label"] for item in items], dtype=torch.int64),
+        "sample_id": torch.tensor([item["sample_id"] for item in items], dtype=torch.int64),
+        "key": [item["key"] for item in items],
+    }
