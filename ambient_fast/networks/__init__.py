@@ -2,6 +2,8 @@
 preconditioning wrapper every network plugs into (precond.py)."""
 from __future__ import annotations
 
+from .edm2 import EDM2_IMG512, EDM2UNet
+from .precond import Precond
 from .unet import UNet, UNetEncoder
 
-__all__ = ["UNet", "UNetEncoder"]
+__all__ = ["EDM2UNet", "EDM2_IMG512", "Precond", "UNet", "UNetEncoder"]
