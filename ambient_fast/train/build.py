@@ -1,0 +1,26 @@
+"""Networks from a NetworkConfig (the registry of built-in architectures)."""
+from __future__ import annotations
+
+import torch
+
+from ..networks import EDM2UNet, UNet
+from .config import NetworkConfig
+
+ARCHITECTURES = {"unet": UNet, "edm2": EDM2UNet}
+
+
+def build_network(config: NetworkConfig, *, img_channels: int, img_resolution: int, label_dim: int, seed: int) -> torch.nn.Module:
+    """The configured network, initialised from `seed` without touching the global generator."""
+    if config.arch not in ARCHITECTURES:
+        raise ValueError(f"unknown network arch {config.arch!r}; choose from {sorted(ARCHITECTURES)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ARCHITECTURES[config.arch](
+            img_channels, img_resolution, config.model_channels, tuple(config.channel_mult), config.num_blocks,
+            attn_resolutions=tuple(config.attn_resolutions), label_dim=label_dim if config.class_conditional else 0,
+            dropout=config.dropout,
+        )
+
+
+def parameter_count(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,128 @@
+"""Checkpoints: tensors in safetensors, everything else as JSON in its metadata; no pickled code.
+
+Written atomically (temporary file, fsync, rename), with a CRC-32 of every tensor's bytes in the metadata, so a
+truncated or corrupted file is detected on load; `load_latest` then warns with the file name and falls back to
+the previous checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+import zlib
+from pathlib import Path
+
+import torch
+
+FORMAT = "ambient_fast.checkpoint"
+NAME = re.compile(r"^(?P<prefix>[a-z_]+)-(?P<step>\d{8})\.safetensors$")
+
+
+class CorruptCheckpointError(ValueError):
+    pass
+
+
+def _crc(tensors: dict[str, torch.Tensor]) -> str:
+    crc = 0
+    for name in sorted(tensors):
+        crc = zlib.crc32(name.encode(), crc)
+        crc = zlib.crc32(tensors[name].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(), crc)
+    return f"{crc:08x}"
+
+
+def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
+    metadata = {"format": FORMAT, "crc32": _crc(tensors), "meta": json.dumps(meta, sort_keys=True)}
+    temporary = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(temporary), metadata=metadata)
+    with open(temporary, "rb+") as handle:
+        os.fsync(handle.fileno())
+    temporary.replace(path)  # atomic on POSIX: readers see the old file or the whole new one
+
+
+def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as error:  # truncated or foreign files raise safetensors' own error types
+        raise CorruptCheckpointError(f"{path} is unreadable: {error}") from error
+    if metadata.get("format") != FORMAT:
+        raise CorruptCheckpointError(f"{path} is not an ambient_fast checkpoint")
+    if _crc(tensors) != metadata.get("crc32"):
+        raise CorruptCheckpointError(f"{path} fails its CRC-32 check (corrupted on disk)")
+    return tensors, json.loads(metadata["meta"])
+
+
+def list_checkpoints(directory: str | Path, prefix: str = "training") -> list[tuple[int, Path]]:
+    """(step, path) of `prefix-XXXXXXXX.safetensors` files, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for path in directory.iterdir():
+        match = NAME.match(path.name)
+        if match and match["prefix"] == prefix:
+            found.append((int(match["step"]), path))
+    return sorted(found)
+
+
+def load_latest(directory: str | Path, prefix: str = "training", *, log=print):
+    """The newest checkpoint that loads and verifies, as (step, tensors, meta); None when there is none.
+    Each unusable newer file is reported by name."""
+    for step, path in reversed(list_checkpoints(directory, prefix)):
+        try:
+            tensors, meta = load(path)
+        except CorruptCheckpointError as error:
+            warnings.warn(f"skipping checkpoint: {error}", stacklevel=2)
+            log(f"WARNING: {error}; trying the previous checkpoint")
+            continue
+        return step, tensors, meta
+    return None
+
+
+def path_for(directory: str | Path, step: int, prefix: str = "training") -> Path:
+    return Path(directory) / f"{prefix}-{step:08d}.safetensors"
+
+
+def prune(directory: str | Path, keep: int, prefix: str = "training") -> None:
+    for _, path in list_checkpoints(directory, prefix)[:-keep] if keep > 0 else []:
+        path.unlink(missing_ok=True)
+
+
+def split(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries under `prefix.` with the prefix removed."""
+    start = len(prefix) + 1
+    return {name[start:]: value for name, value in tensors.items() if name.startswith(prefix + ".")}
+
+
+def optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Adam's state as tensors ('optim.<param index>.<name>') plus JSON (param groups)."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entry in state["state"].items():
+        for name, value in entry.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{index}.{name}"] = value
+            else:
+                scalars[f"{index}.{name}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_flat(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for name, value in split(tensors, "optim").items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    for name, value in meta["scalars"].items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})

@@ -1,0 +1,138 @@
+"""Training configuration: dataclasses with units, and every preset in one table (PRESETS).
+
+Durations and intervals are in optimizer steps (one step = one global batch of `batch_size` samples); noise
+levels in data units (sigma_data = 0.5 for pixels in [-1, 1] and for standardised EDM2 latents).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+from ..networks.edm2 import EDM2_IMG512
+
+# EDM2's standardisation of SD-VAE posterior samples (per channel): x0 = (z - mean) / std * 0.5.
+SD_VAE_LATENT_MEAN = (5.81, 3.25, 0.12, -2.15)
+SD_VAE_LATENT_STD = (4.17, 4.62, 3.71, 3.28)
+
+
+@dataclass
+class NetworkConfig:
+    arch: str = "unet"  # "unet" (compact EDM-style, networks/unet.py) or "edm2" (magnitude-preserving)
+    model_channels: int = 32  # channels at the first resolution
+    channel_mult: tuple[int, ...] = (1, 2)  # channels per resolution level, as multiples of model_channels
+    num_blocks: int = 1  # residual blocks per level (encoder; the decoder has one more)
+    attn_resolutions: tuple[int, ...] = ()  # resolutions (pixels of the feature map) with self-attention
+    dropout: float = 0.0  # probability, inside residual blocks
+    class_conditional: bool = True  # use the dataset's labels when it has any
+
+
+@dataclass
+class TrainConfig:
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    # data
+    data: str = ""  # dataset directory or zip (EDM2 format, image folder, or .npy latents)
+    annotations: str | None = None  # annotation file (safetensors, ambient_fast.annotations); None = all clean
+    on_corrupt: str = "raise"  # "raise" or "skip" (verify every file, warn by name, never train on it)
+    latent_mean: tuple[float, ...] = SD_VAE_LATENT_MEAN  # latents only: per-channel mean of posterior samples
+    latent_std: tuple[float, ...] = SD_VAE_LATENT_STD  # latents only: per-channel std; x0 = (z - mean) / std * 0.5
+    num_workers: int = 2  # DataLoader worker processes per rank
+    # optimisation
+    batch_size: int = 64  # global batch (all ranks, all accumulation rounds), samples per step
+    batch_gpu: int | None = None  # samples per forward pass per device; None = batch_size / world_size
+    total_steps: int = 2000  # training length, optimizer steps
+    ref_lr: float = 1e-2  # alpha_ref: Adam learning rate after ramp-up, before decay
+    lr_decay_steps: int = 70_000  # t_ref of EDM2: lr = ref_lr / sqrt(max(step / t_ref, 1)); 0 = no decay
+    lr_rampup_steps: int = 0  # linear warm-up length, steps
+    adam_betas: tuple[float, float] = (0.9, 0.99)
+    adam_eps: float = 1e-8
+    precision: str = "fp32"  # "fp32", "bf16" or "fp16": autocast for the network, fp32 master weights and loss
+    max_nonfinite_steps: int = 10  # abort after this many consecutive steps with NaN/inf gradients (skipped)
+    # noise levels and the ambient loss
+    p_mean: float = -1.2  # ln(sigma_t) ~ N(p_mean, p_std^2): EDM pixels -1.2/1.2, EDM2 latents -0.4/1.0
+    p_std: float = 1.2
+    sigma_data: float = 0.5
+    max_weight: float = 4.0  # L_max of the buffer, eq. D.2 (sample trained at s_t only if s_t > b s_min)
+    ambient: bool = True  # False: plain EDM loss on everything (sigma_tn = 0, no rejection); a baseline
+    # EMA, checkpoints, logging
+    ema_stds: tuple[float, ...] = (0.05, 0.10)  # power-function EMA relative standard deviations (EDM2 sigma_rel)
+    snapshot_every: int = 500  # steps between stored EMA snapshots for post-hoc reconstruction; 0 = never
+    checkpoint_every: int = 500  # steps between training checkpoints (and at the end)
+    keep_checkpoints: int = 3  # newest checkpoints kept; older ones are deleted after a successful save
+    log_every: int = 10  # steps between progress lines and JSONL metric rows
+    tensorboard: bool = False  # also write TensorBoard scalars (needs the tensorboard package)
+    # reproducibility
+    seed: int = 0  # sampler order, noise levels, fresh noise, network init
+    annotation_seed: int = 0  # the fixed per-sample noise n_i of x_tn = x0 + sigma_tn n_i
+    deterministic: bool = False  # torch.use_deterministic_algorithms(True) (global; printed when set)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        values = dict(values)
+        network = NetworkConfig(**_tuples(values.pop("network", {}), NetworkConfig))
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown config fields: {sorted(unknown)}")
+        return cls(network=network, **_tuples(values, cls))
+
+    def replace(self, **overrides) -> TrainConfig:
+        values = dataclasses.asdict(self)
+        for name, value in overrides.items():
+            if name.startswith("network."):
+                values["network"][name.split(".", 1)[1]] = value
+            elif name not in values:
+                raise ValueError(f"unknown config field {name!r}")
+            else:
+                values[name] = value
+        return TrainConfig.from_dict(values)
+
+
+def _tuples(values: dict, cls) -> dict:
+    """JSON turns tuples into lists; turn them back for the tuple-typed fields."""
+    out = dict(values)
+    for f in dataclasses.fields(cls):
+        if f.name in out and isinstance(out[f.name], list):
+            out[f.name] = tuple(out[f.name])
+    return out
+
+
+def _edm2_img512(size: str) -> dict:
+    row = EDM2_IMG512[size]
+    return dict(
+        network=dict(arch="edm2", model_channels=row.model_channels, channel_mult=(1, 2, 3, 4), num_blocks=3,
+                     attn_resolutions=(16, 8), dropout=row.dropout),
+        batch_size=2048, total_steps=row.training_mimg * 2**20 // 2048, ref_lr=row.ref_lr,
+        lr_decay_steps=row.decay_batches, lr_rampup_steps=10_000_000 // 2048, p_mean=-0.4, p_std=1.0,
+        precision="bf16", snapshot_every=4096, checkpoint_every=2048, log_every=100, num_workers=4,
+    )
+
+
+# One table of presets: name -> overrides of the TrainConfig defaults.
+PRESETS: dict[str, dict] = {
+    # A few minutes on a 2-core CPU: 16x16 images, ~0.4M-parameter UNet, batch 64 (about 0.13 s per step).
+    "tiny-cpu": dict(
+        network=dict(arch="unet", model_channels=32, channel_mult=(1, 2), num_blocks=1),
+        batch_size=64, total_steps=2000, ref_lr=2e-3, lr_decay_steps=0, lr_rampup_steps=100, num_workers=0,
+        snapshot_every=250, checkpoint_every=250, log_every=20,
+    ),
+    # CIFAR-10 32x32 pixels, EDM's DDPM++-sized network (128 channels, 4 blocks, attention at 16x16).
+    "cifar10": dict(
+        network=dict(arch="unet", model_channels=128, channel_mult=(2, 2, 2), num_blocks=4, attn_resolutions=(16,),
+                     dropout=0.13),
+        batch_size=512, total_steps=400_000, ref_lr=1e-3, lr_decay_steps=0, lr_rampup_steps=20_000,
+        p_mean=-1.2, p_std=1.2, precision="bf16", snapshot_every=5000, checkpoint_every=5000, log_every=100,
+    ),
+    # EDM2 ImageNet-512 (64x64x4 SD-VAE latents), sizes XS..XXL of Karras et al. 2024.
+    **{f"edm2-img512-{size}": _edm2_img512(size) for size in EDM2_IMG512},
+}
+
+
+def preset(name: str, **overrides) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+    values = json.loads(json.dumps(PRESETS[name]))
+    config = TrainConfig.from_dict(values)
+    return config.replace(**overrides) if overrides else config

@@ -1,0 +1,56 @@
+"""Progress lines on stdout, one JSON row per logged step in metrics.jsonl, TensorBoard when asked for."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path, *, resume_step: int, total_steps: int, tensorboard: bool = False, enabled: bool = True):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.total_steps, self.enabled = total_steps, enabled
+        self.writer = None
+        if not enabled:
+            return
+        self._truncate_after(resume_step)  # rows a killed run wrote past its last checkpoint are redone
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as error:
+                raise ImportError("tensorboard=True needs the tensorboard package (pip install tensorboard)") from error
+            self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    def _truncate_after(self, resume_step: int) -> None:
+        if not self.path.exists():
+            return
+        rows = [line for line in self.path.read_text().splitlines() if line.strip()]
+        kept = [line for line in rows if json.loads(line).get("step", -1) < resume_step]
+        temporary = self.path.with_name(self.path.name + ".tmp")
+        temporary.write_text("".join(line + "\n" for line in kept))
+        temporary.replace(self.path)
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for name, value in row.items():
+                if isinstance(value, (int, float)) and name != "step":
+                    self.writer.add_scalar(name, value, row["step"])
+
+    def progress(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        done = row["step"] + 1
+        width = 24
+        filled = int(width * done / max(self.total_steps, 1))
+        line = (f"[{'#' * filled}{'.' * (width - filled)}] step {done}/{self.total_steps}  loss {row['loss']:.4f}  "
+                f"lr {row['lr']:.2e}  {1000 * row['sec_per_step']:.0f} ms/step (data {1000 * row['data_sec']:.0f} ms)  "
+                f"skipped {row['skipped_steps']}")
+        print(line, file=sys.stdout, flush=True)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
