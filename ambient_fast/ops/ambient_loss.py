@@ -233,7 +233,8 @@ class AmbientLossFunction(torch.autograd.Function):
     def backward(ctx, grad_loss):
         grad, grad_logvar = ctx.saved_tensors
         grad_prediction = grad_logvar_out = None
-        if ctx.reduction != "none" and bool(grad_loss == 1):
+        # Fast path (a host check, so skipped while torch.compile traces, where it would break the graph).
+        if ctx.reduction != "none" and not torch.compiler.is_compiling() and bool(grad_loss == 1):
             return grad, None, None, None, None, grad_logvar, None, None, None, None
         if ctx.needs_input_grad[0]:
             # Out of place (same traffic as in place) so a retained graph can run backward again.
@@ -244,6 +245,9 @@ class AmbientLossFunction(torch.autograd.Function):
         return grad_prediction, None, None, None, None, grad_logvar_out, None, None, None, None
 
 
+# Runs eagerly under torch.compile (a graph break): the kernel is already fused, and validation and backend choice
+# are host logic that Dynamo should not trace.
+@torch.compiler.disable
 def _ambient_loss(prediction, x_t, x_tn, sigma_t, sigma_tn, sigma_data, logvar, validate, precondition, reduction):
     if reduction not in ("none", "mean", "sum"):
         raise ValueError(f"reduction must be 'none', 'mean' or 'sum', got {reduction!r}")

@@ -164,6 +164,7 @@ def _ambient_noising_eager(x0, sample_ids, sigma_t, sigma_tn, annotation_seed, s
     return x_t.to(x0.dtype), x_tn.to(x0.dtype)
 
 
+@torch.compiler.disable  # host-side validation and dispatch; the kernel itself is fused
 def ambient_noising(
     x0: torch.Tensor,
     sample_ids: torch.Tensor,

@@ -111,6 +111,7 @@ class AddNoiseFunction(torch.autograd.Function):
         return grad_out, None, None, grad_noise, None, None
 
 
+@torch.compiler.disable  # host-side validation and dispatch; the kernel itself is fused
 def add_noise(
     x: torch.Tensor,
     sigma_t,

@@ -30,6 +30,7 @@ def _check(sample_ids: torch.Tensor, shape: Sequence[int], seed: int) -> tuple[i
     return shape
 
 
+@torch.compiler.disable  # host-side validation and dispatch; the kernel itself is fused
 def sample_noise(sample_ids: torch.Tensor, shape: Sequence[int], seed: int = 0) -> torch.Tensor:
     """Standard normal noise [len(sample_ids), *shape] (float32) on sample_ids' device, fixed per (id, seed)."""
     shape = _check(sample_ids, shape, seed)
