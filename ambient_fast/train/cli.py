@@ -1,0 +1,125 @@
+"""`ambient-fast train`, `ambient-fast generate`, `ambient-fast dataset encode|info`."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+
+def register(subparsers) -> None:
+    train = subparsers.add_parser("train", help="train a diffusion model with the ambient loss (resumes when rerun)")
+    train.add_argument("--preset", default="tiny-cpu", help="row of ambient_fast.train.config.PRESETS")
+    train.add_argument("--data", required=True, help="dataset directory or zip (EDM2 format, images or .npy latents)")
+    train.add_argument("--annotations", default=None, help="annotation file (safetensors); default: all clean")
+    train.add_argument("--run-dir", required=True, help="checkpoints, EMA snapshots and metrics.jsonl go here")
+    train.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when CUDA is available, else cpu")
+    train.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="override a config field, e.g. --set total_steps=500 --set network.model_channels=64")
+    train.set_defaults(func=_train)
+
+    generate = subparsers.add_parser("generate", help="sample with the EDM Heun sampler; writes a PNG grid and an npz")
+    generate.add_argument("source", help="run directory or checkpoint file")
+    generate.add_argument("--ema", type=float, default=None, help="EMA std (tracked or post-hoc); default raw weights")
+    generate.add_argument("--num", type=int, default=64, help="number of samples")
+    generate.add_argument("--steps", type=int, default=32, help="Heun steps (2 * steps - 1 network evaluations)")
+    generate.add_argument("--batch", type=int, default=64, help="samples per network call")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--class-label", type=int, default=None, help="fixed class (default: random classes)")
+    generate.add_argument("--guide", default=None, help="run directory or checkpoint of the guiding network")
+    generate.add_argument("--guidance", type=float, default=1.0, help="guidance weight w (1 = none)")
+    generate.add_argument("--png", default="samples.png")
+    generate.add_argument("--npz", default="samples.npz")
+    generate.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    generate.set_defaults(func=_generate)
+
+    dataset = subparsers.add_parser("dataset", help="dataset tools").add_subparsers(dest="dataset_command", metavar="ACTION")
+    encode = dataset.add_parser("encode", help="images -> EDM2 latents (posterior mean and std) with a local VAE")
+    encode.add_argument("source")
+    encode.add_argument("destination")
+    encode.add_argument("--vae", required=True, help="diffusers AutoencoderKL directory on this machine")
+    encode.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    encode.add_argument("--batch-size", type=int, default=16)
+    encode.set_defaults(func=_encode)
+    info = dataset.add_parser("info", help="size, shape, labels, unreadable files, annotation coverage")
+    info.add_argument("source")
+    info.add_argument("--annotations", default=None)
+    info.add_argument("--verify", action="store_true", help="decode every file and list the unreadable ones")
+    info.set_defaults(func=_info)
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # a bare string such as a path
+
+
+def _train(args) -> int:
+    from . import distributed
+    from .config import preset
+    from .loop import train
+
+    overrides = {"data": args.data, "annotations": args.annotations}
+    for item in args.set:
+        if "=" not in item:
+            raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
+        name, value = item.split("=", 1)
+        overrides[name.strip()] = _parse_value(value)
+    config = preset(args.preset, **overrides)
+    try:
+        train(config, run_dir=args.run_dir, device=args.device)
+    finally:
+        distributed.shutdown()
+    return 0
+
+
+def _generate(args) -> int:
+    from ..sampling import heun_sample, load_denoiser, save_outputs
+
+    device = torch.device(args.device)
+    denoiser, meta = load_denoiser(args.source, ema_std=args.ema, device=device)
+    guide = load_denoiser(args.guide, device=device)[0] if args.guide else None
+    shape = (meta["img_channels"], meta["img_resolution"], meta["img_resolution"])
+    print(f"generating {args.num} samples {shape} from {args.source} (EMA {args.ema or 'none'}), {args.steps} Heun "
+          f"steps, seed {args.seed}, guidance {args.guidance}, on {device} -> {args.png}, {args.npz}")
+    generator = torch.Generator().manual_seed(args.seed)
+    label_dim = meta["label_dim"]
+    samples, labels = [], []
+    for start in range(0, args.num, args.batch):
+        n = min(args.batch, args.num - start)
+        noise = torch.randn(n, *shape, generator=generator).to(device)
+        batch_labels = None
+        if label_dim:
+            batch_labels = (torch.full((n,), args.class_label) if args.class_label is not None
+                            else torch.randint(0, label_dim, (n,), generator=generator)).to(device)
+            labels.append(batch_labels.cpu())
+        samples.append(heun_sample(denoiser, noise, class_labels=batch_labels, num_steps=args.steps, guide=guide,
+                                   guidance=args.guidance).cpu())
+    samples = torch.cat(samples)
+    is_latent = meta.get("is_latent", False)
+    save_outputs(samples, torch.cat(labels) if labels else None, png=None if is_latent else args.png, npz=args.npz)
+    if is_latent:
+        print("latent samples written to the npz only (decode them with the VAE to get images)")
+    return 0
+
+
+def _encode(args) -> int:
+    from ..data.encode import encode_dataset
+
+    encode_dataset(args.source, args.destination, vae_dir=args.vae, device=args.device, batch_size=args.batch_size)
+    return 0
+
+
+def _info(args) -> int:
+    from ..data import open_dataset
+
+    dataset = open_dataset(args.source, on_error="skip" if args.verify else "raise", verify=args.verify)
+    print(f"{args.source}: {len(dataset)} samples, shape {tuple(dataset.shape)}, "
+          f"{'latents' if dataset.is_latent else 'images'}, {dataset.label_dim or 'no'} classes")
+    if args.verify:
+        print(f"unreadable: {int(dataset.excluded.sum())}" + "".join(f"\n  {k}" for k, bad in zip(dataset.keys, dataset.excluded) if bad))
+    table = dataset.annotations(args.annotations)
+    for sigma in (0.002, 0.02, 0.2, 2.0, 20.0):
+        print(f"  usable at sigma {sigma:g}: {float(table.usable(sigma).double().mean()):.3f}")
+    return 0
