@@ -1,0 +1,152 @@
+"""Trainer pieces: presets, the EDM2 schedule, power EMA and its post-hoc reconstruction, checkpoints (atomic,
+CRC-checked, truncated one skipped), non-finite gradients, and exact resume in-process."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ambient_fast.data import TensorDataset
+from ambient_fast.train import PRESETS, preset, train
+from ambient_fast.train import checkpoint
+from ambient_fast.train.phema import PowerEMA, gamma_to_std, posthoc_coefficients, reconstruct, std_to_gamma
+from ambient_fast.train.schedule import learning_rate
+
+
+def smooth_images(n=64, size=8, seed=0):
+    """Colour gradients in [-1, 1]: structured enough that a tiny network learns something."""
+    g = torch.Generator().manual_seed(seed)
+    ramp = torch.linspace(-1, 1, size)
+    a, b, c = (torch.rand(n, 3, 1, 1, generator=g) * 2 - 1 for _ in range(3))
+    return (a * ramp.view(1, 1, -1, 1) * 0.5 + b * ramp.view(1, 1, 1, -1) * 0.5 + c * 0.5).clamp(-1, 1)
+
+
+def tiny_config(**overrides):
+    base = dict(total_steps=6, batch_size=8, log_every=1, checkpoint_every=2, snapshot_every=2, lr_rampup_steps=0,
+                num_workers=0, **{"network.model_channels": 8, "network.channel_mult": [1, 2]})
+    base.update(overrides)
+    return preset("tiny-cpu", **base)
+
+
+def test_presets_build_and_round_trip():
+    for name in PRESETS:
+        config = preset(name)
+        assert json.loads(config.to_json())["network"]["arch"] in ("unet", "edm2")
+    xxl = preset("edm2-img512-xxl")
+    assert xxl.network.model_channels == 448 and xxl.ref_lr == 0.0065 and xxl.p_mean == -0.4
+    assert preset("tiny-cpu", **{"network.num_blocks": 2}).network.num_blocks == 2
+    with pytest.raises(ValueError, match="unknown config field"):
+        preset("tiny-cpu", learning_rate=1.0)
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("nope")
+
+
+def test_learning_rate_schedule():
+    assert learning_rate(0, ref_lr=1.0, decay_steps=100, rampup_steps=10) == pytest.approx(0.1)
+    assert learning_rate(50, ref_lr=1.0, decay_steps=100, rampup_steps=10) == 1.0
+    assert learning_rate(400, ref_lr=1.0, decay_steps=100, rampup_steps=10) == pytest.approx(0.5)  # 1/sqrt(4)
+
+
+def test_phema_matches_edm2_gammas_and_reconstructs_an_unseen_std():
+    assert std_to_gamma(0.05) == pytest.approx(16.97, abs=0.01) and std_to_gamma(0.10) == pytest.approx(6.94, abs=0.01)
+    assert gamma_to_std(std_to_gamma(0.07)) == pytest.approx(0.07)
+    # A parameter trajectory; track 0.05, 0.10 (stored every 20 steps) and 0.07 directly, then reconstruct 0.07.
+    module = torch.nn.Linear(1, 1, bias=False)
+    stored = PowerEMA(module, (0.05, 0.10))
+    direct = PowerEMA(module, (0.07,))
+    snapshots = []
+    for t in range(1, 2001):
+        with torch.no_grad():
+            module.weight.fill_(math.sin(t / 150) + t / 1000)
+        stored.update(module, step=t)
+        direct.update(module, step=t)
+        if t % 20 == 0:
+            snapshots += [(std, t, {k: v.clone() for k, v in avg.items()}) for std, avg in zip(stored.stds, stored.averages)]
+    want = direct.averages[0]["weight"].item()
+    got = reconstruct(snapshots, 0.07)["weight"].item()
+    last_010 = stored.averages[1]["weight"].item()
+    assert abs(got - want) < 0.05 * abs(last_010 - want)  # far closer than the nearest stored EMA
+    x = posthoc_coefficients([(0.05, 100.0), (0.10, 100.0)], 0.10, 100.0)
+    np.testing.assert_allclose(x, [0, 1], atol=1e-6)  # a stored profile reconstructs itself
+
+
+def test_checkpoint_atomic_crc_and_fallback(tmp_path):
+    state = {"w": torch.arange(1000, dtype=torch.float32), "s": torch.tensor(3.0)}
+    checkpoint.save(checkpoint.path_for(tmp_path, 1), state, {"step": 1})
+    checkpoint.save(checkpoint.path_for(tmp_path, 2), {k: v + 1 for k, v in state.items()}, {"step": 2})
+    assert not list(tmp_path.glob("*.tmp"))
+    newest = checkpoint.path_for(tmp_path, 2)
+    newest.write_bytes(newest.read_bytes()[:-100])  # truncated
+    with pytest.warns(UserWarning, match="training-00000002"):
+        step, tensors, meta = checkpoint.load_latest(tmp_path, log=lambda *_: None)
+    assert step == 1 and torch.equal(tensors["w"], state["w"]) and meta == {"step": 1}
+    data = bytearray(checkpoint.path_for(tmp_path, 1).read_bytes())
+    data[-5] ^= 0xFF  # one flipped bit in the tensor data
+    checkpoint.path_for(tmp_path, 1).write_bytes(bytes(data))
+    with pytest.raises(checkpoint.CorruptCheckpointError, match="CRC"):
+        checkpoint.load(checkpoint.path_for(tmp_path, 1))
+
+
+def test_truncated_checkpoint_resumes_from_previous_with_identical_losses(tmp_path):
+    dataset = TensorDataset(smooth_images(32))
+    config = tiny_config()
+    full = train(config, run_dir=tmp_path / "full", dataset=dataset, log=lambda *_: None)["losses"]
+    run = tmp_path / "run"
+    train(config, run_dir=run, dataset=dataset, log=lambda *_: None)
+    assert [s for s, _ in checkpoint.list_checkpoints(run)] == [1, 3, 5]
+    last = checkpoint.path_for(run, 5)
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    messages = []
+    with pytest.warns(UserWarning, match="training-00000005"):
+        resumed = train(config, run_dir=run, dataset=dataset, log=messages.append)
+    assert any("resumed from step 3" in m for m in messages)
+    assert resumed["losses"] == full[4:]  # bit-identical
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(6)) and [r["loss"] for r in rows] == full
+
+
+class PoisonedNet(torch.nn.Module):
+    """A user network (the documented protocol) whose output turns NaN while `poison` is set."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.poison = False
+
+    def forward(self, x_in, c_noise, class_labels=None):
+        out = self.conv(x_in) * c_noise.view(-1, 1, 1, 1)
+        return out * float("nan") if self.poison else out
+
+
+def test_nonfinite_gradients_skip_the_step_then_abort(tmp_path):
+    dataset = TensorDataset(smooth_images(32))
+    net = PoisonedNet()
+    config = tiny_config(total_steps=3, max_nonfinite_steps=2)
+    train(config, run_dir=tmp_path / "a", dataset=dataset, network=net, log=lambda *_: None)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    net.poison = True
+    messages = []
+    result = train(config.replace(total_steps=5), run_dir=tmp_path / "a", dataset=dataset, network=net, log=messages.append)
+    assert result["skipped_steps"] == 2 and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+    assert any("non-finite gradients, step skipped" in m for m in messages)
+    with pytest.raises(FloatingPointError, match="consecutive"):
+        train(config.replace(total_steps=9), run_dir=tmp_path / "a", dataset=dataset, network=net, log=lambda *_: None)
+
+
+def test_annotated_training_uses_only_usable_levels(tmp_path):
+    from ambient_fast.annotations import Annotations
+
+    dataset = TensorDataset(smooth_images(32))
+    sigma_min = torch.where(torch.arange(32) < 8, 0.0, 1.5).double()  # 8 clean, 24 noisy at 1.5
+    table = Annotations(torch.arange(32), sigma_min, torch.zeros(32))
+    table.save(tmp_path / "ann.safetensors")
+    config = tiny_config(total_steps=3, annotations=str(tmp_path / "ann.safetensors"))
+    result = train(config, run_dir=tmp_path / "r", dataset=dataset, log=lambda *_: None)
+    assert all(math.isfinite(v) for v in result["losses"])
+    with pytest.raises(ValueError, match="no sample is usable"):
+        bad = Annotations(torch.arange(32), torch.full((32,), 1.5, dtype=torch.float64), torch.zeros(32))
+        bad.save(tmp_path / "bad.safetensors")
+        train(config.replace(annotations=str(tmp_path / "bad.safetensors")), run_dir=tmp_path / "b", dataset=dataset)
