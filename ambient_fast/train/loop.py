@@ -78,11 +78,19 @@ def train(config: TrainConfig, *, run_dir: str | Path, device: str | torch.devic
     """Train (or resume) the run in run_dir. network: a module following the protocol of networks/precond.py
     (default: built from config.network); dataset: an ArrayDataset (default: config.data). stop_after: return
     after this many steps of this invocation (tests). Returns {"step": last step done, "losses": [...]}"""
-    run_dir = Path(run_dir)
+    previous = torch.are_deterministic_algorithms_enabled()
+    try:
+        return _train(config, run_dir=Path(run_dir), device=device, network=network, dataset=dataset,
+                      stop_after=stop_after, log=log)
+    finally:
+        torch.use_deterministic_algorithms(previous)  # the process-wide setting is restored on return
+
+
+def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop_after, log) -> dict:
     dist_info, device = distributed.init(device)
     say = log if dist_info.is_main else (lambda *_: None)
     if config.deterministic:
-        say("setting torch.use_deterministic_algorithms(True) (a process-wide PyTorch setting)")
+        say("setting torch.use_deterministic_algorithms(True) for this run (process-wide; restored on return)")
         torch.use_deterministic_algorithms(True)
 
     # ---- data and annotations
