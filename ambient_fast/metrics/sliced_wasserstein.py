@@ -64,8 +64,10 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, *, projections: int, re
     """Mean over random unit directions of W1 between the projected sets, on equally many randomly chosen rows of
     each (at most max_count), so W1 is the mean difference of the sorted projections."""
     count = min(a.shape[0], b.shape[0], max_count)
-    a = a[torch.randperm(a.shape[0], generator=generator)[:count]].float()
-    b = b[torch.randperm(b.shape[0], generator=generator)[:count]].float()
+    rows_a = torch.randperm(a.shape[0], generator=generator)[:count]
+    # Equal sizes: the same rows of both (identical sets give exactly 0; the rows are independent of content).
+    rows_b = rows_a if b.shape[0] == a.shape[0] else torch.randperm(b.shape[0], generator=generator)[:count]
+    a, b = a[rows_a].float(), b[rows_b].float()
     total = 0.0
     for _ in range(repeats):
         directions = torch.randn(projections, a.shape[1], generator=generator)

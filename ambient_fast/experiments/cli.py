@@ -1,0 +1,94 @@
+"""`ambient-fast corrupt` (a mixed clean/corrupted dataset from a clean one) and `ambient-fast eval` (metrics of a
+generated set against test and training references)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _parameter(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise ValueError(f"--param takes NAME=VALUE (e.g. sigma_px=1.0), got {text!r}")
+    number = float(value)
+    return name, int(number) if number.is_integer() else number
+
+
+def run_corrupt(args) -> int:
+    import torch
+
+    from ..corruptions import make_corruption
+    from .mixed_dataset import load_images, make_mixed_dataset, save_mixed_dataset
+
+    if args.source == "embedded":
+        from .embedded_data import EmbeddedDataConfig, load_embedded_dataset
+
+        images = load_embedded_dataset(EmbeddedDataConfig(seed=args.seed)).train
+    else:
+        images = load_images(args.source)
+    parameters = dict(_parameter(p) for p in args.param)
+    if "angle_deg" in parameters and args.corruption == "motion_blur" and parameters["angle_deg"] < 0:
+        parameters["angle_deg"] = None  # a negative angle asks for one drawn per sample
+    corruption = make_corruption(args.corruption, **parameters)
+    mixed = make_mixed_dataset(images, corruption=corruption, clean_fraction=args.clean_fraction, seed=args.seed,
+                               sample_ids=torch.arange(images.shape[0]))
+    out = save_mixed_dataset(mixed, args.out)
+    print(f"wrote {images.shape[0]} images ({int(mixed.is_clean.sum())} clean, {int((~mixed.is_clean).sum())} "
+          f"{corruption.name} {corruption.parameters()}) to {out}; ground truth in {out / 'corruption.json'}")
+    return 0
+
+
+def run_eval(args) -> int:
+    from ..metrics import EvaluationConfig, SWDConfig, dinov2_features, evaluate, inception_features
+    from .mixed_dataset import load_images
+
+    generated = load_images(args.generated)
+    references = {}
+    if args.test:
+        references["test"] = load_images(args.test)
+    if args.train:
+        references["train"] = load_images(args.train)
+    if not references:
+        raise SystemExit("eval needs at least one reference: --test and/or --train")
+    extractors = []
+    if args.inception is not None:
+        extractors.append(inception_features(args.inception or None))
+    if args.dinov2 is not None:
+        extractors.append(dinov2_features(args.dinov2 or None))
+    config = EvaluationConfig(swd=SWDConfig(seed=args.seed), feature_extractors=extractors, seed=args.seed)
+    results = evaluate(generated, references=references, train=references.get("train"), test=references.get("test"),
+                       config=config)
+    for name, row in results.items():
+        scalars = {k: v for k, v in row.items() if not isinstance(v, list)}
+        print(f"{name:>12}: " + "  ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+def register(subparsers) -> None:
+    from ..corruptions import CORRUPTIONS
+
+    corrupt = subparsers.add_parser("corrupt", help="a mixed dataset: a clean fraction kept, the rest corrupted")
+    corrupt.add_argument("--source", required=True,
+                         help="'embedded' (photographs shipped with scikit-image) or a folder / zip / .npz of clean images")
+    corrupt.add_argument("--out", required=True, help="new output folder (EDM2 layout + corruption.json)")
+    corrupt.add_argument("--corruption", required=True, choices=sorted(CORRUPTIONS))
+    corrupt.add_argument("--param", action="append", default=[],
+                         help="corruption parameter NAME=VALUE, repeatable (sigma_px=1.0, quality=25, length_px=5, "
+                              "angle_deg=-1 for a random angle per sample, fraction=0.25, sigma=0.1, strength=0.2)")
+    corrupt.add_argument("--clean-fraction", type=float, default=0.1, help="fraction kept clean (default 0.1)")
+    corrupt.add_argument("--seed", type=int, default=0, help="seed of the clean subset and the corruptions")
+    corrupt.set_defaults(func=run_corrupt)
+
+    evaluate = subparsers.add_parser("eval", help="metrics of generated images against test / training references")
+    evaluate.add_argument("--generated", required=True, help="folder / zip of PNGs or .npz of generated images")
+    evaluate.add_argument("--test", help="held-out reference images (folder / zip / .npz)")
+    evaluate.add_argument("--train", help="training images: a reference, and the pool for memorisation")
+    evaluate.add_argument("--inception", nargs="?", const="", default=None,
+                          help="also FID: Inception weights file (or its env variable / cache when no path is given)")
+    evaluate.add_argument("--dinov2", nargs="?", const="", default=None, help="also FD_DINOv2 from a TorchScript file")
+    evaluate.add_argument("--json", help="write all results (per-band spectra included) to this file")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.set_defaults(func=run_eval)

@@ -1,0 +1,205 @@
+"""Controlled experiments as data: one table (EXPERIMENTS) of every run, and the paper's tables as groups of them
+(TABLES), so that each table is reproduced by one command. This is the configuration layer; the runner is
+ambient_fast/experiments/controlled.py.
+
+Arms (Section 5, Appendix E, Table 7), all trained with the same network, steps and seed:
+  only_clean   filtering: train on the clean fraction alone
+  all_data     every sample used as clean (no annotation)
+  fixed        Ambient-o with one sigma_min for the whole corrupted set (eq. 3.2 on the mean classifier output),
+               or a given level (`fixed_sigma`)
+  classifier   Ambient-o with per-sample sigma_min from the noise classifier (Section 5)
+  crops        Ambient-o with per-sample sigma_max from the crops classifier (Section 3.2, Table 2b)
+  fixed_crops  out-of-distribution data at one given sigma_max for all (Table 2b's "Fixed sigma" rows)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+ARM_KINDS = ("only_clean", "all_data", "fixed", "classifier", "crops", "fixed_crops")
+
+
+@dataclass(frozen=True)
+class Arm:
+    kind: str
+    fixed_sigma: float | None = None  # fixed: sigma_min (None = from the classifier, eq. 3.2); fixed_crops: sigma_max
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ARM_KINDS:
+            raise ValueError(f"arm kind must be one of {ARM_KINDS}, got {self.kind!r}")
+        if self.kind == "fixed_crops" and self.fixed_sigma is None:
+            raise ValueError("a fixed_crops arm needs fixed_sigma (the sigma_max given to every extra sample)")
+
+    @property
+    def name(self) -> str:
+        if self.label:
+            return self.label
+        return self.kind if self.fixed_sigma is None else f"{self.kind}_{self.fixed_sigma:g}"
+
+
+@dataclass(frozen=True)
+class DataSetting:
+    """Where the data comes from and how the low-quality part is made.
+
+    source: "embedded" (ambient_fast.experiments.embedded_data, no download) or "path" (the user's EDM2 folder /
+    zip / .npz given at run time, e.g. CIFAR-10 train; the test set likewise). target_classes / extra_classes:
+    class indices (of dataset.json's labels) for out-of-distribution experiments: the target distribution is
+    `target_classes`, and `extra_classes` are added as extra data (Table 2b); empty = all classes are target."""
+
+    source: str = "embedded"
+    resolution_px: int = 16
+    clean_fraction: float = 0.1
+    corruption: str | None = "gaussian_blur"  # a name of ambient_fast.corruptions.CORRUPTIONS, None = no corruption
+    corruption_parameters: tuple[tuple[str, float], ...] = (("sigma_px", 1.0),)
+    target_classes: tuple[int, ...] = ()
+    extra_classes: tuple[int, ...] = ()
+    train_count: int | None = None  # embedded only: crops in the training set
+    test_count: int | None = None
+
+    def corruption_kwargs(self) -> dict:
+        return dict(self.corruption_parameters)
+
+
+@dataclass(frozen=True)
+class ClassifierSetting:
+    """The annotation classifiers (ambient_fast.annotate): training length and the threshold tau = 0.5 - eps."""
+
+    steps: int = 2000
+    batch_size: int = 64
+    model_channels: int = 16
+    eps: float = 0.05
+    draws: int = 4
+    levels: int = 256
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    description: str
+    data: DataSetting
+    arms: tuple[Arm, ...]
+    train_preset: str  # a name of ambient_fast.train.config.PRESETS
+    train_overrides: tuple[tuple[str, object], ...] = ()  # e.g. (("total_steps", 2000),)
+    classifier: ClassifierSetting = field(default_factory=ClassifierSetting)
+    seeds: tuple[int, ...] = (0,)
+    generated_count: int = 2000  # samples per arm and seed for the metrics
+    sampler_steps: int = 18  # Heun steps (EDM's CIFAR-10 setting: 18 steps, 35 evaluations)
+    metrics: tuple[str, ...] = ("fd_pixels", "swd", "spectrum")  # + "fid", "fd_dinov2" where weights exist
+    paper: tuple[tuple[str, float], ...] = ()  # arm name -> the paper's FID for this setting (docs/results.md)
+    device: str = "cpu"
+
+
+def _blur(sigma_px: float) -> DataSetting:
+    return DataSetting(source="path", resolution_px=32, corruption="gaussian_blur",
+                       corruption_parameters=(("sigma_px", sigma_px),))
+
+
+CLASSIC_ARMS = (Arm("only_clean"), Arm("all_data"), Arm("fixed"), Arm("classifier"))
+CIFAR_TRAIN = "cifar10"  # preset: EDM's DDPM++-sized network at 32x32
+CIFAR_METRICS = ("fid", "fd_pixels", "swd", "spectrum")
+
+# The paper's CIFAR-10 FIDs (Tables 2a and 7): only clean 8.79 at every level.
+_BLUR_PAPER = {1.0: (45.32, 6.95, 6.16), 0.8: (28.26, 6.66, 6.00), 0.6: (11.42, None, 5.34), 0.4: (2.47, 2.47, 2.44)}
+_JPEG_PAPER = {15: 6.67, 18: 6.43, 25: 6.34, 50: 5.94, 75: 5.57, 90: 4.72}
+
+
+def _paper(only_clean: float, all_data: float | None, fixed: float | None, classifier: float | None):
+    rows = {"only_clean": only_clean, "all_data": all_data, "fixed": fixed, "classifier": classifier}
+    return tuple((k, v) for k, v in rows.items() if v is not None)
+
+
+EXPERIMENTS: dict[str, Experiment] = {}
+
+
+def _add(experiment: Experiment) -> None:
+    if experiment.name in EXPERIMENTS:
+        raise ValueError(f"duplicate experiment name {experiment.name!r}")
+    EXPERIMENTS[experiment.name] = experiment
+
+
+# The CPU demo: embedded photographs, 10% clean + 90% Gaussian-blurred (sigma_B = 1 px), 4 arms, minutes on 2 cores.
+_add(Experiment(
+    name="demo-cpu-blur1.0",
+    description="CPU demo: 16x16 crops of scikit-image's photographs, 10% clean + 90% blurred (sigma_B = 1.0 px)",
+    data=DataSetting(source="embedded", resolution_px=16, clean_fraction=0.1, corruption="gaussian_blur",
+                     corruption_parameters=(("sigma_px", 1.0),), train_count=4000, test_count=1000),
+    arms=CLASSIC_ARMS,
+    train_preset="tiny-cpu",
+    train_overrides=(("total_steps", 1500),),
+    classifier=ClassifierSetting(steps=600, batch_size=64, model_channels=16, draws=2, levels=64),
+    generated_count=1000,
+    sampler_steps=12,
+    metrics=("fd_pixels", "swd", "spectrum", "memorization"),
+))
+
+# Table 2a / 7: CIFAR-10, 10% clean + 90% Gaussian blur.
+for _sigma, (_all, _fixed, _clf) in _BLUR_PAPER.items():
+    _add(Experiment(
+        name=f"cifar10-blur{_sigma}",
+        description=f"Table 2a/7: CIFAR-10 10% clean + 90% Gaussian blur sigma_B = {_sigma} px",
+        data=_blur(_sigma), arms=CLASSIC_ARMS, train_preset=CIFAR_TRAIN, generated_count=50_000,
+        metrics=CIFAR_METRICS, paper=_paper(8.79, _all, _fixed, _clf), device="cuda",
+        classifier=ClassifierSetting(steps=20_000, batch_size=512, model_channels=64),
+    ))
+
+# Table 3: CIFAR-10, 10% clean + 90% JPEG at quality Q (the paper's Q is in percent).
+for _quality, _fid in _JPEG_PAPER.items():
+    _add(Experiment(
+        name=f"cifar10-jpeg{_quality}",
+        description=f"Table 3: CIFAR-10 10% clean + 90% JPEG quality {_quality}",
+        data=replace(_blur(1.0), corruption="jpeg", corruption_parameters=(("quality", _quality),)),
+        arms=(Arm("only_clean"), Arm("classifier")), train_preset=CIFAR_TRAIN, generated_count=50_000,
+        metrics=CIFAR_METRICS, paper=_paper(8.79, None, None, _fid), device="cuda",
+        classifier=ClassifierSetting(steps=20_000, batch_size=512, model_channels=64),
+    ))
+
+# Appendix C.1: high-severity motion blur (a real line kernel; the paper's Figure 6, last row). Best FID 5.85.
+_add(Experiment(
+    name="cifar10-motion",
+    description="Appendix C.1: CIFAR-10 10% clean + 90% motion blur (line kernel, 7 px, random angle)",
+    data=replace(_blur(1.0), corruption="motion_blur", corruption_parameters=(("length_px", 7.0),)),
+    arms=(Arm("only_clean"), Arm("classifier")), train_preset=CIFAR_TRAIN, generated_count=50_000,
+    metrics=CIFAR_METRICS, paper=_paper(8.79, None, None, 5.85), device="cuda",
+    classifier=ClassifierSetting(steps=20_000, batch_size=512, model_channels=64),
+))
+
+# Table 2b: out-of-distribution data through the crops classifier. CIFAR-10 classes: 3 = cat, 5 = dog.
+_OOD = {
+    "dogs+cats": ((5,), (3,), {"only_clean": 12.08, "fixed_crops_0.2": 11.14, "fixed_crops_0.1": 9.85,
+                               "fixed_crops_0.05": 10.66, "fixed_crops_0.025": 12.07, "crops": 8.92}),
+    "cats+dogs": ((3,), (5,), {"only_clean": 5.20, "crops": 5.11}),
+}
+for _name, (_target, _extra, _fids) in _OOD.items():
+    _arms = (Arm("only_clean"), Arm("crops"))
+    if _name == "dogs+cats":
+        _arms += tuple(Arm("fixed_crops", fixed_sigma=s) for s in (0.2, 0.1, 0.05, 0.025))
+    _add(Experiment(
+        name=f"cifar10-ood-{_name}",
+        description=f"Table 2b: 10% of CIFAR-10 class {_target} + all of class {_extra} as out-of-distribution data",
+        data=DataSetting(source="path", resolution_px=32, clean_fraction=0.1, corruption=None, corruption_parameters=(),
+                         target_classes=_target, extra_classes=_extra),
+        arms=_arms, train_preset=CIFAR_TRAIN, generated_count=50_000, metrics=CIFAR_METRICS,
+        paper=tuple(_fids.items()), device="cuda",
+        classifier=ClassifierSetting(steps=20_000, batch_size=512, model_channels=64),
+    ))
+
+TABLES: dict[str, tuple[str, ...]] = {
+    "demo": ("demo-cpu-blur1.0",),
+    "2a": tuple(f"cifar10-blur{s}" for s in _BLUR_PAPER),
+    "7": tuple(f"cifar10-blur{s}" for s in (1.0, 0.8, 0.4)),
+    "2b": ("cifar10-ood-dogs+cats", "cifar10-ood-cats+dogs"),
+    "3": tuple(f"cifar10-jpeg{q}" for q in _JPEG_PAPER),
+    "motion": ("cifar10-motion",),
+}
+
+
+def experiment(name: str) -> Experiment:
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; choose from {sorted(EXPERIMENTS)}")
+    return EXPERIMENTS[name]
+
+
+def table(name: str) -> tuple[Experiment, ...]:
+    if name not in TABLES:
+        raise ValueError(f"unknown table {name!r}; choose from {sorted(TABLES)}")
+    return tuple(EXPERIMENTS[n] for n in TABLES[name])
