@@ -142,7 +142,7 @@ class UNetEncoder(nn.Module):
 
     def __init__(self, img_channels: int, img_resolution: int, model_channels: int = 32, channel_mult=(1, 2, 2),
                  num_blocks: int = 1, *, attn_resolutions=(), label_dim: int = 0, dropout: float = 0.0,
-                 emb_channels: int | None = None):
+                 emb_channels: int | None = None, pooled_head: bool = True):
         super().__init__()
         _check_geometry(img_resolution, channel_mult)
         self.img_channels, self.img_resolution = img_channels, img_resolution
@@ -164,7 +164,8 @@ class UNetEncoder(nn.Module):
                 channels = out
                 self.skip_channels.append(channels)
         self.out_features = channels
-        self.out_norm = _group_norm(channels)
+        # The pooled head's norm; UNet leaves it out (pooled_head=False) so DDP sees no unused parameters.
+        self.out_norm = _group_norm(channels) if pooled_head else None
 
     def encode(self, x: torch.Tensor, c_noise: torch.Tensor, class_labels: torch.Tensor | None = None):
         """-> (last activation, list of every activation for the decoder's skips, embedding)."""
@@ -179,6 +180,8 @@ class UNetEncoder(nn.Module):
         return h, skips, emb
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        if self.out_norm is None:
+            raise RuntimeError("built with pooled_head=False (inside a UNet): use encode() instead")
         h, _, _ = self.encode(x, c_noise, class_labels)
         return F.silu(self.out_norm(h)).mean(dim=(2, 3))
 
@@ -192,7 +195,8 @@ class UNet(nn.Module):
                  out_channels: int | None = None, mid_attention: bool = True):
         super().__init__()
         self.encoder = UNetEncoder(img_channels, img_resolution, model_channels, channel_mult, num_blocks,
-                                   attn_resolutions=attn_resolutions, label_dim=label_dim, dropout=dropout)
+                                   attn_resolutions=attn_resolutions, label_dim=label_dim, dropout=dropout,
+                                   pooled_head=False)
         self.img_channels, self.img_resolution, self.label_dim = img_channels, img_resolution, label_dim
         emb = self.encoder.emb_channels
         channels = self.encoder.out_features
