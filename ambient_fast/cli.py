@@ -10,7 +10,7 @@ import importlib
 import sys
 
 # Modules that define register(subparsers); each subcommand sets `func` (args -> int exit code).
-SUBCOMMAND_MODULES = ("ambient_fast.info", "ambient_fast.train.cli", "ambient_fast.experiments.cli")
+SUBCOMMAND_MODULES = ("ambient_fast.info", "ambient_fast.train.cli", "ambient_fast.experiments.cli", "ambient_fast.annotate.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

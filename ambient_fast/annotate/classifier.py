@@ -1,0 +1,198 @@
+"""The high-noise classifier c(x_s, s) = P(clean | x_s) of Section 3.1 and its training (eq. 3.1).
+
+Network: the downsampling half of the project's UNet (networks.UNetEncoder) with EDM conditioning -- input
+c_in(s) * x_s, noise embedding c_noise(s) = ln(s) / 4 -- global average pooling and a linear head to one logit.
+Training: binary cross-entropy on noised clean (S_G, label 1) and corrupted (S_B, label 0) samples, every batch
+half clean and half corrupted whatever the dataset's ratio (Appendix E: balanced 5.34 FID vs unbalanced 6.04),
+s drawn from a configurable log-normal. Checkpoints are a safetensors state_dict with the config and provenance as
+JSON metadata: no pickled code.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .. import precond
+from ..networks import UNetEncoder
+
+CHECKPOINT_FORMAT = "ambient_fast.noise_classifier"
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    img_channels: int = 3
+    img_resolution: int = 16
+    model_channels: int = 16
+    channel_mult: tuple[int, ...] = (1, 2, 2)
+    num_blocks: int = 1
+    sigma_data: float = 0.5
+    # Frequency scale of the Fourier features of c_noise. EDM's 16 lets a small, briefly trained classifier wiggle
+    # along s (periods of a few percent in s), which gives p_i(s) several tau crossings; a smooth p(s) is what
+    # the threshold needs (measured in docs/annotation.md), hence 1.
+    fourier_scale: float = 1.0
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ClassifierConfig:
+        values = dict(values)
+        values["channel_mult"] = tuple(values.get("channel_mult", cls.channel_mult))
+        return cls(**values)
+
+
+class NoiseClassifier(nn.Module):
+    """c(x_s, s): forward(x_noisy [N, C, H, W], sigma [N]) -> logit [N] of P(clean | x_s)."""
+
+    def __init__(self, config: ClassifierConfig = ClassifierConfig()):
+        super().__init__()
+        self.config = config
+        self.encoder = UNetEncoder(config.img_channels, config.img_resolution, config.model_channels,
+                                   config.channel_mult, config.num_blocks)
+        fourier = self.encoder.embedding.fourier  # re-drawn at our scale; a buffer, so checkpoints carry it
+        generator = torch.Generator().manual_seed(0)
+        fourier.freqs.copy_(torch.randn(fourier.freqs.shape, generator=generator) * config.fourier_scale)
+        self.head = nn.Linear(self.encoder.out_features, 1)
+
+    def forward(self, x_noisy: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, dtype=x_noisy.dtype, device=x_noisy.device).reshape(-1).expand(x_noisy.shape[0])
+        c_in = precond.c_in(sigma, self.config.sigma_data).view(-1, 1, 1, 1)
+        features = self.encoder(c_in * x_noisy, precond.c_noise(sigma))  # EDM: F(c_in x, c_noise)
+        return self.head(features).squeeze(1)
+
+    @torch.no_grad()
+    def probability(self, x_noisy: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """P(clean | x_s) in [0, 1]: the `predict` callable of annotate.scoring."""
+        return torch.sigmoid(self(x_noisy, sigma))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 64  # half clean, half corrupted in every batch
+    lr: float = 2e-3
+    p_mean: float = -1.2  # ln s ~ N(p_mean, p_std^2): the training levels
+    p_std: float = 1.2
+    seed: int = 0
+    log_every: int = 100
+
+
+@dataclass
+class TrainHistory:
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _balanced_indices(generator: torch.Generator, count: int, half: int) -> torch.Tensor:
+    return torch.randint(0, count, (half,), generator=generator)
+
+
+def train_classifier(clean: torch.Tensor, corrupted: torch.Tensor, *, config: ClassifierConfig = ClassifierConfig(),
+                     train: TrainConfig = TrainConfig(), device: torch.device | str = "cpu",
+                     progress=None) -> tuple[NoiseClassifier, TrainHistory]:
+    """Train c on S_G = clean and S_B = corrupted ([N, C, H, W] in [-1, 1]) with the BCE of eq. 3.1.
+
+    Batches are balanced (batch_size / 2 of each class drawn uniformly with replacement), so the classifier's prior
+    is 1/2 whatever |S_G| : |S_B| is; `progress(step, loss, accuracy)` is called every log_every steps.
+    """
+    for name, images in (("clean", clean), ("corrupted", corrupted)):
+        if images.dim() != 4 or tuple(images.shape[1:]) != (config.img_channels, config.img_resolution,
+                                                             config.img_resolution):
+            raise ValueError(f"{name} images must be [N, {config.img_channels}, {config.img_resolution}, "
+                             f"{config.img_resolution}]; got {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            raise ValueError(f"no {name} images: the classifier needs both classes")
+    if train.batch_size < 2 or train.batch_size % 2:
+        raise ValueError(f"batch_size must be even and >= 2 (half per class); got {train.batch_size}")
+    device = torch.device(device)
+    torch.manual_seed(train.seed)  # parameter init only; data order and noise use `generator` below
+    model = NoiseClassifier(config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=train.lr)
+    generator = torch.Generator().manual_seed(train.seed)
+    half = train.batch_size // 2
+    labels = torch.cat([torch.ones(half), torch.zeros(half)]).to(device)
+    history, start = TrainHistory(), time.time()
+    running_loss, running_correct, running_count = 0.0, 0, 0
+    for step in range(1, train.steps + 1):
+        x0 = torch.cat([clean[_balanced_indices(generator, clean.shape[0], half)],
+                        corrupted[_balanced_indices(generator, corrupted.shape[0], half)]]).to(device, torch.float32)
+        sigma = torch.exp(torch.randn(train.batch_size, generator=generator) * train.p_std + train.p_mean).to(device)
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        logits = model(x0 + sigma.view(-1, 1, 1, 1) * noise, sigma)
+        loss = F.binary_cross_entropy_with_logits(logits, labels)  # eq. 3.1
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running_loss += float(loss.detach()) * train.batch_size
+        running_correct += int(((logits > 0).float() == labels).sum())
+        running_count += train.batch_size
+        if step % train.log_every == 0 or step == train.steps:
+            history.steps.append(step)
+            history.loss.append(running_loss / running_count)
+            history.accuracy.append(running_correct / running_count)
+            if progress is not None:
+                progress(step, history.loss[-1], history.accuracy[-1])
+            running_loss, running_correct, running_count = 0.0, 0, 0
+    history.seconds = time.time() - start
+    model.eval()
+    return model, history
+
+
+def save_classifier(model: NoiseClassifier, path: str | Path, *, train: TrainConfig | None = None,
+                    provenance: dict | None = None) -> None:
+    """state_dict as safetensors; config, training config and provenance as JSON metadata. Atomic write."""
+    from safetensors.torch import save_file
+
+    metadata = {"format": CHECKPOINT_FORMAT, "config": json.dumps(asdict(model.config)),
+                "train": json.dumps(asdict(train) if train else None), "provenance": json.dumps(provenance or {})}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
+    save_file(state, str(temporary), metadata=metadata)
+    temporary.replace(path)
+
+
+def read_checkpoint(path: str | Path, expected_format: str) -> tuple[dict, dict]:
+    """(tensors, metadata) of an ambient_fast safetensors checkpoint, with clear errors for anything else."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as error:  # safetensors raises its own types for truncated or foreign files
+        raise ValueError(f"{path} is not a readable safetensors checkpoint: {error}") from error
+    if metadata.get("format") != expected_format:
+        raise ValueError(f"{path} is not a {expected_format} checkpoint (format: {metadata.get('format')!r})")
+    return tensors, metadata
+
+
+def load_classifier(path: str | Path, *, device: torch.device | str = "cpu") -> NoiseClassifier:
+    tensors, metadata = read_checkpoint(path, CHECKPOINT_FORMAT)
+    model = NoiseClassifier(ClassifierConfig.from_dict(json.loads(metadata["config"])))
+    model.load_state_dict(tensors)
+    return model.to(torch.device(device)).eval()
+
+
+def checkpoint_provenance(path: str | Path) -> dict:
+    """What an annotation should record about the classifier it came from."""
+    _, metadata = read_checkpoint(path, CHECKPOINT_FORMAT)
+    return {"path": str(path), "config": json.loads(metadata["config"]), "train": json.loads(metadata["train"]),
+            "provenance": json.loads(metadata["provenance"])}
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["ClassifierConfig", "NoiseClassifier", "TrainConfig", "TrainHistory", "train_classifier",
+           "save_classifier", "load_classifier", "checkpoint_provenance", "count_parameters"]

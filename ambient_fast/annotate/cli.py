@@ -1,0 +1,360 @@
+"""`ambient-fast annotate ...`: every step of the annotation pipeline from the command line.
+
+  train-classifier   high-noise classifier on clean vs corrupted images (eq. 3.1)
+  sigma-min          per-sample sigma_min, --mode dense | fast | single (eq. 3.2); resumable, torchrun-sharded
+  train-crops        crops classifier on target vs other images (Section 3.2)
+  sigma-max          per-sample sigma_max from the crops classifier and a crop(sigma) table (eq. 3.4)
+  from-quality       fixed sigma_min from quality scores (file or built-in metric) or one level for a whole source
+  measure-crop-size  crop(sigma) table from a trained denoiser (Figures 11-14)
+  show               summary + PNG of usable samples per level and the sigma_min histogram (Figure 10)
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ..annotations import Annotations
+from .images import eprint, load_images
+
+
+def _progress(total: int, label: str):
+    """tqdm when installed, else a print every 10%."""
+    try:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc=label)
+        return lambda step, loss, accuracy: (bar.update(step - bar.n), bar.set_postfix(loss=f"{loss:.3f}",
+                                                                                        acc=f"{accuracy:.3f}"))
+    except ImportError:
+        return lambda step, loss, accuracy: eprint(f"{label}: step {step}/{total} loss {loss:.4f} acc {accuracy:.3f}")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from error
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+
+
+def _setup(args) -> torch.device:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return torch.device(args.device)
+
+
+# ------------------------------------------------------------------------------------------ train-classifier
+def _train_classifier(args) -> int:
+    from .classifier import ClassifierConfig, TrainConfig, save_classifier, train_classifier
+
+    device = _setup(args)
+    clean, corrupted = load_images(args.clean, report=eprint), load_images(args.corrupted, report=eprint)
+    config = ClassifierConfig(img_channels=clean.images.shape[1], img_resolution=clean.images.shape[2],
+                              model_channels=args.model_channels, channel_mult=args.channel_mult,
+                              num_blocks=args.num_blocks)
+    train = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, p_mean=args.p_mean,
+                        p_std=args.p_std, seed=args.seed, log_every=max(1, args.steps // 20))
+    eprint(f"classifier: {len(clean.keys)} clean, {len(corrupted.keys)} corrupted images, balanced batches")
+    model, history = train_classifier(clean.images, corrupted.images, config=config, train=train, device=device,
+                                      progress=_progress(args.steps, "train-classifier"))
+    save_classifier(model, args.out, train=train, provenance={
+        "clean": str(args.clean), "corrupted": str(args.corrupted), "final_loss": history.loss[-1],
+        "final_accuracy": history.accuracy[-1], "seconds": history.seconds})
+    eprint(f"wrote {args.out} (accuracy over the last steps {history.accuracy[-1]:.3f}, {history.seconds:.0f} s)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- sigma-min
+def _sigma_min(args) -> int:
+    from .classifier import checkpoint_provenance, load_classifier
+    from .resume import Shard, clear_parts, run_resumable
+    from .sigma_min import LevelGrid, SigmaMinConfig, sigma_min_dense, sigma_min_fast, sigma_min_single
+
+    device = _setup(args)
+    data = load_images(args.images, report=eprint)
+    model = load_classifier(args.classifier, device=device)
+    if tuple(data.images.shape[1:]) != (model.config.img_channels, model.config.img_resolution,
+                                        model.config.img_resolution):
+        raise SystemExit(f"error: images are {tuple(data.images.shape[1:])} but the classifier expects "
+                         f"({model.config.img_channels}, {model.config.img_resolution}, {model.config.img_resolution})")
+    config = SigmaMinConfig(grid=LevelGrid(args.sigma_lo, args.sigma_hi, args.levels), draws=args.draws, eps=args.eps,
+                            smooth_window=args.smooth_window, coarse_levels=args.coarse_levels,
+                            coarse_draws=args.coarse_draws, noise=args.noise, seed=args.seed, chunk=args.chunk)
+    provenance = {"method": f"classifier-{args.mode}", "classifier": checkpoint_provenance(args.classifier),
+                  "images": str(args.images), **config.provenance()}
+    output = Path(args.out)
+    if args.mode == "single":  # one level for the whole set: one pass, nothing to resume
+        result = sigma_min_single(model.probability, data.images, data.sample_ids, config=config, device=device)
+        columns = {"sigma_min": result.sigma_min, "reached": result.reached.double()}
+    else:
+        method = sigma_min_dense if args.mode == "dense" else sigma_min_fast
+
+        def annotate_unit(positions: torch.Tensor) -> dict[str, torch.Tensor]:
+            result = method(model.probability, data.images[positions], data.sample_ids[positions], config=config,
+                            device=device)
+            return {"sigma_min": result.sigma_min, "reached": result.reached.double(),
+                    "forwards": torch.full((len(positions),), result.forwards_per_image, dtype=torch.float64)}
+
+        fingerprint = {k: v for k, v in provenance.items() if k != "classifier"} | {"checkpoint": str(args.classifier)}
+        columns = run_resumable(output, data.sample_ids, annotate_unit, unit=args.unit,
+                                shard=Shard.from_environment(), fingerprint=fingerprint, report=eprint)
+        if columns is None:
+            eprint("this rank is done; the last rank to finish writes the merged file")
+            return 0
+        provenance["forwards_per_image"] = float(columns["forwards"].mean())
+    annotations = _with_base(args.base, data, sigma_min=columns["sigma_min"], provenance={"sigma_min": provenance})
+    annotations.save(output)
+    if args.mode != "single":
+        clear_parts(output)
+    reached = columns["reached"].bool()
+    eprint(f"wrote {output}: {len(data.keys)} samples, mean sigma_min {float(columns['sigma_min'].mean()):.4g}, "
+           f"{int((~reached).sum())} never reached tau (given the largest level)")
+    return 0
+
+
+def _with_base(base, data, *, sigma_min=None, sigma_max=None, provenance: dict) -> Annotations:
+    """New annotations for `data`, keeping the other column from an existing file when --base is given."""
+    if base:
+        previous = Annotations.load(base).aligned_to(data.sample_ids, data.keys, allow_missing=True)
+        sigma_min = previous.sigma_min if sigma_min is None else sigma_min
+        sigma_max = previous.sigma_max if sigma_max is None else sigma_max
+        provenance = {**previous.provenance, **provenance}
+    zeros = torch.zeros(len(data.keys), dtype=torch.float64)
+    return Annotations(data.sample_ids, zeros if sigma_min is None else sigma_min,
+                       zeros if sigma_max is None else sigma_max, keys=data.keys, provenance=provenance)
+
+
+# ------------------------------------------------------------------------------------------ crops + sigma-max
+def _train_crops(args) -> int:
+    from .classifier import TrainConfig
+    from .crops import CropsClassifierConfig, save_crops_classifier, train_crops_classifier
+
+    device = _setup(args)
+    target, other = load_images(args.target, report=eprint), load_images(args.other, report=eprint)
+    config = CropsClassifierConfig(img_channels=target.images.shape[1], crop_sizes=args.crop_sizes,
+                                   model_channels=args.model_channels, channel_mult=args.channel_mult)
+    train = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                        log_every=max(1, args.steps // 20))
+    model, history = train_crops_classifier(target.images, other.images, config=config, train=train, device=device,
+                                            progress=_progress(args.steps, "train-crops"))
+    save_crops_classifier(model, args.out, provenance={"target": str(args.target), "other": str(args.other),
+                                                       "train": asdict(train), "final_accuracy": history.accuracy[-1]})
+    eprint(f"wrote {args.out} (accuracy over the last steps {history.accuracy[-1]:.3f})")
+    return 0
+
+
+def _sigma_max(args) -> int:
+    from .crop_size import CropTable
+    from .crops import annotate_sigma_max, load_crops_classifier
+
+    device = _setup(args)
+    data = load_images(args.images, report=eprint)
+    model = load_crops_classifier(args.classifier, device=device)
+    table = CropTable.load(args.crop_table)
+    sigma_max, scores = annotate_sigma_max(model, data.images, data.sample_ids, table, tau=args.tau,
+                                           chunk=args.chunk, device=device)
+    provenance = {"sigma_max": {"method": "crops-classifier", "classifier": str(args.classifier), "tau": args.tau,
+                                "crop_table": asdict(table),
+                                "mean_p_target": {str(k): float(v.mean()) for k, v in scores.items()}}}
+    _with_base(args.base, data, sigma_max=sigma_max, provenance=provenance).save(args.out)
+    eprint(f"wrote {args.out}: mean sigma_max {float(sigma_max.mean()):.4g}; mean P(target) per crop size "
+           + ", ".join(f"{k}: {float(v.mean()):.3f}" for k, v in scores.items()))
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ from-quality
+def _from_quality(args) -> int:
+    from . import quality
+
+    data = load_images(args.images, report=eprint) if args.images else None
+    if args.source_level is not None:  # one level for a whole source (Section 5: synthetic data at sigma_min = 2)
+        if data is None:
+            raise SystemExit("error: --source-level needs --images (the source's samples)")
+        sigma_min = torch.full((len(data.keys),), float(args.source_level), dtype=torch.float64)
+        annotations = Annotations(data.sample_ids, sigma_min, torch.zeros_like(sigma_min), keys=data.keys,
+                                  sources=[args.source_name], source=torch.zeros(len(data.keys), dtype=torch.int64),
+                                  provenance={"method": "source-level", "sigma": args.source_level,
+                                              "source": args.source_name})
+    else:
+        if args.scores:
+            keys, scores = quality.load_scores(args.scores)
+            metric = f"file:{args.scores}"
+            if data is not None:
+                if keys is not None:
+                    lookup = dict(zip(keys, scores.tolist()))
+                    missing = [k for k in data.keys if k not in lookup]
+                    if missing:
+                        raise SystemExit(f"error: {len(missing)} images have no score in {args.scores} "
+                                         f"(first: {missing[:3]})")
+                    scores = [lookup[k] for k in data.keys]
+                elif len(scores) != len(data.keys):
+                    raise SystemExit(f"error: {args.scores} has {len(scores)} scores for {len(data.keys)} images")
+                ids, keys = data.sample_ids, data.keys
+            else:
+                ids = torch.arange(len(scores))
+        elif args.metric:
+            if data is None:
+                raise SystemExit("error: --metric needs --images")
+            if args.metric == "clip-iqa":
+                if not args.clip_dir:
+                    raise SystemExit("error: --metric clip-iqa needs --clip-dir (local CLIP weights; never downloaded)")
+                scorer = quality.ClipIQA(args.clip_dir)
+            else:
+                scorer = quality.BUILTIN_SCORES[args.metric]
+            scores = torch.cat([scorer(data.images[i:i + 256]) for i in range(0, len(data.keys), 256)])
+            ids, keys, metric = data.sample_ids, data.keys, args.metric
+        else:
+            raise SystemExit("error: give --scores FILE, --metric NAME or --source-level SIGMA")
+        scores = torch.as_tensor(scores, dtype=torch.float64)
+        if args.lower_is_better:
+            scores = -scores
+        annotations = quality.annotations_from_quality(ids, scores, fraction=args.fraction, sigma=args.sigma,
+                                                       keys=keys, metric=metric,
+                                                       lower_is_better=bool(args.lower_is_better))
+    annotations.save(args.out)
+    eprint(f"wrote {args.out}: {int((annotations.sigma_min > 0).sum())} of {len(annotations)} samples get "
+           f"sigma_min > 0")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ measure-crop-size
+def _measure_crop_size(args) -> int:
+    from .crop_size import measure_crop_size
+
+    _setup(args)
+    module_name, _, function_name = args.denoiser.partition(":")
+    if not function_name:
+        raise SystemExit("error: --denoiser must be module:function (a factory returning D(x, sigma))")
+    factory = getattr(importlib.import_module(module_name), function_name)
+    denoiser = factory(*args.denoiser_arg)
+    data = load_images(args.images, report=eprint)
+    measurement = measure_crop_size(denoiser, data.images[: args.max_images], sigmas=args.sigmas,
+                                    patch=args.patch, eps=args.eps, seed=args.seed)
+    measurement.table.save(args.out)
+    Path(args.out).with_suffix(".losses.json").write_text(json.dumps(measurement.summary(), indent=1))
+    for sigma, crop in zip(measurement.table.sigmas, measurement.table.crops):
+        print(f"sigma {sigma:<8g} crop {crop}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ show
+def _show(args) -> int:
+    from .show import plot, summary
+
+    annotations = Annotations.load(args.annotations)
+    print(summary(annotations))
+    if args.png:
+        if plot(annotations, args.png, sigma_lo=args.sigma_lo, sigma_hi=args.sigma_hi, max_weight=args.max_weight,
+                report=eprint):
+            print(f"wrote {args.png}")
+    return 0
+
+
+def register(subparsers) -> None:
+    annotate = subparsers.add_parser("annotate", help="annotate training samples with (sigma_min, sigma_max)")
+    steps = annotate.add_subparsers(dest="annotate_command", metavar="STEP", required=True)
+
+    p = steps.add_parser("train-classifier", help="train the high-noise classifier (clean vs corrupted)")
+    p.add_argument("--clean", required=True, help="folder of images or .npz (S_G)")
+    p.add_argument("--corrupted", required=True, help="folder of images or .npz (S_B)")
+    p.add_argument("--out", required=True, help="checkpoint (.safetensors)")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--p-mean", type=float, default=-1.0, help="training levels: ln sigma ~ N(p_mean, p_std^2)")
+    p.add_argument("--p-std", type=float, default=1.4)
+    p.add_argument("--model-channels", type=int, default=16)
+    p.add_argument("--channel-mult", type=_ints, default=(1, 2, 2))
+    p.add_argument("--num-blocks", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    _common(p)
+    p.set_defaults(func=_train_classifier)
+
+    p = steps.add_parser("sigma-min", help="per-sample sigma_min from the classifier (dense | fast | single)")
+    p.add_argument("--images", required=True)
+    p.add_argument("--classifier", required=True)
+    p.add_argument("--out", required=True, help="annotation file (.safetensors)")
+    p.add_argument("--mode", choices=("dense", "fast", "single"), default="fast")
+    p.add_argument("--base", help="existing annotation file whose sigma_max is kept")
+    p.add_argument("--levels", type=int, default=256, help="grid levels between --sigma-lo and --sigma-hi")
+    p.add_argument("--sigma-lo", type=float, default=0.005)
+    p.add_argument("--sigma-hi", type=float, default=40.0)
+    p.add_argument("--draws", type=int, default=4, help="noise draws per level")
+    p.add_argument("--eps", type=float, default=0.05, help="tau = 0.5 - eps")
+    p.add_argument("--smooth-window", type=int, default=5, help="dense: moving average over this many levels")
+    p.add_argument("--coarse-levels", type=int, default=5, help="fast: levels of the first bracket")
+    p.add_argument("--coarse-draws", type=int, default=None, help="fast: draws per coarse level (default --draws)")
+    p.add_argument("--noise", choices=("shared", "independent"), default="shared")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chunk", type=int, default=4096, help="most classifier rows per forward (memory bound)")
+    p.add_argument("--unit", type=int, default=64, help="samples per resumable unit of work")
+    _common(p)
+    p.set_defaults(func=_sigma_min)
+
+    p = steps.add_parser("train-crops", help="train the crops classifier (target vs other crops)")
+    p.add_argument("--target", required=True)
+    p.add_argument("--other", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--crop-sizes", type=_ints, default=(4, 8))
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--model-channels", type=int, default=16)
+    p.add_argument("--channel-mult", type=_ints, default=(1, 2))
+    p.add_argument("--seed", type=int, default=0)
+    _common(p)
+    p.set_defaults(func=_train_crops)
+
+    p = steps.add_parser("sigma-max", help="per-sample sigma_max from the crops classifier")
+    p.add_argument("--images", required=True)
+    p.add_argument("--classifier", required=True)
+    p.add_argument("--crop-table", required=True, help='JSON {"sigma": [...], "crop": [...]}')
+    p.add_argument("--out", required=True)
+    p.add_argument("--base", help="existing annotation file whose sigma_min is kept")
+    p.add_argument("--tau", type=float, default=0.45)
+    p.add_argument("--chunk", type=int, default=4096)
+    _common(p)
+    p.set_defaults(func=_sigma_max)
+
+    p = steps.add_parser("from-quality", help="fixed sigma_min from quality scores or for a whole source")
+    p.add_argument("--images", help="folder or .npz (needed for --metric and --source-level; aligns --scores)")
+    p.add_argument("--scores", help=".npy, .csv (key,score) or .json file of scores (higher = better)")
+    p.add_argument("--metric", choices=("sharpness", "high_frequency", "blockiness", "clip-iqa"))
+    p.add_argument("--clip-dir", help="local CLIP weights for --metric clip-iqa")
+    p.add_argument("--lower-is-better", action="store_true")
+    p.add_argument("--fraction", type=float, default=0.9, help="bottom fraction that gets --sigma")
+    p.add_argument("--sigma", type=float, default=0.2)
+    p.add_argument("--source-level", type=float, help="every image gets this sigma_min (a whole source)")
+    p.add_argument("--source-name", default="source")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_from_quality)
+
+    p = steps.add_parser("measure-crop-size", help="crop(sigma) table from a trained denoiser")
+    p.add_argument("--denoiser", required=True, help="module:function returning a callable D(x, sigma)")
+    p.add_argument("--denoiser-arg", action="append", default=[], help="argument for the factory (repeatable)")
+    p.add_argument("--images", required=True)
+    p.add_argument("--sigmas", type=lambda t: [float(v) for v in t.split(",")], required=True)
+    p.add_argument("--patch", type=int, default=2)
+    p.add_argument("--eps", type=float, default=0.05)
+    p.add_argument("--max-images", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="crop table (.json)")
+    _common(p)
+    p.set_defaults(func=_measure_crop_size)
+
+    p = steps.add_parser("show", help="summary and a PNG of usable samples per level + sigma_min histogram")
+    p.add_argument("annotations")
+    p.add_argument("--png", help="write the figure here")
+    p.add_argument("--sigma-lo", type=float, default=0.002)
+    p.add_argument("--sigma-hi", type=float, default=80.0)
+    p.add_argument("--max-weight", type=float, default=4.0, help="buffer of eq. D.2")
+    p.set_defaults(func=_show)

@@ -1,0 +1,112 @@
+"""crop(sigma): the smallest context that denoises as well as the full image at level sigma (paper Section 3.2,
+Figures 11-14), and the table that maps a crop size to sigma_max.
+
+Measurement: with a trained denoiser D(x, sigma), noise the images at each level, show D only a centred
+context x context window around a fixed centre patch, and compare the denoising loss on the patch with the loss
+when D sees the whole image; crop(sigma) is the smallest context within a relative eps of the full-context loss.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .noisy_crops import noisy_crops
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # D(x_noisy [N, C, h, w], sigma [N]) -> [N, C, h, w]
+
+
+@dataclass(frozen=True)
+class CropTable:
+    """crop(sigma) sampled at increasing sigmas (pixels). sigma_for_crop(k) = the largest tabulated sigma whose
+    crop fits in k (0 when none does): the sigma_max of a sample whose k x k crops pass as target data."""
+
+    sigmas: tuple[float, ...]
+    crops: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.sigmas) != len(self.crops) or not self.sigmas:
+            raise ValueError(f"need as many crops as sigmas (>= 1); got {len(self.crops)} and {len(self.sigmas)}")
+        if any(b <= a for a, b in zip(self.sigmas, self.sigmas[1:])) or min(self.sigmas) <= 0:
+            raise ValueError(f"sigmas must be positive and strictly increasing; got {self.sigmas}")
+        if any(b < a for a, b in zip(self.crops, self.crops[1:])):
+            raise ValueError(f"crop(sigma) must not decrease with sigma (more noise needs more context); got {self.crops}")
+
+    def sigma_for_crop(self, crop: int) -> float:
+        fitting = [sigma for sigma, size in zip(self.sigmas, self.crops) if size <= crop]
+        return max(fitting) if fitting else 0.0
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps({"sigma": list(self.sigmas), "crop": list(self.crops)}, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> CropTable:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"crop table {path} does not exist")
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or "sigma" not in data or "crop" not in data:
+            raise ValueError(f"{path}: a crop table is a JSON object with lists 'sigma' and 'crop'")
+        return cls(tuple(float(s) for s in data["sigma"]), tuple(int(c) for c in data["crop"]))
+
+
+@dataclass
+class CropMeasurement:
+    table: CropTable
+    contexts: list[int]  # the context sizes tried (pixels), the last is the full image
+    losses: torch.Tensor  # float64 [levels, contexts]: mean squared error on the centre patch
+    eps: float
+
+    def summary(self) -> dict:
+        return {**asdict(self.table), "contexts": self.contexts, "losses": self.losses.tolist(), "eps": self.eps}
+
+
+@torch.no_grad()
+def measure_crop_size(denoiser: Denoiser, images: torch.Tensor, *, sigmas: Sequence[float], patch: int = 2,
+                      contexts: Sequence[int] | None = None, eps: float = 0.05, seed: int = 0,
+                      sample_ids: torch.Tensor | None = None) -> CropMeasurement:
+    """crop(sigma) for each level from the denoising loss on a centre patch as the visible context grows.
+
+    images [N, C, H, W] (square), contexts: sizes (default every size from patch to H in steps of 2, which keeps
+    the window centred), eps: relative tolerance on the full-context loss. The noise comes from the counter-based
+    generator keyed by (sample id, level index), so a measurement is reproducible.
+    """
+    if images.dim() != 4 or images.shape[2] != images.shape[3]:
+        raise ValueError(f"images must be square [N, C, H, H]; got {tuple(images.shape)}")
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0; got {eps}")
+    size = images.shape[2]
+    if not 1 <= patch <= size:
+        raise ValueError(f"patch must be in [1, {size}]; got {patch}")
+    contexts = sorted(set(range(patch, size + 1, 2)) if contexts is None else {int(c) for c in contexts})
+    bad = [c for c in contexts if c < patch or c > size or (c - patch) % 2]
+    if bad:
+        raise ValueError(f"contexts {bad} must lie in [patch={patch}, {size}] and differ from patch by an even number")
+    if contexts[-1] != size:
+        contexts.append(size)
+    images = images.float()
+    ids = torch.arange(images.shape[0]) if sample_ids is None else sample_ids
+    sigma_values = torch.tensor([float(s) for s in sigmas], dtype=torch.float32)
+    noisy = noisy_crops(images, ids, sigma_values, draws=1, seed=seed)  # full images, [N * S, C, H, W]
+    noisy = noisy.view(images.shape[0], len(sigma_values), *images.shape[1:])
+    p0 = (size - patch) // 2
+    clean_patch = images[:, :, p0:p0 + patch, p0:p0 + patch]
+    losses = torch.empty(len(sigma_values), len(contexts), dtype=torch.float64)
+    for level, sigma in enumerate(sigma_values.tolist()):
+        for column, context in enumerate(contexts):
+            c0 = (size - context) // 2
+            window = noisy[:, level, :, c0:c0 + context, c0:c0 + context]
+            denoised = denoiser(window, torch.full((images.shape[0],), sigma))
+            inner = p0 - c0  # the patch's offset inside the window
+            error = denoised[:, :, inner:inner + patch, inner:inner + patch] - clean_patch
+            losses[level, column] = error.double().pow(2).mean()
+    full = losses[:, -1:]
+    good = losses <= full * (1 + eps)
+    first = good.to(torch.int8).argmax(dim=1)  # the full context always qualifies
+    crops = [contexts[i] for i in first.tolist()]
+    for i in range(1, len(crops)):  # monotone envelope: estimation noise must not make crop(sigma) shrink
+        crops[i] = max(crops[i], crops[i - 1])
+    return CropMeasurement(CropTable(tuple(float(s) for s in sigmas), tuple(crops)), contexts, losses, eps)

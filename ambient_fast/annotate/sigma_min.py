@@ -1,0 +1,198 @@
+"""sigma_min per sample from the high-noise classifier (paper eq. 3.2, its per-sample form of Section 5).
+
+p_i(s) = E_z[c(y_i + s z, s)] rises with s (noise merges the two distributions, Theorem 4.2), and
+sigma_min_i = the smallest level of a sorted grid with p_i(s) >= tau, tau = 0.5 - eps; a sample whose p never
+reaches tau gets the largest level (it is effectively filtered).
+
+Two modes that compute the same thing:
+  dense  the reference method: every grid level, T draws each, averaged, smoothed along s, first crossing
+         (the public code: 2048 levels x 4 draws = 8192 classifier forwards per image);
+  fast   a coarse bracket on a few grid levels, then bisection on the grid index between the last level below tau
+         and the first above: (coarse + log2(gap)) x T forwards, about 44 for 256 levels and 56 for 2048.
+
+Noise (default noise="shared"): the z of draw t is the same at every level (common random numbers: level key 0),
+so the estimate p_i(s) is one smooth function of s rather than independent noisy points, and the fast search
+bisects the very function the dense mode thresholds. noise="independent" keys each level by its grid index (the
+reference's independent draws); the fast search then sees the same values at the grid points it visits but
+cannot see the smoothing, so it agrees less well (see docs/annotation.md).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .scoring import Predict, score_levels
+
+NOISE_MODES = ("shared", "independent")
+
+
+@dataclass(frozen=True)
+class LevelGrid:
+    """A sorted log-spaced grid of noise levels (data units, sigma_data = 0.5)."""
+
+    sigma_lo: float = 0.002
+    sigma_hi: float = 80.0
+    levels: int = 256
+
+    def __post_init__(self) -> None:
+        if not 0 < self.sigma_lo < self.sigma_hi or not math.isfinite(self.sigma_hi):
+            raise ValueError(f"need 0 < sigma_lo < sigma_hi < inf; got {self.sigma_lo}, {self.sigma_hi}")
+        if self.levels < 2:
+            raise ValueError(f"a grid needs >= 2 levels; got {self.levels}")
+
+    def sigmas(self) -> torch.Tensor:
+        """float64 [levels], geometric from sigma_lo to sigma_hi."""
+        return torch.logspace(math.log10(self.sigma_lo), math.log10(self.sigma_hi), self.levels, dtype=torch.float64)
+
+
+@dataclass(frozen=True)
+class SigmaMinConfig:
+    grid: LevelGrid = LevelGrid()
+    draws: int = 4  # T noise draws per level
+    eps: float = 0.05  # tau = 0.5 - eps
+    smooth_window: int = 5  # dense: moving average over this many grid levels (odd; 1 = none)
+    coarse_levels: int = 5  # fast: grid levels of the first bracket (both ends included)
+    coarse_draws: int | None = None  # fast: draws per coarse level (the first ones of the T); None = draws
+    noise: str = "shared"  # "shared" (common random numbers across levels) or "independent"
+    seed: int = 0
+    chunk: int = 4096  # the most classifier rows per forward
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.eps < 0.5:
+            raise ValueError(f"eps must be in [0, 0.5); got {self.eps}")
+        if self.draws < 1 or self.smooth_window < 1 or self.smooth_window % 2 == 0:
+            raise ValueError(f"need draws >= 1 and an odd smooth_window >= 1; got {self.draws}, {self.smooth_window}")
+        if self.coarse_levels < 2:
+            raise ValueError(f"coarse_levels must be >= 2; got {self.coarse_levels}")
+        if self.coarse_draws is not None and not 1 <= self.coarse_draws <= self.draws:
+            raise ValueError(f"coarse_draws must be in [1, draws={self.draws}]; got {self.coarse_draws}")
+        if self.noise not in NOISE_MODES:
+            raise ValueError(f"noise must be one of {NOISE_MODES}; got {self.noise!r}")
+
+    @property
+    def tau(self) -> float:
+        return 0.5 - self.eps
+
+    def provenance(self) -> dict:
+        return {**asdict(self), "tau": self.tau}
+
+
+@dataclass
+class SigmaMinResult:
+    sigma_min: torch.Tensor  # float64 [B]
+    index: torch.Tensor  # int64 [B], grid index of sigma_min
+    reached: torch.Tensor  # bool [B]: p reached tau somewhere (False: fallback to the largest level)
+    forwards_per_image: float  # classifier forwards spent per image
+    p: torch.Tensor | None = None  # dense: float64 [B, levels], smoothed
+
+
+def _level_keys(indices: torch.Tensor, config: SigmaMinConfig) -> torch.Tensor:
+    return torch.zeros_like(indices) if config.noise == "shared" else indices
+
+
+def smooth_along_levels(p: torch.Tensor, window: int) -> torch.Tensor:
+    """Centred moving average along the last axis; the window shrinks at the ends (no padding bias)."""
+    if window == 1:
+        return p
+    half = window // 2
+    padded = torch.nn.functional.pad(p, (half, half))
+    ones = torch.nn.functional.pad(torch.ones_like(p[:1]), (half, half))
+    kernel = torch.ones(1, 1, window, dtype=p.dtype)
+    total = torch.nn.functional.conv1d(padded.reshape(-1, 1, padded.shape[-1]), kernel).reshape(p.shape)
+    count = torch.nn.functional.conv1d(ones.reshape(-1, 1, ones.shape[-1]), kernel).reshape(p.shape[-1])
+    return total / count
+
+
+def first_crossing(p: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(index of the first level with p >= tau, reached); the last index where p never reaches tau."""
+    above = p >= tau
+    reached = above.any(dim=-1)
+    index = torch.where(reached, above.to(torch.int8).argmax(dim=-1), p.shape[-1] - 1)
+    return index, reached
+
+
+def sigma_min_dense(predict: Predict, images: torch.Tensor, sample_ids: torch.Tensor, *,
+                    config: SigmaMinConfig = SigmaMinConfig(), device=None) -> SigmaMinResult:
+    """The reference method: the whole grid, T draws per level, averaged, smoothed along s, first crossing."""
+    grid = config.grid.sigmas()
+    keys = _level_keys(torch.arange(grid.numel()), config)
+    p = score_levels(predict, images, sample_ids, grid.float(), draws=config.draws, level_keys=keys,
+                     seed=config.seed, chunk=config.chunk, device=device)
+    p = smooth_along_levels(p, config.smooth_window)
+    index, reached = first_crossing(p, config.tau)
+    return SigmaMinResult(grid[index], index, reached, float(grid.numel() * config.draws), p)
+
+
+def bisect_first_crossing(evaluate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], count: int, levels: int,
+                          *, tau: float, coarse_levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grid index of the first crossing p >= tau for `count` curves, assuming p rises with the index.
+
+    evaluate(rows [n], indices [n], coarse) -> p [n] for curve rows[n] at grid index indices[n] (coarse: True in
+    the bracketing pass, which may use fewer draws). A coarse pass brackets the first crossing between two coarse
+    levels; bisection then halves the bracket, all curves in one call.
+    Returns (index [count], reached [count]); never-reached curves get the last index.
+    """
+    coarse = torch.linspace(0, levels - 1, min(coarse_levels, levels)).round().long().unique()
+    rows = torch.arange(count).repeat_interleave(coarse.numel())
+    p_coarse = evaluate(rows, coarse.repeat(count), True).view(count, coarse.numel())
+    first, reached = first_crossing(p_coarse, tau)
+    hi = coarse[first]
+    lo = torch.where(first > 0, coarse[(first - 1).clamp(min=0)], hi)  # p(lo) < tau <= p(hi)
+    active = reached & (hi - lo > 1)
+    while bool(active.any()):
+        rows = active.nonzero().flatten()
+        mid = (lo[rows] + hi[rows]) // 2
+        above = evaluate(rows, mid, False) >= tau
+        hi[rows] = torch.where(above, mid, hi[rows])
+        lo[rows] = torch.where(above, lo[rows], mid)
+        active = reached & (hi - lo > 1)
+    return torch.where(reached, hi, levels - 1), reached
+
+
+def sigma_min_fast(predict: Predict, images: torch.Tensor, sample_ids: torch.Tensor, *,
+                   config: SigmaMinConfig = SigmaMinConfig(), device=None) -> SigmaMinResult:
+    """Adaptive search: coarse bracket + bisection on the grid index, all samples of a step in one batch."""
+    grid = config.grid.sigmas()
+    forwards = torch.zeros(images.shape[0], dtype=torch.int64)
+
+    def evaluate(rows: torch.Tensor, indices: torch.Tensor, coarse: bool) -> torch.Tensor:
+        # One level per (sample, index) pair: per-sample levels [n, 1] through score_levels. Draws are keyed by
+        # their index, so the coarse pass's draws are the first of the bisection's.
+        draws = (config.coarse_draws or config.draws) if coarse else config.draws
+        forwards.index_add_(0, rows, torch.full_like(rows, draws))
+        return score_levels(predict, images[rows], sample_ids[rows], grid[indices].float().unsqueeze(1),
+                            draws=draws, level_keys=_level_keys(indices, config).unsqueeze(1),
+                            seed=config.seed, chunk=config.chunk, device=device)[:, 0]
+
+    index, reached = bisect_first_crossing(evaluate, images.shape[0], grid.numel(), tau=config.tau,
+                                           coarse_levels=config.coarse_levels)
+    return SigmaMinResult(grid[index], index, reached, float(forwards.double().mean()))
+
+
+def sigma_min_single(predict: Predict, images: torch.Tensor, sample_ids: torch.Tensor, *,
+                     config: SigmaMinConfig = SigmaMinConfig(), device=None) -> SigmaMinResult:
+    """One sigma_min for the whole corrupted set S_B (eq. 3.2): first level where the mean of p over S_B reaches
+    tau, found by the same bracket + bisection on the averaged curve. Returns the level for every sample."""
+    grid = config.grid.sigmas()
+    count = images.shape[0]
+    if count == 0:
+        raise ValueError("sigma_min_single needs at least one sample of S_B")
+    probed = []
+
+    def evaluate(rows: torch.Tensor, indices: torch.Tensor, coarse: bool) -> torch.Tensor:
+        means = []
+        probed.extend(indices.tolist())
+        for index in indices.tolist():  # one curve (rows are all 0): p averaged over S_B at each probed level
+            p = score_levels(predict, images, sample_ids, grid[index].float().view(1),
+                             draws=config.draws, level_keys=_level_keys(torch.tensor([index]), config),
+                             seed=config.seed, chunk=config.chunk, device=device)
+            means.append(p.mean())
+        return torch.stack(means)
+
+    index, reached = bisect_first_crossing(evaluate, 1, grid.numel(), tau=config.tau,
+                                           coarse_levels=config.coarse_levels)
+    return SigmaMinResult(grid[index].expand(count).clone(), index.expand(count).clone(),
+                          reached.expand(count).clone(), float(len(probed) * config.draws))

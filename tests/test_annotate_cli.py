@@ -1,0 +1,141 @@
+"""`ambient-fast annotate ...` end to end on tiny PNG folders: train, annotate (fast, dense), resume after a crash,
+two ranks merged, an unreadable image skipped, quality annotations, show; and clear errors."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ambient_fast import cli
+from ambient_fast.annotate import resume
+from ambient_fast.annotate.images import load_images
+from ambient_fast.annotate.synthetic import blurred, random_fields
+from ambient_fast.annotations import Annotations
+
+SIZE = 8
+
+
+def write_pngs(folder, images: torch.Tensor) -> None:
+    folder.mkdir(parents=True)
+    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for i, array in enumerate(pixels):
+        Image.fromarray(array).save(folder / f"{i:04d}.png")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("annotate_cli")
+    write_pngs(root / "clean", random_fields(torch.arange(64), resolution=SIZE))
+    write_pngs(root / "corrupted", blurred(random_fields(torch.arange(64, 128), resolution=SIZE), 1.0))
+    (root / "corrupted" / "broken.png").write_bytes(b"\x89PNG not really")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    assert cli.main(["annotate", "train-classifier", "--clean", str(root / "clean"), "--corrupted",
+                     str(root / "corrupted"), "--out", str(root / "c.safetensors"), "--steps", "20",
+                     "--model-channels", "8", "--channel-mult", "1,2", "--batch-size", "16"]) == 0
+    yield root
+    torch.set_num_threads(threads)
+
+
+def sigma_min_args(root, out, *extra):
+    return ["annotate", "sigma-min", "--images", str(root / "corrupted"), "--classifier", str(root / "c.safetensors"),
+            "--out", str(out), "--levels", "32", "--draws", "2", "--unit", "16", *extra]
+
+
+def test_fast_annotation_file_and_unreadable_image(workspace, capsys):
+    out = workspace / "fast.safetensors"
+    assert cli.main(sigma_min_args(workspace, out, "--mode", "fast")) == 0
+    annotations = Annotations.load(out)
+    assert len(annotations) == 64 and "broken.png" not in annotations.keys
+    assert "skipping unreadable image broken.png" in capsys.readouterr().err
+    provenance = annotations.provenance["sigma_min"]
+    assert provenance["method"] == "classifier-fast" and provenance["tau"] == pytest.approx(0.45)
+    assert provenance["classifier"]["config"]["model_channels"] == 8 and provenance["forwards_per_image"] <= 64
+    assert not resume.parts_dir(out).exists()  # merged and cleaned up
+
+
+def test_resume_after_a_crash_skips_finished_samples(workspace, monkeypatch):
+    from ambient_fast.annotate import sigma_min
+
+    out = workspace / "resumed.safetensors"
+    real_fast, calls = sigma_min.sigma_min_fast, []
+
+    def crashing(predict, images, sample_ids, **kwargs):
+        calls.append(len(sample_ids))
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed while annotating the second unit
+        return real_fast(predict, images, sample_ids, **kwargs)
+
+    monkeypatch.setattr(sigma_min, "sigma_min_fast", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(sigma_min_args(workspace, out, "--mode", "fast"))
+    assert not out.exists() and (resume.parts_dir(out) / "rank0.safetensors").is_file()
+    calls.clear()
+    monkeypatch.setattr(sigma_min, "sigma_min_fast", lambda *a, **k: (calls.append(len(a[2])), real_fast(*a, **k))[1])
+    assert cli.main(sigma_min_args(workspace, out, "--mode", "fast")) == 0
+    assert sum(calls) == 64 - 16  # the first unit was not redone
+    uninterrupted = workspace / "fast.safetensors"
+    if not uninterrupted.exists():
+        cli.main(sigma_min_args(workspace, uninterrupted, "--mode", "fast"))
+    assert torch.equal(Annotations.load(out).sigma_min, Annotations.load(uninterrupted).sigma_min)
+
+
+def test_two_ranks_merge_to_the_single_process_result(workspace, monkeypatch):
+    out = workspace / "ranks.safetensors"
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert cli.main(sigma_min_args(workspace, out, "--mode", "fast")) == 0
+        assert out.exists() == (rank == 1)  # the last rank to finish merges
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    single = workspace / "fast.safetensors"
+    if not single.exists():
+        cli.main(sigma_min_args(workspace, single, "--mode", "fast"))
+    assert torch.equal(Annotations.load(out).sigma_min, Annotations.load(single).sigma_min)
+
+
+def test_changed_settings_do_not_mix_with_old_parts(workspace, monkeypatch):
+    out = workspace / "changed.safetensors"
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    cli.main(sigma_min_args(workspace, out, "--mode", "fast"))
+    with pytest.raises(ValueError, match="different run"):
+        cli.main(sigma_min_args(workspace, out, "--mode", "fast", "--eps", "0.1"))
+
+
+def test_dense_single_quality_and_show(workspace, tmp_path, capsys):
+    dense = tmp_path / "dense.safetensors"
+    assert cli.main(sigma_min_args(workspace, dense, "--mode", "dense")) == 0
+    single = tmp_path / "single.safetensors"
+    assert cli.main(sigma_min_args(workspace, single, "--mode", "single")) == 0
+    assert Annotations.load(single).sigma_min.unique().numel() == 1
+    quality = tmp_path / "quality.safetensors"
+    assert cli.main(["annotate", "from-quality", "--images", str(workspace / "corrupted"), "--metric", "sharpness",
+                     "--fraction", "0.5", "--sigma", "0.3", "--out", str(quality)]) == 0
+    assert int((Annotations.load(quality).sigma_min == 0.3).sum()) == 32
+    scores = tmp_path / "scores.csv"
+    scores.write_text("key,score\n" + "".join(f"{i:04d}.png,{i}\n" for i in range(64)))
+    assert cli.main(["annotate", "from-quality", "--images", str(workspace / "corrupted"), "--scores", str(scores),
+                     "--fraction", "0.25", "--sigma", "1", "--out", str(quality)]) == 0
+    loaded = Annotations.load(quality)
+    assert (loaded.sigma_min[:16] == 1).all() and (loaded.sigma_min[16:] == 0).all()
+    png = tmp_path / "show.png"
+    assert cli.main(["annotate", "show", str(dense), "--png", str(png)]) == 0
+    assert "samples: 64" in capsys.readouterr().out
+    assert Image.open(png).size[0] > 100
+
+
+def test_clear_errors(workspace, tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_images(tmp_path / "nowhere")
+    with pytest.raises(SystemExit, match="classifier expects"):
+        big = tmp_path / "big"
+        write_pngs(big, torch.zeros(2, 3, 16, 16))
+        cli.main(["annotate", "sigma-min", "--images", str(big), "--classifier", str(workspace / "c.safetensors"),
+                  "--out", str(tmp_path / "x.safetensors")])
+    np.save(tmp_path / "few.npy", np.arange(3.0))
+    with pytest.raises(SystemExit, match="3 scores for 64 images"):
+        cli.main(["annotate", "from-quality", "--images", str(workspace / "corrupted"), "--scores",
+                  str(tmp_path / "few.npy"), "--out", str(tmp_path / "q.safetensors")])

@@ -1,0 +1,121 @@
+"""Crops classifier and sigma_max: the network sees only k x k crops; crops of tile-shuffled images pass as target
+data at the shuffling tile size and not above; crop(sigma) measured with a denoiser of known receptive field."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from ambient_fast.annotate.classifier import TrainConfig
+from ambient_fast.annotate.crop_size import CropTable, measure_crop_size
+from ambient_fast.annotate.crops import (CropsClassifierConfig, annotate_sigma_max, load_crops_classifier,
+                                         random_crops, save_crops_classifier, sigma_max_from_scores,
+                                         train_crops_classifier)
+from ambient_fast.annotate.synthetic import random_fields
+
+TABLE = CropTable(sigmas=(0.05, 0.2, 1.0), crops=(4, 8, 16))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two threads oversubscribe this shared 2-core machine
+    yield
+    torch.set_num_threads(threads)
+
+
+def shuffle_tiles(images: torch.Tensor, tile: int, seed: int) -> torch.Tensor:
+    """Permute the tile x tile blocks of each image: tile-aligned crops keep their distribution, larger do not."""
+    batch, channels, size, _ = images.shape
+    n = size // tile
+    blocks = images.unfold(2, tile, tile).unfold(3, tile, tile).reshape(batch, channels, n * n, tile, tile)
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.stack([torch.randperm(n * n, generator=generator) for _ in range(batch)])
+    blocks = blocks[torch.arange(batch).view(-1, 1), :, order].transpose(1, 2)
+    return blocks.reshape(batch, channels, n, n, tile, tile).permute(0, 1, 2, 4, 3, 5).reshape(images.shape)
+
+
+@pytest.fixture(scope="module")
+def crops_model(one_thread):
+    target = random_fields(torch.arange(800), resolution=16, alpha=2.0, discs=0)
+    other = shuffle_tiles(random_fields(torch.arange(800, 1600), resolution=16, alpha=2.0, discs=0), 4, seed=1)
+    config = CropsClassifierConfig(crop_sizes=(4, 8), model_channels=8)
+    model, history = train_crops_classifier(target, other, config=config,
+                                            train=TrainConfig(steps=300, batch_size=64, lr=3e-3, log_every=50))
+    assert history.accuracy[-1] > 0.6, history.accuracy  # 4x4 crops are at chance, 8x8 separable
+    return model
+
+
+def test_shuffled_images_pass_at_the_tile_size_only(crops_model):
+    ids = torch.arange(3000, 3032)
+    other = shuffle_tiles(random_fields(ids, resolution=16, alpha=2.0, discs=0), 4, seed=2)
+    target = random_fields(ids + 100, resolution=16, alpha=2.0, discs=0)
+    sigma_max, scores = annotate_sigma_max(crops_model, other, ids, TABLE)
+    assert float(scores[4].mean()) > 0.35  # aligned 4x4 tiles are target crops
+    assert float(scores[8].mean()) < 0.3  # 8x8 crops show the seams
+    assert (sigma_max == 0.05).float().mean() >= 0.8, scores
+    target_sigma_max, target_scores = annotate_sigma_max(crops_model, target, ids + 100, TABLE)
+    assert float(target_scores[8].mean()) > 0.5
+    assert (target_sigma_max == 0.2).float().mean() >= 0.8
+
+
+def test_the_crop_is_what_reaches_the_network(crops_model):
+    with pytest.raises(ValueError, match="4x4 crops"):
+        crops_model.nets["4"](torch.zeros(2, 3, 16, 16))
+    with pytest.raises(ValueError, match="no crops network for 16x16"):
+        crops_model(torch.zeros(2, 3, 16, 16))
+    images = torch.arange(2 * 3 * 10 * 10, dtype=torch.float32).view(2, 3, 10, 10)
+    crops = random_crops(images, 4, torch.Generator().manual_seed(0))
+    for b in range(2):  # each crop is a contiguous 4x4 window of its own image
+        top, left = divmod(int(crops[b, 0, 0, 0]) - b * 300, 10)
+        assert torch.equal(crops[b], images[b, :, top:top + 4, left:left + 4])
+
+
+def test_checkpoint_round_trip(crops_model, tmp_path):
+    save_crops_classifier(crops_model, tmp_path / "crops.safetensors", provenance={"test": True})
+    loaded = load_crops_classifier(tmp_path / "crops.safetensors")
+    x = torch.randn(5, 3, 8, 8)
+    assert torch.equal(loaded(x), crops_model(x))
+
+
+def test_sigma_max_picks_the_largest_passing_crop():
+    scores = {4: torch.tensor([0.5, 0.5, 0.1]), 8: torch.tensor([0.2, 0.6, 0.1]), 16: torch.tensor([0.1, 0.5, 0.0])}
+    assert sigma_max_from_scores(scores, TABLE, tau=0.45).tolist() == [0.05, 1.0, 0.0]
+    assert TABLE.sigma_for_crop(3) == 0.0 and TABLE.sigma_for_crop(12) == 0.2
+
+
+def test_crop_table_validation_and_file(tmp_path):
+    with pytest.raises(ValueError, match="must not decrease"):
+        CropTable((0.1, 0.2), (8, 4))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        CropTable((0.2, 0.1), (4, 8))
+    TABLE.save(tmp_path / "t.json")
+    assert CropTable.load(tmp_path / "t.json") == TABLE
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="'sigma' and 'crop'"):
+        CropTable.load(tmp_path / "bad.json")
+
+
+def box_denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Mean of the visible pixels in a (2r+1)^2 window, r = ceil(2 sigma): its receptive field grows with sigma,
+    and a cut window averages fewer pixels, so less context denoises worse."""
+    radius = int(torch.ceil(2 * sigma[0]))
+    kernel = torch.ones(x.shape[1], 1, 2 * radius + 1, 2 * radius + 1)
+    total = F.conv2d(x, kernel, padding=radius, groups=x.shape[1])
+    count = F.conv2d(torch.ones_like(x), kernel, padding=radius, groups=x.shape[1])
+    return total / count
+
+
+def test_measured_crop_size_is_the_receptive_field():
+    images = random_fields(torch.arange(64), resolution=24, alpha=2.0)  # smooth: averaging more pixels helps
+    measurement = measure_crop_size(box_denoiser, images, sigmas=[0.4, 1.0, 2.0], patch=2, eps=0.0)
+    expected = [2 + 2 * 1, 2 + 2 * 2, 2 + 2 * 4]  # patch + 2 r, r = ceil(2 sigma)
+    assert list(measurement.table.crops) == expected, measurement.losses
+    assert measurement.contexts[-1] == 24
+
+
+def test_measure_rejects_bad_contexts():
+    with pytest.raises(ValueError, match="even number"):
+        measure_crop_size(box_denoiser, torch.zeros(2, 3, 8, 8), sigmas=[1.0], patch=2, contexts=[3])
+    with pytest.raises(ValueError, match="square"):
+        measure_crop_size(box_denoiser, torch.zeros(2, 3, 8, 6), sigmas=[1.0])
