@@ -26,7 +26,7 @@ def smooth_images(n=64, size=8, seed=0):
 
 def tiny_config(**overrides):
     base = dict(total_steps=6, batch_size=8, log_every=1, checkpoint_every=2, snapshot_every=2, lr_rampup_steps=0,
-                num_workers=0, **{"network.model_channels": 8, "network.channel_mult": [1, 2]})
+                num_workers=0, cpu_threads=1, **{"network.model_channels": 8, "network.channel_mult": [1, 2]})
     base.update(overrides)
     return preset("tiny-cpu", **base)
 

@@ -28,7 +28,7 @@ def write_png_dataset(root, n=48, size=8):
 
 def train_args(data, run_dir, **extra):
     settings = dict(total_steps=14, batch_size=16, log_every=1, checkpoint_every=3, snapshot_every=0, lr_rampup_steps=0,
-                    num_workers=0, deterministic=True, **{"network.model_channels": 16})
+                    num_workers=0, deterministic=True, cpu_threads=1, **{"network.model_channels": 16})
     settings.update(extra)
     args = ["train", "--preset", "tiny-cpu", "--data", str(data), "--run-dir", str(run_dir), "--device", "cpu"]
     for name, value in settings.items():

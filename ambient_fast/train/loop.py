@@ -29,7 +29,7 @@ from .schedule import learning_rate
 
 # Fields that may change between a run and its resumption (they do not change what is computed).
 RESUMABLE_CHANGES = {"total_steps", "log_every", "num_workers", "tensorboard", "checkpoint_every", "keep_checkpoints",
-                     "snapshot_every"}
+                     "snapshot_every", "cpu_threads"}
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -78,12 +78,16 @@ def train(config: TrainConfig, *, run_dir: str | Path, device: str | torch.devic
     """Train (or resume) the run in run_dir. network: a module following the protocol of networks/precond.py
     (default: built from config.network); dataset: an ArrayDataset (default: config.data). stop_after: return
     after this many steps of this invocation (tests). Returns {"step": last step done, "losses": [...]}"""
-    previous = torch.are_deterministic_algorithms_enabled()
+    previous, previous_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     try:
+        if config.cpu_threads:
+            log(f"setting torch.set_num_threads({config.cpu_threads}) for this run (process-wide; restored on return)")
+            torch.set_num_threads(config.cpu_threads)
         return _train(config, run_dir=Path(run_dir), device=device, network=network, dataset=dataset,
                       stop_after=stop_after, log=log)
-    finally:
-        torch.use_deterministic_algorithms(previous)  # the process-wide setting is restored on return
+    finally:  # the process-wide settings are restored on return
+        torch.use_deterministic_algorithms(previous)
+        torch.set_num_threads(previous_threads)
 
 
 def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop_after, log) -> dict:
