@@ -150,3 +150,24 @@ def test_annotated_training_uses_only_usable_levels(tmp_path):
         bad = Annotations(torch.arange(32), torch.full((32,), 1.5, dtype=torch.float64), torch.zeros(32))
         bad.save(tmp_path / "bad.safetensors")
         train(config.replace(annotations=str(tmp_path / "bad.safetensors")), run_dir=tmp_path / "b", dataset=dataset)
+
+
+def test_edm2_network_on_latents_with_bf16_autocast(tmp_path):
+    """EDM2 latents stored as [posterior mean, std] (8 channels): standardised samples feed the MP UNet, whose
+    logvar head enters the fused loss; bf16 autocast with fp32 master weights."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        mean = rng.normal(0.0, 4.0, (4, 8, 8)).astype(np.float32) + np.array([5.81, 3.25, 0.12, -2.15], np.float32)[:, None, None]
+        np.save(tmp_path / f"{i:08d}.npy", np.concatenate([mean, np.full((4, 8, 8), 0.1, np.float32)]))
+    config = tiny_config(total_steps=4, precision="bf16", data=str(tmp_path), p_mean=-0.4, p_std=1.0,
+                         **{"network.arch": "edm2", "network.model_channels": 16, "network.attn_resolutions": [4]})
+    messages = []
+    result = train(config, run_dir=tmp_path / "run", log=messages.append)
+    plan = next(m for m in messages if m.startswith("ambient_fast train"))
+    assert "latents" in plan and "(8, 8, 8)" in plan
+    assert all(math.isfinite(v) for v in result["losses"])
+    _, tensors, meta = checkpoint.load_latest(tmp_path / "run")
+    assert meta["img_channels"] == 4 and tensors["net.out_gain"].dtype == torch.float32  # fp32 master weights
+    assert tensors["net.out_gain"].item() != 0  # the output gain learned (it starts at 0)
