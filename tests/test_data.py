@@ -114,3 +114,15 @@ def test_encode_without_a_vae_directory_is_a_clear_error(tmp_path):
     write_images(tmp_path / "images", n=1)
     with pytest.raises(FileNotFoundError, match="AutoencoderKL directory"):
         encode_dataset(tmp_path / "images", tmp_path / "out", vae_dir=tmp_path / "missing", log=lambda *_: None)
+
+
+def test_dataset_info_command(tmp_path, capsys):
+    from ambient_fast import cli
+
+    names = write_images(tmp_path)
+    (tmp_path / names[1]).write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match=names[1]):
+        assert cli.main(["dataset", "info", str(tmp_path), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "6 samples, shape (3, 8, 8), images, 3 classes" in out and "unreadable: 1" in out and names[1] in out
+    assert "usable at sigma 0.2: 0.833" in out  # the unreadable sample is never usable

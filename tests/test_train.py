@@ -171,3 +171,20 @@ def test_edm2_network_on_latents_with_bf16_autocast(tmp_path):
     _, tensors, meta = checkpoint.load_latest(tmp_path / "run")
     assert meta["img_channels"] == 4 and tensors["net.out_gain"].dtype == torch.float32  # fp32 master weights
     assert tensors["net.out_gain"].item() != 0  # the output gain learned (it starts at 0)
+
+
+def test_loader_workers_and_fp16_do_not_change_the_sequence(tmp_path):
+    """DataLoader workers prefetch ahead of training; the samples, levels and losses stay those of the
+    single-process loader (and the checkpointed sampler state is that of the trained step, not the prefetched)."""
+    from test_train_resume import write_png_dataset
+    from ambient_fast.data import FileDataset
+
+    dataset = FileDataset(write_png_dataset(tmp_path / "data", n=24))
+    inline = train(tiny_config(num_workers=0), run_dir=tmp_path / "inline", dataset=dataset, log=lambda *_: None)
+    workers = train(tiny_config(num_workers=2), run_dir=tmp_path / "workers", dataset=dataset, log=lambda *_: None)
+    assert workers["losses"] == inline["losses"]
+    _, _, meta_inline = checkpoint.load_latest(tmp_path / "inline")
+    _, _, meta_workers = checkpoint.load_latest(tmp_path / "workers")
+    assert meta_workers["sampler"] == meta_inline["sampler"]
+    half = train(tiny_config(total_steps=3, precision="fp16"), run_dir=tmp_path / "fp16", dataset=dataset, log=lambda *_: None)
+    assert len(half["losses"]) == 3 and all(math.isfinite(v) for v in half["losses"])
