@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,8 +74,6 @@ class Annotations:
     # ---------------------------------------------------------------------------------------------- file I/O
     def save(self, path: str | Path) -> None:
         """Write atomically (temp file + rename): a crash never leaves a half-written annotation file."""
-        from safetensors.torch import save_file
-
         tensors = {"sample_ids": self.sample_ids, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
         if self.quality is not None:
             tensors["quality"] = self.quality
@@ -87,25 +86,12 @@ class Annotations:
             "sources": json.dumps(self.sources),
             "provenance": json.dumps(self.provenance),
         }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".tmp")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(temporary), metadata=metadata)
-        temporary.replace(path)
+        write_safetensors(path, tensors, metadata)
 
     @classmethod
     def load(cls, path: str | Path) -> Annotations:
-        from safetensors import safe_open
-
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"annotation file {path} does not exist")
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-        except Exception as error:  # safetensors raises its own types for truncated or foreign files
-            raise ValueError(f"{path} is not a readable annotation file: {error}") from error
+        tensors, metadata = read_safetensors(path, "annotation file")
         if metadata.get("format") != "ambient_fast.annotations":
             raise ValueError(f"{path} is a safetensors file but not an ambient_fast annotation file")
         if int(metadata.get("version", "0")) > FORMAT_VERSION:
@@ -167,6 +153,34 @@ class Annotations:
 
         levels = torch.full_like(self.sigma_min, float(sigma))
         return select_sigma_tn(levels, self.sigma_min, self.sigma_max, max_weight=max_weight).usable
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write atomically (a per-process temp file + rename): a crash never leaves a half-written file, and two
+    processes writing the same file (two ranks merging) never interleave."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(temporary), metadata=metadata)
+    temporary.replace(path)
+
+
+def read_safetensors(path: str | Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors file, with clear errors for a missing, truncated or foreign file."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as error:  # safetensors raises its own types for truncated or foreign files
+        raise ValueError(f"{path} is not a readable {what}: {error}") from error
+    return tensors, metadata
 
 
 def _float_column(name: str, values, n: int, *, allow_nan: bool = False) -> torch.Tensor:

@@ -43,6 +43,14 @@ def sigma_min_args(root, out, *extra):
             "--out", str(out), "--levels", "32", "--draws", "2", "--unit", "16", *extra]
 
 
+def uninterrupted_fast(root) -> Annotations:
+    """The one-process, uninterrupted fast annotation the resumed and sharded runs must reproduce."""
+    out = root / "fast.safetensors"
+    if not out.exists():
+        assert cli.main(sigma_min_args(root, out, "--mode", "fast")) == 0
+    return Annotations.load(out)
+
+
 def test_fast_annotation_file_and_unreadable_image(workspace, capsys):
     out = workspace / "fast.safetensors"
     assert cli.main(sigma_min_args(workspace, out, "--mode", "fast")) == 0
@@ -75,10 +83,7 @@ def test_resume_after_a_crash_skips_finished_samples(workspace, monkeypatch):
     monkeypatch.setattr(sigma_min, "sigma_min_fast", lambda *a, **k: (calls.append(len(a[2])), real_fast(*a, **k))[1])
     assert cli.main(sigma_min_args(workspace, out, "--mode", "fast")) == 0
     assert sum(calls) == 64 - 16  # the first unit was not redone
-    uninterrupted = workspace / "fast.safetensors"
-    if not uninterrupted.exists():
-        cli.main(sigma_min_args(workspace, uninterrupted, "--mode", "fast"))
-    assert torch.equal(Annotations.load(out).sigma_min, Annotations.load(uninterrupted).sigma_min)
+    assert torch.equal(Annotations.load(out).sigma_min, uninterrupted_fast(workspace).sigma_min)
 
 
 def test_two_ranks_merge_to_the_single_process_result(workspace, monkeypatch):
@@ -90,10 +95,7 @@ def test_two_ranks_merge_to_the_single_process_result(workspace, monkeypatch):
         assert out.exists() == (rank == 1)  # the last rank to finish merges
     monkeypatch.delenv("RANK")
     monkeypatch.delenv("WORLD_SIZE")
-    single = workspace / "fast.safetensors"
-    if not single.exists():
-        cli.main(sigma_min_args(workspace, single, "--mode", "fast"))
-    assert torch.equal(Annotations.load(out).sigma_min, Annotations.load(single).sigma_min)
+    assert torch.equal(Annotations.load(out).sigma_min, uninterrupted_fast(workspace).sigma_min)
 
 
 def test_changed_settings_do_not_mix_with_old_parts(workspace, monkeypatch):

@@ -119,3 +119,19 @@ def test_op_checks_its_arguments_too():
     with pytest.raises(RuntimeError, match="sigmas must be float32"):
         torch.ops.ambient_fast.noisy_crops(torch.zeros(1, 1, 4, 4), torch.tensor([0]), torch.ones(2, 1),
                                            torch.zeros(2, 1, dtype=torch.int64), 1, 4, 4, 0)
+
+
+@pytest.mark.gpu
+def test_cuda_kernel_equals_cpu_reference_bit_for_bit(generator):
+    if not _backend.has_native_cuda():
+        pytest.skip("the extension was built without CUDA")
+    images = torch.randn(5, 3, 17, 16, generator=generator)
+    ids = torch.randint(0, 1 << 62, (5,), generator=generator)
+    sigmas = torch.rand(5, 6, generator=generator) * 5
+    keys = torch.randint(0, 100, (5, 6), generator=generator)
+    for crop, stride in ((None, None), (4, 4), (5, 3)):
+        k = crop or 16
+        args = dict(draws=3, crop=k, stride=stride, level_keys=keys, seed=77)
+        on_gpu = torch.ops.ambient_fast.noisy_crops(images.cuda(), ids.cuda(), sigmas.cuda(), keys.cuda(), 3, k,
+                                                    stride or k, 77).cpu()
+        assert torch.equal(on_gpu.view(torch.int32), noisy_crops_reference(images, ids, sigmas, **args).view(torch.int32))

@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import precond
+from ..annotations import read_safetensors, write_safetensors
 from ..networks import UNetEncoder
 
 CHECKPOINT_FORMAT = "ambient_fast.noise_classifier"
@@ -146,31 +147,14 @@ def train_classifier(clean: torch.Tensor, corrupted: torch.Tensor, *, config: Cl
 def save_classifier(model: NoiseClassifier, path: str | Path, *, train: TrainConfig | None = None,
                     provenance: dict | None = None) -> None:
     """state_dict as safetensors; config, training config and provenance as JSON metadata. Atomic write."""
-    from safetensors.torch import save_file
-
     metadata = {"format": CHECKPOINT_FORMAT, "config": json.dumps(asdict(model.config)),
                 "train": json.dumps(asdict(train) if train else None), "provenance": json.dumps(provenance or {})}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    save_file(state, str(temporary), metadata=metadata)
-    temporary.replace(path)
+    write_safetensors(path, model.state_dict(), metadata)
 
 
 def read_checkpoint(path: str | Path, expected_format: str) -> tuple[dict, dict]:
     """(tensors, metadata) of an ambient_fast safetensors checkpoint, with clear errors for anything else."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except Exception as error:  # safetensors raises its own types for truncated or foreign files
-        raise ValueError(f"{path} is not a readable safetensors checkpoint: {error}") from error
+    tensors, metadata = read_safetensors(path, "safetensors checkpoint")
     if metadata.get("format") != expected_format:
         raise ValueError(f"{path} is not a {expected_format} checkpoint (format: {metadata.get('format')!r})")
     return tensors, metadata

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..annotations import write_safetensors
 from ..networks import UNetEncoder
 from .classifier import TrainConfig, TrainHistory, read_checkpoint
 from .crop_size import CropTable
@@ -141,15 +142,8 @@ def train_crops_classifier(target: torch.Tensor, other: torch.Tensor, *,
 
 
 def save_crops_classifier(model: CropsClassifier, path: str | Path, *, provenance: dict | None = None) -> None:
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    save_file(state, str(temporary), metadata={"format": CHECKPOINT_FORMAT, "config": json.dumps(asdict(model.config)),
-                                                "provenance": json.dumps(provenance or {})})
-    temporary.replace(path)
+    write_safetensors(path, model.state_dict(), {"format": CHECKPOINT_FORMAT, "config": json.dumps(asdict(model.config)),
+                                                 "provenance": json.dumps(provenance or {})})
 
 
 def load_crops_classifier(path: str | Path, *, device: torch.device | str = "cpu") -> CropsClassifier:

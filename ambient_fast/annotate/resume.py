@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ..annotations import write_safetensors
+
 
 @dataclass(frozen=True)
 class Shard:
@@ -42,14 +44,6 @@ def _read_part(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(path))
-
-
-def _write_atomic(path: Path, columns: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.contiguous() for k, v in columns.items()}, str(temporary))
-    temporary.replace(path)
 
 
 def finished(output: Path) -> dict[str, torch.Tensor]:
@@ -93,7 +87,7 @@ def run_resumable(output: Path, sample_ids: torch.Tensor, annotate_unit: Callabl
         chunk = todo[first:first + unit]
         columns = {"sample_ids": sample_ids[chunk], **annotate_unit(chunk)}
         mine = columns if not mine else {k: torch.cat([mine[k], columns[k]]) for k in mine}
-        _write_atomic(own, mine)
+        write_safetensors(own, mine)
         count = min(first + unit, len(todo))
         rate = count / max(time.time() - start, 1e-9)
         report(f"rank {shard.rank}: {count}/{len(todo)} samples ({rate:.1f} samples/s)")
