@@ -188,3 +188,11 @@ def test_loader_workers_and_fp16_do_not_change_the_sequence(tmp_path):
     assert meta_workers["sampler"] == meta_inline["sampler"]
     half = train(tiny_config(total_steps=3, precision="fp16"), run_dir=tmp_path / "fp16", dataset=dataset, log=lambda *_: None)
     assert len(half["losses"]) == 3 and all(math.isfinite(v) for v in half["losses"])
+
+
+def test_metrics_rows_past_the_checkpoint_and_torn_rows_are_dropped_on_resume(tmp_path):
+    from ambient_fast.train.metrics import MetricsLog
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "loss": 1.0}\n{"step": 1, "loss": 0.9}\n{"step": 2, "lo')
+    MetricsLog(tmp_path, resume_step=1, total_steps=5)
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 0, "loss": 1.0}\n'

@@ -37,7 +37,12 @@ def train_args(data, run_dir, **extra):
 
 
 def logged_losses(run_dir):
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # the last row while the trainer is writing it
+            continue
     return {row["step"]: row["loss"] for row in rows}, [row["step"] for row in rows]
 
 
@@ -51,7 +56,7 @@ def test_kill_9_mid_training_then_rerun_is_bit_identical(tmp_path):
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": str(os.cpu_count())})
     deadline = time.time() + 60
     while time.time() < deadline and process.poll() is None:
-        if (run / "metrics.jsonl").exists() and logged_losses(run)[1] and max(logged_losses(run)[1]) >= 7:
+        if max(logged_losses(run)[1], default=-1) >= 7:
             break
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)

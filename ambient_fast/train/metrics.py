@@ -24,8 +24,14 @@ class MetricsLog:
     def _truncate_after(self, resume_step: int) -> None:
         if not self.path.exists():
             return
-        rows = [line for line in self.path.read_text().splitlines() if line.strip()]
-        kept = [line for line in rows if json.loads(line).get("step", -1) < resume_step]
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:  # a row torn by a kill mid-write
+                continue
+            if row.get("step", -1) < resume_step:
+                kept.append(line)
         temporary = self.path.with_name(self.path.name + ".tmp")
         temporary.write_text("".join(line + "\n" for line in kept))
         temporary.replace(self.path)
