@@ -38,7 +38,7 @@ def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
     metadata = {"format": FORMAT, "crc32": _crc(tensors), "meta": json.dumps(meta, sort_keys=True)}
-    temporary = path.with_name(path.name + ".tmp")
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: ranks never share a temp file
     save_file(tensors, str(temporary), metadata=metadata)
     with open(temporary, "rb+") as handle:
         os.fsync(handle.fileno())
@@ -46,15 +46,13 @@ def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None
 
 
 def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    from safetensors import safe_open
+    from ..annotations import read_safetensors
 
     path = Path(path)
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except Exception as error:  # truncated or foreign files raise safetensors' own error types
-        raise CorruptCheckpointError(f"{path} is unreadable: {error}") from error
+        tensors, metadata = read_safetensors(path, "checkpoint")
+    except (OSError, ValueError) as error:  # missing, truncated or not safetensors at all
+        raise CorruptCheckpointError(str(error)) from error
     if metadata.get("format") != FORMAT:
         raise CorruptCheckpointError(f"{path} is not an ambient_fast checkpoint")
     if _crc(tensors) != metadata.get("crc32"):
