@@ -1,5 +1,6 @@
-"""`ambient-fast corrupt` (a mixed clean/corrupted dataset from a clean one) and `ambient-fast eval` (metrics of a
-generated set against test and training references)."""
+"""`ambient-fast corrupt` (a mixed clean/corrupted dataset from a clean one), `ambient-fast eval` (metrics of a
+generated set against test and training references) and `ambient-fast experiment` (a controlled experiment or a
+whole paper table from ambient_fast.experiments.configs)."""
 from __future__ import annotations
 
 import json
@@ -67,6 +68,28 @@ def run_eval(args) -> int:
     return 0
 
 
+def run_experiment_command(args) -> int:
+    from .configs import EXPERIMENTS, TABLES, experiment, table
+    from .controlled import run_experiment
+    from .report import format_report
+
+    if args.list:
+        for name, names in TABLES.items():
+            print(f"table {name}: {', '.join(names)}")
+        for name, item in EXPERIMENTS.items():
+            print(f"{name}: {item.description}")
+        return 0
+    if bool(args.name) == bool(args.table):
+        raise SystemExit("give one experiment NAME or --table T (see --list)")
+    experiments = table(args.table) if args.table else (experiment(args.name),)
+    seeds = tuple(args.seeds) if args.seeds else None
+    for item in experiments:
+        result = run_experiment(item, out_dir=Path(args.out) / item.name, data_path=args.data, test_path=args.test,
+                                seeds=seeds, device=args.device)
+        print(format_report(result))
+    return 0
+
+
 def register(subparsers) -> None:
     from ..corruptions import CORRUPTIONS
 
@@ -92,3 +115,14 @@ def register(subparsers) -> None:
     evaluate.add_argument("--json", help="write all results (per-band spectra included) to this file")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.set_defaults(func=run_eval)
+
+    experiment = subparsers.add_parser("experiment", help="a controlled experiment (or a paper table) end to end")
+    experiment.add_argument("name", nargs="?", help="experiment name (see --list)")
+    experiment.add_argument("--table", help="run every experiment of a paper table: 2a, 2b, 3, 7, motion, demo")
+    experiment.add_argument("--list", action="store_true", help="list experiments and tables")
+    experiment.add_argument("--data", help="clean training set for 'path' experiments (EDM2 folder / zip / .npz)")
+    experiment.add_argument("--test", help="held-out test set for 'path' experiments")
+    experiment.add_argument("--out", default="runs/experiments", help="output folder (default runs/experiments)")
+    experiment.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the experiment's)")
+    experiment.add_argument("--device", help="cpu or cuda (default: the experiment's)")
+    experiment.set_defaults(func=run_experiment_command)

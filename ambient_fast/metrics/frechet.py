@@ -3,16 +3,22 @@ FD_DINOv2 with DINOv2's; Heusel et al. 2017): ||mu_a - mu_b||^2 + Tr(S_a + S_b -
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
 
 
-@dataclass(frozen=True)
+@dataclass
 class GaussianStatistics:
     mean: np.ndarray  # [D] float64
     covariance: np.ndarray  # [D, D] float64
     count: int
+
+    @cached_property
+    def covariance_root(self) -> np.ndarray:
+        """S^(1/2), computed once: a reference set's statistics are reused against every generated set."""
+        return _psd_sqrt(self.covariance)
 
     @classmethod
     def of(cls, features: torch.Tensor | np.ndarray) -> "GaussianStatistics":
@@ -29,11 +35,12 @@ def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
 
 
 def frechet_distance(a: GaussianStatistics, b: GaussianStatistics) -> float:
-    """The closed form above; Tr (S_a S_b)^(1/2) = sum of sqrt eigenvalues of the PSD S_a^(1/2) S_b S_a^(1/2)."""
+    """The closed form above; Tr (S_a S_b)^(1/2) = sum of sqrt eigenvalues of the PSD S_b^(1/2) S_a S_b^(1/2)
+    (b's root is cached: pass the reference as b)."""
     if a.mean.shape != b.mean.shape:
         raise ValueError(f"feature dimensions differ: {a.mean.shape[0]} vs {b.mean.shape[0]}")
-    root_a = _psd_sqrt(a.covariance)
-    middle = root_a @ b.covariance @ root_a
+    root_b = b.covariance_root
+    middle = root_b @ a.covariance @ root_b
     trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
     mean_term = float(((a.mean - b.mean) ** 2).sum())
     distance = mean_term + float(np.trace(a.covariance) + np.trace(b.covariance) - 2 * trace_sqrt)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .frechet import frechet_distance_of
+from .frechet import GaussianStatistics, frechet_distance
 from .nearest_neighbours import memorization
 from .spectrum import spectrum_error
 from .sliced_wasserstein import SWDConfig, swd
@@ -22,20 +22,27 @@ class EvaluationConfig:
 
 
 def evaluate(generated: torch.Tensor, *, references: dict[str, torch.Tensor], train: torch.Tensor | None = None,
-             test: torch.Tensor | None = None, config: EvaluationConfig | None = None) -> dict[str, dict]:
+             test: torch.Tensor | None = None, config: EvaluationConfig | None = None,
+             reference_cache: dict | None = None) -> dict[str, dict]:
     """{reference name: {'fd_pixels', 'fd_<extractor>', 'swd', 'swd_level<k>', 'spectrum_error',
-    'spectrum_high_freq', ...}, 'memorization': {...} when train and test are given}."""
+    'spectrum_high_freq', ...}, 'memorization': {...} when train and test are given}. reference_cache: a dict kept
+    across calls with the same references (several arms): their feature statistics are computed once."""
     from .features import PixelFeatures
 
     config = config or EvaluationConfig()
+    cache = reference_cache if reference_cache is not None else {}
     extractors = [PixelFeatures(), *config.feature_extractors]
-    generated_features = {e.name: e(generated) for e in extractors}
     results: dict[str, dict] = {}
     for name, reference in references.items():
         if reference.shape[1:] != generated.shape[1:]:
             raise ValueError(f"reference {name!r} has images of shape {tuple(reference.shape[1:])}, generated "
                              f"{tuple(generated.shape[1:])}")
-        row = {f"fd_{e.name}": frechet_distance_of(generated_features[e.name], e(reference)) for e in extractors}
+        row = {}
+        for extractor in extractors:
+            key = (name, extractor.name, reference.shape[0])
+            if key not in cache:
+                cache[key] = GaussianStatistics.of(extractor(reference))
+            row[f"fd_{extractor.name}"] = frechet_distance(GaussianStatistics.of(extractor(generated)), cache[key])
         row.update(swd(generated, reference, config.swd))
         row.update(spectrum_error(generated, reference))
         results[name] = row

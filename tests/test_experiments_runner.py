@@ -1,0 +1,117 @@
+"""The controlled-experiment runner's pieces with known answers: each arm's training set and annotations, usable
+samples per level at the buffer's edge, and a conclusion computed from (made-up) metrics rather than written in."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from ambient_fast.corruptions import GaussianBlur
+from ambient_fast.experiments import configs
+from ambient_fast.experiments.controlled import (
+    ArmResult, ClassifierAnnotation, ExperimentResult, arm_training_set, usable_per_level,
+)
+from ambient_fast.experiments.mixed_dataset import make_mixed_dataset
+from ambient_fast.experiments.report import conclusion, format_report
+
+
+@pytest.fixture
+def mixed():
+    images = torch.rand(20, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    return make_mixed_dataset(images, corruption=GaussianBlur(sigma_px=1.0), clean_fraction=0.25, seed=0)
+
+
+def _annotation(count: int) -> ClassifierAnnotation:
+    return ClassifierAnnotation(sigma_min=torch.linspace(0.1, 2.0, count, dtype=torch.float64), single=0.7,
+                                reached=1.0, final_accuracy=0.9, seconds=0.0)
+
+
+def test_arm_training_sets(mixed):
+    annotation = _annotation(15)
+    images, sigma_min, sigma_max = arm_training_set(configs.Arm("only_clean"), mixed, annotation)
+    assert images.shape[0] == 5 and torch.equal(images, mixed.clean_images) and (sigma_min == 0).all()
+    images, sigma_min, _ = arm_training_set(configs.Arm("all_data"), mixed, annotation)
+    assert images.shape[0] == 20 and (sigma_min == 0).all()
+    _, sigma_min, _ = arm_training_set(configs.Arm("fixed"), mixed, annotation)
+    assert (sigma_min[mixed.is_clean] == 0).all() and (sigma_min[~mixed.is_clean] == 0.7).all()
+    _, sigma_min, _ = arm_training_set(configs.Arm("fixed", fixed_sigma=1.5), mixed, annotation)
+    assert (sigma_min[~mixed.is_clean] == 1.5).all()
+    _, sigma_min, sigma_max = arm_training_set(configs.Arm("classifier"), mixed, annotation)
+    torch.testing.assert_close(sigma_min[~mixed.is_clean], annotation.sigma_min)
+    assert (sigma_min[mixed.is_clean] == 0).all() and (sigma_max == 0).all()
+    with pytest.raises(NotImplementedError, match="crops"):
+        arm_training_set(configs.Arm("crops"), mixed, annotation)
+
+
+def test_usable_per_level_follows_the_buffer():
+    b = 2 / math.sqrt(3)  # eq. D.2 with L_max = 4
+    sigma_min = torch.tensor([0.0, 1.0, 1.0, math.inf], dtype=torch.float64)
+    sigma_max = torch.tensor([0.0, 0.0, 0.5, 0.3], dtype=torch.float64)
+    levels = torch.tensor([0.1, 0.4, 0.9, b * 1.0 - 1e-9, b * 1.0 + 1e-9, 10.0], dtype=torch.float64)
+    counts = usable_per_level(sigma_min, sigma_max, levels=levels).tolist()
+    # level 0.1: clean + crops (0.5, 0.3); 0.4: clean + 0.5; 0.9: clean only; just above b: clean + both noisy.
+    assert counts == [3, 2, 1, 1, 3, 3]
+
+
+def _fake_result(metric_values: dict[str, float]) -> ExperimentResult:
+    experiment = configs.experiment("demo-cpu-blur1.0")
+    arms = []
+    for arm in experiment.arms:
+        value = metric_values[arm.name]
+        reference = {"fd_pixels": value, "swd": value, "spectrum_high_freq": -value, "spectrum_error": value,
+                     "spectrum_log_ratio": [-value] * 8, "spectrum_frequency": [k / 16 for k in range(1, 9)]}
+        arms.append(ArmResult(arm.name, 0, torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64),
+                              {"test": reference, "train": dict(reference),
+                               "memorization": {"copy_fraction": value, "copy_fraction_test": 0.01,
+                                                "nn_train_ratio": 1.0, "diversity_ratio": 1.0}},
+                              torch.zeros(1, 3, 16, 16)))
+    return ExperimentResult(experiment, arms, {0: _annotation(10)}, Path("unused"), seconds=60.0)
+
+
+def test_conclusion_is_computed_from_the_numbers():
+    good_classifier = conclusion(_fake_result({"only_clean": 2.0, "all_data": 3.0, "fixed": 1.5, "classifier": 1.0}))
+    assert "FD_pix test: classifier" in good_classifier[0]
+    assert "classifier vs only_clean: better on 7 of 7 metrics" in good_classifier
+    bad_classifier = conclusion(_fake_result({"only_clean": 1.0, "all_data": 3.0, "fixed": 1.5, "classifier": 2.0}))
+    assert "FD_pix test: only_clean" in bad_classifier[0]
+    assert any(line.startswith("classifier vs only_clean: better on 0 of 7") for line in bad_classifier)
+    report = format_report(_fake_result({"only_clean": 2.0, "all_data": 3.0, "fixed": 1.5, "classifier": 1.0}))
+    for arm in ("only_clean", "all_data", "fixed", "classifier"):
+        assert arm in report
+
+
+def test_tiny_experiment_end_to_end(tmp_path):
+    """Every stage runs and writes its outputs (sizes far too small to mean anything)."""
+    pytest.importorskip("skimage", reason="the embedded dataset reads photographs shipped with scikit-image")
+    import dataclasses
+    import json
+
+    from PIL import Image
+
+    from ambient_fast.experiments.controlled import run_experiment
+
+    demo = configs.experiment("demo-cpu-blur1.0")
+    tiny = dataclasses.replace(
+        demo, arms=(configs.Arm("fixed"), configs.Arm("classifier")),
+        data=dataclasses.replace(demo.data, train_count=64, test_count=32),
+        train_overrides=(("total_steps", 2), ("network.model_channels", 8), ("checkpoint_every", 100),
+                         ("snapshot_every", 0), ("log_every", 100)),
+        classifier=configs.ClassifierSetting(steps=2, batch_size=8, model_channels=8, draws=1, levels=16),
+        generated_count=24, sampler_steps=2)
+    lines = []
+    result = run_experiment(tiny, out_dir=tmp_path, device="cpu", log=lines.append)
+    assert [r.arm for r in result.arms] == ["fixed", "classifier"]
+    annotation = result.annotations[0]
+    clean = round(0.1 * 64)
+    assert annotation.sigma_min.shape == (64 - clean,)
+    assert (result.arms[0].sigma_min == annotation.single).sum() == 64 - clean and (result.arms[0].sigma_min == 0).sum() == clean
+    assert all(r.samples.shape == (24, 3, 16, 16) for r in result.arms)
+    assert all(math.isfinite(r.metrics["test"]["fd_pixels"]) for r in result.arms)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [a["arm"] for a in saved["arms"]] == ["fixed", "classifier"]
+    for name in ("usable_per_level.png", "samples_classifier-seed0.png", "data_clean.png", "data_corrupted.png"):
+        with Image.open(tmp_path / name) as image:
+            assert image.size[0] > 0
+    assert "conclusion" in format_report(result)
