@@ -12,6 +12,16 @@ Image = pytest.importorskip("PIL.Image")
 
 
 def test_tiny_preset_trains_and_generates(tmp_path, capsys):
+    import torch
+
+    threads = torch.get_num_threads()  # generate --cpu-threads changes the process-wide setting; restore it
+    try:
+        run_tiny_preset(tmp_path, capsys)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_tiny_preset(tmp_path, capsys):
     from test_train_resume import write_png_dataset
 
     data = write_png_dataset(tmp_path / "data", n=64, size=16)
@@ -28,7 +38,7 @@ def test_tiny_preset_trains_and_generates(tmp_path, capsys):
     for ema in ("0.1", "0.07"):  # a tracked EMA, and one reconstructed post hoc from the snapshots
         png, npz = tmp_path / f"grid{ema}.png", tmp_path / f"samples{ema}.npz"
         assert cli.main(["generate", str(run), "--ema", ema, "--num", "9", "--steps", "6", "--png", str(png),
-                         "--npz", str(npz), "--device", "cpu"]) == 0
+                         "--npz", str(npz), "--device", "cpu", "--cpu-threads", "1"]) == 0
         arrays = np.load(npz)
         assert arrays["samples"].shape == (9, 3, 16, 16) and np.isfinite(arrays["samples"]).all()
         assert arrays["images"].dtype == np.uint8 and Image.open(png).size == (48, 48)

@@ -114,9 +114,10 @@ def _edm2_img512(size: str) -> dict:
 
 # One table of presets: name -> overrides of the TrainConfig defaults.
 PRESETS: dict[str, dict] = {
-    # A few minutes on a 2-core CPU: 16x16 images, ~0.4M-parameter UNet, batch 64 (about 0.13 s per step).
+    # Minutes on a 2-core CPU: 16x16 images, a 0.34M-parameter UNet (32 channels at 16x16 and 8x8, attention in
+    # the middle at 8x8), batch 64: 0.2 s per step on one busy core (DESIGN.md section 6 measured ~0.13 s idle).
     "tiny-cpu": dict(
-        network=dict(arch="unet", model_channels=32, channel_mult=(1, 2), num_blocks=1),
+        network=dict(arch="unet", model_channels=32, channel_mult=(1, 1), num_blocks=1),
         batch_size=64, total_steps=2000, ref_lr=2e-3, lr_decay_steps=0, lr_rampup_steps=100, num_workers=0,
         snapshot_every=250, checkpoint_every=250, log_every=20,
     ),
