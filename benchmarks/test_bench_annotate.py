@@ -21,9 +21,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ambient_fast.annotate.classifier import (ClassifierConfig, TrainConfig, load_classifier, read_checkpoint,
-                                              save_classifier, train_classifier)
-from ambient_fast.annotate.classifier import CHECKPOINT_FORMAT
+from ambient_fast.annotate.classifier import (CHECKPOINT_FORMAT, ClassifierConfig, TrainConfig, load_classifier,
+                                              read_checkpoint, save_classifier, train_classifier)
 from ambient_fast.annotate.scoring import ForwardCounter
 from ambient_fast.annotate.sigma_min import LevelGrid, SigmaMinConfig, sigma_min_dense, sigma_min_fast
 from ambient_fast.annotate.synthetic import blurred, random_fields

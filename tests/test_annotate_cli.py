@@ -2,6 +2,8 @@
 two ranks merged, an unreadable image skipped, quality annotations, show; and clear errors."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -141,3 +143,30 @@ def test_clear_errors(workspace, tmp_path):
     with pytest.raises(SystemExit, match="3 scores for 64 images"):
         cli.main(["annotate", "from-quality", "--images", str(workspace / "corrupted"), "--scores",
                   str(tmp_path / "few.npy"), "--out", str(tmp_path / "q.safetensors")])
+
+
+def test_crops_pipeline_commands(workspace, tmp_path, monkeypatch):
+    """train-crops -> measure-crop-size (a denoiser factory named module:function) -> sigma-max on top of a
+    sigma_min file (--base keeps its sigma_min)."""
+    import sys
+    import types
+
+    crops = tmp_path / "crops.safetensors"
+    assert cli.main(["annotate", "train-crops", "--target", str(workspace / "clean"), "--other",
+                     str(workspace / "corrupted"), "--out", str(crops), "--crop-sizes", "2,4", "--steps", "10",
+                     "--batch-size", "16", "--model-channels", "8"]) == 0
+    module = types.ModuleType("toy_denoisers")
+    module.identity = lambda scale="1": (lambda x, sigma: x * float(scale))
+    monkeypatch.setitem(sys.modules, "toy_denoisers", module)
+    table = tmp_path / "table.json"
+    assert cli.main(["annotate", "measure-crop-size", "--denoiser", "toy_denoisers:identity", "--denoiser-arg", "1",
+                     "--images", str(workspace / "clean"), "--sigmas", "0.1,0.5", "--out", str(table)]) == 0
+    assert json.loads(table.read_text())["crop"] == [2, 2]  # the identity needs no context at all
+    out = tmp_path / "both.safetensors"
+    base = uninterrupted_fast(workspace)
+    assert cli.main(["annotate", "sigma-max", "--images", str(workspace / "corrupted"), "--classifier", str(crops),
+                     "--crop-table", str(table), "--base", str(workspace / "fast.safetensors"), "--out", str(out)]) == 0
+    both = Annotations.load(out)
+    assert torch.equal(both.sigma_min, base.sigma_min)
+    assert set(both.sigma_max.tolist()) <= {0.0, 0.5}
+    assert "sigma_max" in both.provenance and "sigma_min" in both.provenance

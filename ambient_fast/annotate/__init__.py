@@ -6,6 +6,10 @@ classifier       the high-noise classifier c(x_s, s) = P(clean | x_s) and its tr
 sigma_min        sigma_min per sample: dense grid (reference) and fast adaptive search; per-dataset (eq. 3.2)
 crops            the crops classifier and sigma_max (eq. 3.4); crop_size measures crop(sigma)
 quality          fixed annotations from quality scores (Sections 5, F.1)
+images, resume   image folders / .npz input; resumable, rank-sharded runs
+show, cli        summary + plot; the `ambient-fast annotate` subcommands
+synthetic        generated smooth random fields and blurred versions (tests, benchmarks, demos)
+See docs/annotation.md.
 """
 from .noisy_crops import noisy_crops, noisy_crops_reference
 

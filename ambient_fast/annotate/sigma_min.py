@@ -55,7 +55,9 @@ class SigmaMinConfig:
     eps: float = 0.05  # tau = 0.5 - eps
     smooth_window: int = 5  # dense: moving average over this many grid levels (odd; 1 = none)
     coarse_levels: int = 5  # fast: grid levels of the first bracket (both ends included)
-    coarse_draws: int | None = None  # fast: draws per coarse level (the first ones of the T); None = draws
+    # fast: draws per coarse level, None = draws. With shared noise they are the first of the T draws; with
+    # independent noise the stream word is level_key * draws + draw, so they are other draws than dense's.
+    coarse_draws: int | None = None
     noise: str = "shared"  # "shared" (common random numbers across levels) or "independent"
     seed: int = 0
     chunk: int = 4096  # the most classifier rows per forward
