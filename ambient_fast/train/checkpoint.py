@@ -27,7 +27,7 @@ def _crc(tensors: dict[str, torch.Tensor]) -> str:
     crc = 0
     for name in sorted(tensors):
         crc = zlib.crc32(name.encode(), crc)
-        crc = zlib.crc32(tensors[name].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes(), crc)
+        crc = zlib.crc32(tensors[name].contiguous().reshape(-1).view(torch.uint8).numpy(), crc)  # no copy
     return f"{crc:08x}"
 
 

@@ -44,12 +44,13 @@ class PowerEMA:
     def update(self, module: torch.nn.Module, *, step: int) -> None:
         """After optimizer step number `step` (1-based: the t of beta_t = (1 - 1/t)^(gamma + 1))."""
         state = module.state_dict()
+        floating = [name for name, value in state.items() if value.is_floating_point()]
+        values = [state[name].float() for name in floating]
         for gamma, average in zip(self.gammas, self.averages):
             beta = (1 - 1 / step) ** (gamma + 1)  # EDM2 eq. 3; beta_1 = 0 copies the weights
+            torch._foreach_lerp_([average[name] for name in floating], values, 1 - beta)  # one launch per group
             for name, value in state.items():
-                if value.is_floating_point():
-                    average[name].lerp_(value.float(), 1 - beta)
-                else:
+                if not value.is_floating_point():
                     average[name].copy_(value)
 
     def tensors(self) -> dict[str, torch.Tensor]:
