@@ -37,7 +37,7 @@ def annotations(ambient: bool):
 def make_step(ambient: bool):
     torch.manual_seed(0)
     images = torch.rand(DATASET_SIZE, 3, RESOLUTION, RESOLUTION, device=DEVICE) * 2 - 1
-    net = Precond(UNet(3, RESOLUTION, CHANNELS, (1, 2), 1).to(DEVICE))
+    net = Precond(UNet(3, RESOLUTION, CHANNELS, (1, 1), 1).to(DEVICE))  # the tiny-cpu preset network
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
     sampler = AmbientSampler(*annotations(ambient), batch_size=BATCH, seed=0)
 

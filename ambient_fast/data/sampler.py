@@ -55,6 +55,7 @@ class AmbientSampler:
         self.batch_size, self.p_mean, self.p_std, self.seed = batch_size, p_mean, p_std, seed
         self.b = buffer_factor(max_weight)
         self.noisy_above = self.b * self.sigma_min  # usable as noisy data where s > b sigma_min (eq. D.2)
+        self._noisy_above, self._sigma_max = self.noisy_above.tolist(), self.sigma_max.tolist()
         self.check_coverage()
         self.step, self.epoch, self.cursor = 0, 0, 0
         self._order = self._epoch_order(0)
@@ -79,8 +80,9 @@ class AmbientSampler:
         )
 
     # ------------------------------------------------------------------------------------------- drawing
-    def _epoch_order(self, epoch: int) -> np.ndarray:
-        return _generator(self.seed, 2 * epoch + 1).permutation(len(self.sigma_min))
+    def _epoch_order(self, epoch: int) -> list[int]:
+        # Python lists: the scan below indexes one element at a time, ~5x faster than numpy scalars.
+        return _generator(self.seed, 2 * epoch + 1).permutation(len(self.sigma_min)).tolist()
 
     def levels(self, step: int) -> np.ndarray:
         """The global batch's sigma_t at `step`: ln s ~ N(p_mean, p_std^2), keyed by (seed, step) only."""
@@ -93,9 +95,9 @@ class AmbientSampler:
             if self.cursor == len(self._order):
                 self.epoch, self.cursor = self.epoch + 1, 0
                 self._order = self._epoch_order(self.epoch)
-            index = int(self._order[self.cursor])
+            index = self._order[self.cursor]
             self.cursor += 1
-            if sigma > self.noisy_above[index] or sigma < self.sigma_max[index]:
+            if sigma > self._noisy_above[index] or sigma < self._sigma_max[index]:
                 return index
             scanned += 1
             if scanned > len(self._order):  # unreachable after check_coverage; a guard, not a silent loop
@@ -103,7 +105,7 @@ class AmbientSampler:
 
     def next_global_batch(self) -> Batch:
         sigma_t = self.levels(self.step)
-        indices = np.array([self._next_usable(float(s)) for s in sigma_t], np.int64)
+        indices = np.array([self._next_usable(s) for s in sigma_t.tolist()], np.int64)
         # sigma_tn = sigma_min where used as noisy data (s > b sigma_min), else 0 (clean crops), Section 3.2.
         sigma_tn = np.where(sigma_t > self.noisy_above[indices], self.sigma_min[indices], 0.0)
         batch = Batch(indices, sigma_t, sigma_tn, self.step, 0)
