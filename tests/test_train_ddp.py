@@ -21,9 +21,9 @@ def test_two_process_gloo_ddp_matches_one_process(tmp_path):
     from test_train_resume import logged_losses, train_args, write_png_dataset
 
     data = write_png_dataset(tmp_path / "data", n=40)
-    settings = dict(total_steps=5, checkpoint_every=5, batch_gpu=8, deterministic=False,
+    settings = dict(total_steps=5, checkpoint_every=5, batch_gpu=4, deterministic=False,
                     **{"network.attn_resolutions": [4]})
-    # one process, two accumulation rounds of 8 (the slices ranks 0 and 1 take)
+    # global batch 16 = one process x 4 accumulation rounds of 4, vs 2 ranks x 2 rounds (DDP no_sync on the first)
     assert cli.main(train_args(data, tmp_path / "single", **settings)) == 0
     single, _ = logged_losses(tmp_path / "single")
 
@@ -36,7 +36,7 @@ def test_two_process_gloo_ddp_matches_one_process(tmp_path):
     assert steps == list(range(5))
     for step in steps:
         assert ddp[step] == pytest.approx(single[step], rel=1e-5, abs=1e-6), step
-    assert "2 rank(s) x 1 round(s) x 8" in result.stdout
+    assert "2 rank(s) x 2 round(s) x 4" in result.stdout
     _, single_tensors, _ = checkpoint.load_latest(tmp_path / "single")
     _, ddp_tensors, _ = checkpoint.load_latest(tmp_path / "ddp")
     for name, value in single_tensors.items():
@@ -44,4 +44,4 @@ def test_two_process_gloo_ddp_matches_one_process(tmp_path):
             # Reduction order differs (DDP averages rank gradients; one process accumulates), and Adam's
             # m / sqrt(v) turns rounding in near-zero gradients into updates up to a fraction of the lr (2e-3).
             torch.testing.assert_close(ddp_tensors[name], value, rtol=0, atol=1e-3, msg=lambda m, n=name: f"{n}: {m}")
-    assert json.loads((tmp_path / "ddp" / "config.json").read_text())["batch_gpu"] == 8
+    assert json.loads((tmp_path / "ddp" / "config.json").read_text())["batch_gpu"] == 4
