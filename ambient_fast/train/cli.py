@@ -1,7 +1,6 @@
 """`ambient-fast train`, `ambient-fast generate`, `ambient-fast dataset encode|info`."""
 from __future__ import annotations
 
-import argparse
 import json
 
 import torch

@@ -8,9 +8,7 @@ generator.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 
