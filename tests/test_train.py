@@ -42,6 +42,10 @@ def test_presets_build_and_round_trip():
         preset("tiny-cpu", learning_rate=1.0)
     with pytest.raises(ValueError, match="unknown preset"):
         preset("nope")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        preset("tiny-cpu", precision="fp8")
+    with pytest.raises(ValueError, match="ema_stds"):
+        preset("tiny-cpu", ema_stds=[0.5])
 
 
 def test_learning_rate_schedule():

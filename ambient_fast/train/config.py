@@ -68,6 +68,24 @@ class TrainConfig:
     cpu_threads: int = 0  # torch.set_num_threads for this run (printed, restored on return); 0 = leave as is.
     # On a busy machine fewer threads than cores is often faster (2 threads on 2 shared cores ran 3-20x slower).
 
+    def __post_init__(self) -> None:
+        """Reject values that would otherwise fail late or silently: the message names the field."""
+        choices = {"precision": ("fp32", "bf16", "fp16"), "on_corrupt": ("raise", "skip")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.network.arch not in ("unet", "edm2"):
+            raise ValueError(f"network.arch must be 'unet' or 'edm2', got {self.network.arch!r}")
+        for name in ("batch_size", "total_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_gpu is not None and not 0 < self.batch_gpu <= self.batch_size:
+            raise ValueError(f"batch_gpu must be in [1, batch_size], got {self.batch_gpu}")
+        if not all(0 < std < 0.2887 for std in self.ema_stds):
+            raise ValueError(f"ema_stds must lie in (0, 0.2887) (power EMA with gamma >= 0), got {self.ema_stds}")
+        if self.p_std <= 0 or self.sigma_data <= 0 or self.max_weight <= 1:
+            raise ValueError("need p_std > 0, sigma_data > 0 and max_weight (L_max) > 1")
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
