@@ -73,6 +73,9 @@ def load_denoiser(source: str | Path, *, ema_std: float | None = None, device: s
         _, tensors, meta = latest
     else:
         tensors, meta = checkpoint.load(source)
+    if meta.get("network", "builtin") != "builtin":
+        raise ValueError(f"{source} was trained with the user network {meta['network']}; build it yourself, load the "
+                         "checkpoint's 'net.*' tensors (train.checkpoint.load + split) and sample with Precond(net)")
     config = TrainConfig.from_dict(meta["config"])
     tracked = [float(s) for s in config.ema_stds]
     if ema_std is None:

@@ -200,3 +200,19 @@ def test_metrics_rows_past_the_checkpoint_and_torn_rows_are_dropped_on_resume(tm
     (tmp_path / "metrics.jsonl").write_text('{"step": 0, "loss": 1.0}\n{"step": 1, "loss": 0.9}\n{"step": 2, "lo')
     MetricsLog(tmp_path, resume_step=1, total_steps=5)
     assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 0, "loss": 1.0}\n'
+
+
+def test_generate_refuses_a_user_network_checkpoint_with_instructions(tmp_path):
+    from ambient_fast.networks import Precond
+    from ambient_fast.sampling import heun_sample, load_denoiser
+
+    net = PoisonedNet()
+    train(tiny_config(total_steps=2), run_dir=tmp_path, dataset=TensorDataset(smooth_images(16)), network=net,
+          log=lambda *_: None)
+    with pytest.raises(ValueError, match="PoisonedNet.*build it yourself"):
+        load_denoiser(tmp_path)
+    _, tensors, meta = checkpoint.load_latest(tmp_path)  # the documented way
+    fresh = PoisonedNet()
+    fresh.load_state_dict(checkpoint.split(tensors, "ema0.1000"))
+    samples = heun_sample(Precond(fresh, label_dim=meta["label_dim"]).eval(), torch.randn(2, 3, 8, 8), num_steps=2)
+    assert samples.shape == (2, 3, 8, 8) and torch.isfinite(samples).all()

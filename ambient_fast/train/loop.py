@@ -116,6 +116,8 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
     net = network if network is not None else build_network(
         config.network, img_channels=channels, img_resolution=resolution, label_dim=label_dim, seed=config.seed)
     net = net.to(device)
+    # "builtin" networks are rebuilt from config.network by `generate`; a user's module is named for the record.
+    network_name = "builtin" if network is None else f"{type(network).__module__}.{type(network).__qualname__}"
     precond = Precond(net, sigma_data=config.sigma_data, label_dim=label_dim)
     step_module = TrainingStep(precond, precision=config.precision)
     if dist_info.enabled:
@@ -163,7 +165,8 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
         tensors = {**{f"net.{k}": v for k, v in net.state_dict().items()}, **optim_tensors, **ema.tensors()}
         meta = {"step": step, "config": json.loads(config.to_json()), "sampler": batches.state_after(step),
                 "optimizer": optim_meta, "skipped_steps": skipped, "scaler": scaler.state_dict() if scaler else None,
-                "img_channels": channels, "img_resolution": resolution, "label_dim": label_dim, "is_latent": is_latent}
+                "img_channels": channels, "img_resolution": resolution, "label_dim": label_dim, "is_latent": is_latent,
+                "network": network_name}
         if dist_info.is_main:
             checkpoint.save(checkpoint.path_for(run_dir, step), tensors, meta)
             checkpoint.prune(run_dir, config.keep_checkpoints)
@@ -173,7 +176,7 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
             checkpoint.save(checkpoint.path_for(run_dir, step, "phema"), ema.tensors(),
                             {"step": step + 1, "stds": list(config.ema_stds), "config": json.loads(config.to_json()),
                              "img_channels": channels, "img_resolution": resolution, "label_dim": label_dim,
-                             "is_latent": is_latent})
+                             "is_latent": is_latent, "network": network_name})
 
     losses = []
     net.train()
