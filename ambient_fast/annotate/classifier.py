@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -90,8 +91,42 @@ class TrainHistory:
     seconds: float = 0.0
 
 
-def _balanced_indices(generator: torch.Generator, count: int, half: int) -> torch.Tensor:
-    return torch.randint(0, count, (half,), generator=generator)
+def fit_balanced_bce(model: nn.Module, balanced_logits: Callable[[torch.Generator], torch.Tensor], *,
+                     train: TrainConfig, device: torch.device, progress=None) -> TrainHistory:
+    """The training loop both classifiers share: balanced_logits(generator) returns the logits of one batch whose
+    first half is class 1 and second half class 0; binary cross-entropy (eq. 3.1), Adam, running loss/accuracy."""
+    if train.batch_size < 2 or train.batch_size % 2:
+        raise ValueError(f"batch_size must be even and >= 2 (half per class); got {train.batch_size}")
+    optimizer = torch.optim.Adam(model.parameters(), lr=train.lr)
+    generator = torch.Generator().manual_seed(train.seed)  # data order and noise; never the global RNG
+    half = train.batch_size // 2
+    labels = torch.cat([torch.ones(half), torch.zeros(half)]).to(device)
+    history, start = TrainHistory(), time.time()
+    running_loss, running_correct, running_count = 0.0, 0, 0
+    for step in range(1, train.steps + 1):
+        logits = balanced_logits(generator)
+        loss = F.binary_cross_entropy_with_logits(logits, labels)  # eq. 3.1
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running_loss += float(loss.detach()) * train.batch_size
+        running_correct += int(((logits > 0).float() == labels).sum())
+        running_count += train.batch_size
+        if step % train.log_every == 0 or step == train.steps:
+            history.steps.append(step)
+            history.loss.append(running_loss / running_count)
+            history.accuracy.append(running_correct / running_count)
+            if progress is not None:
+                progress(step, history.loss[-1], history.accuracy[-1])
+            running_loss, running_correct, running_count = 0.0, 0, 0
+    history.seconds = time.time() - start
+    model.eval()
+    return history
+
+
+def balanced_pick(images: torch.Tensor, half: int, generator: torch.Generator) -> torch.Tensor:
+    """half images drawn uniformly with replacement: each class fills half a batch whatever its size."""
+    return images[torch.randint(0, images.shape[0], (half,), generator=generator)]
 
 
 def train_classifier(clean: torch.Tensor, corrupted: torch.Tensor, *, config: ClassifierConfig = ClassifierConfig(),
@@ -109,40 +144,19 @@ def train_classifier(clean: torch.Tensor, corrupted: torch.Tensor, *, config: Cl
                              f"{config.img_resolution}]; got {tuple(images.shape)}")
         if images.shape[0] == 0:
             raise ValueError(f"no {name} images: the classifier needs both classes")
-    if train.batch_size < 2 or train.batch_size % 2:
-        raise ValueError(f"batch_size must be even and >= 2 (half per class); got {train.batch_size}")
     device = torch.device(device)
-    torch.manual_seed(train.seed)  # parameter init only; data order and noise use `generator` below
+    torch.manual_seed(train.seed)  # parameter init only
     model = NoiseClassifier(config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=train.lr)
-    generator = torch.Generator().manual_seed(train.seed)
     half = train.batch_size // 2
-    labels = torch.cat([torch.ones(half), torch.zeros(half)]).to(device)
-    history, start = TrainHistory(), time.time()
-    running_loss, running_correct, running_count = 0.0, 0, 0
-    for step in range(1, train.steps + 1):
-        x0 = torch.cat([clean[_balanced_indices(generator, clean.shape[0], half)],
-                        corrupted[_balanced_indices(generator, corrupted.shape[0], half)]]).to(device, torch.float32)
-        sigma = torch.exp(torch.randn(train.batch_size, generator=generator) * train.p_std + train.p_mean).to(device)
+
+    def balanced_logits(generator: torch.Generator) -> torch.Tensor:
+        x0 = torch.cat([balanced_pick(clean, half, generator), balanced_pick(corrupted, half, generator)])
+        x0 = x0.to(device, torch.float32)
+        sigma = torch.exp(torch.randn(x0.shape[0], generator=generator) * train.p_std + train.p_mean).to(device)
         noise = torch.randn(x0.shape, generator=generator).to(device)
-        logits = model(x0 + sigma.view(-1, 1, 1, 1) * noise, sigma)
-        loss = F.binary_cross_entropy_with_logits(logits, labels)  # eq. 3.1
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        running_loss += float(loss.detach()) * train.batch_size
-        running_correct += int(((logits > 0).float() == labels).sum())
-        running_count += train.batch_size
-        if step % train.log_every == 0 or step == train.steps:
-            history.steps.append(step)
-            history.loss.append(running_loss / running_count)
-            history.accuracy.append(running_correct / running_count)
-            if progress is not None:
-                progress(step, history.loss[-1], history.accuracy[-1])
-            running_loss, running_correct, running_count = 0.0, 0, 0
-    history.seconds = time.time() - start
-    model.eval()
-    return model, history
+        return model(x0 + sigma.view(-1, 1, 1, 1) * noise, sigma)
+
+    return model, fit_balanced_bce(model, balanced_logits, train=train, device=device, progress=progress)
 
 
 def save_classifier(model: NoiseClassifier, path: str | Path, *, train: TrainConfig | None = None,

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..annotations import write_safetensors
 from ..networks import UNetEncoder
-from .classifier import TrainConfig, TrainHistory, read_checkpoint
+from .classifier import TrainConfig, TrainHistory, balanced_pick, fit_balanced_bce, read_checkpoint
 from .crop_size import CropTable
 from .scoring import score_levels
 
@@ -107,38 +106,19 @@ def train_crops_classifier(target: torch.Tensor, other: torch.Tensor, *,
                              f"{tuple(images.shape)}")
         if min(images.shape[2:]) < max(config.crop_sizes):
             raise ValueError(f"{name} images {tuple(images.shape[2:])} are smaller than crop {max(config.crop_sizes)}")
-    if train.batch_size < 2 or train.batch_size % 2:
-        raise ValueError(f"batch_size must be even and >= 2; got {train.batch_size}")
     device = torch.device(device)
-    torch.manual_seed(train.seed)
+    torch.manual_seed(train.seed)  # parameter init only
     model = CropsClassifier(config).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=train.lr)
-    generator = torch.Generator().manual_seed(train.seed)
     half = train.batch_size // 2
-    labels = torch.cat([torch.ones(half), torch.zeros(half)]).to(device)
-    history = TrainHistory()
-    totals = [0.0, 0, 0]
-    for step in range(1, train.steps + 1):
-        crop = config.crop_sizes[step % len(config.crop_sizes)]
-        picks = [images[torch.randint(0, images.shape[0], (half,), generator=generator)] for images in (target, other)]
-        batch = torch.cat([random_crops(p, crop, generator) for p in picks]).to(device, torch.float32)
-        logits = model(batch)
-        loss = F.binary_cross_entropy_with_logits(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        totals[0] += float(loss.detach()) * train.batch_size
-        totals[1] += int(((logits > 0).float() == labels).sum())
-        totals[2] += train.batch_size
-        if step % train.log_every == 0 or step == train.steps:
-            history.steps.append(step)
-            history.loss.append(totals[0] / totals[2])
-            history.accuracy.append(totals[1] / totals[2])
-            if progress is not None:
-                progress(step, history.loss[-1], history.accuracy[-1])
-            totals = [0.0, 0, 0]
-    model.eval()
-    return model, history
+    step = [0]
+
+    def balanced_logits(generator: torch.Generator) -> torch.Tensor:
+        step[0] += 1
+        crop = config.crop_sizes[step[0] % len(config.crop_sizes)]  # crop sizes in turn
+        picks = (balanced_pick(target, half, generator), balanced_pick(other, half, generator))
+        return model(torch.cat([random_crops(p, crop, generator) for p in picks]).to(device, torch.float32))
+
+    return model, fit_balanced_bce(model, balanced_logits, train=train, device=device, progress=progress)
 
 
 def save_crops_classifier(model: CropsClassifier, path: str | Path, *, provenance: dict | None = None) -> None:
