@@ -73,3 +73,13 @@ def test_precond_wrapper_trains_edm2_with_logvar():
     assert set(EDM2_IMG512) == {"xs", "s", "m", "l", "xl", "xxl"}
     assert [EDM2_IMG512[k].model_channels for k in ("xs", "s", "m", "l", "xl", "xxl")] == [128, 192, 256, 320, 384, 448]
     assert math.isclose(EDM2_IMG512["xxl"].ref_lr, 0.0065)
+
+
+def test_img512_presets_have_the_paper_parameter_counts():
+    """EDM2 (Karras et al. 2024) Table 2: XS 125M, S 280M, M 498M, L 777M, XL 1119M, XXL 1523M parameters for
+    64x64x4 latents, 1000 classes. Built on the meta device: no memory, no time."""
+    expected = {"xs": 125, "s": 280, "m": 498, "l": 777, "xl": 1119, "xxl": 1523}
+    for size, millions in expected.items():
+        with torch.device("meta"):
+            net = EDM2UNet(4, 64, EDM2_IMG512[size].model_channels, (1, 2, 3, 4), 3, attn_resolutions=(16, 8), label_dim=1000)
+        assert sum(p.numel() for p in net.parameters()) / 1e6 == pytest.approx(millions, abs=0.6), size
