@@ -1,9 +1,6 @@
-"""Images for annotation: a folder of image files, an .npz archive, or an in-memory tensor.
-
-Conventions shared with the training data (ambient_fast/data): sample ids are indices in sorted file order
-(stable across runs and ranks) and keys are the files' relative POSIX names, so an annotation file lines up with
-the dataset it is used with (Annotations.aligned_to checks the keys). An unreadable file is reported and skipped:
-its id stays reserved and it gets no annotation row.
+"""Images for annotation: a folder or .zip of image files (read by ambient_fast.data, so ids and keys are the
+training data's: index in sorted file order, relative POSIX name), an .npz archive, or an in-memory tensor.
+An unreadable file is reported and skipped: its id stays reserved and it gets no annotation row.
 """
 from __future__ import annotations
 
@@ -14,8 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
 
 @dataclass
 class ImageSet:
@@ -25,48 +20,29 @@ class ImageSet:
     skipped: list[tuple[str, str]]  # (key, reason) of unreadable files
 
 
-def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _decode(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        image.load()
-        array = np.asarray(image.convert("L" if image.mode in ("L", "I", "I;16", "1") else "RGB"))
-    return array[..., None] if array.ndim == 2 else array
-
-
 def from_uint8(array: np.ndarray) -> torch.Tensor:
     """[N, H, W, C] uint8 -> float32 [N, C, H, W] in [-1, 1]."""
     return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).float() / 127.5 - 1
 
 
 def load_folder(folder: str | Path, *, report=print) -> ImageSet:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
-    files = image_files(folder)
-    if not files:
-        raise ValueError(f"{folder} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-    arrays, ids, keys, skipped = [], [], [], []
-    for index, path in enumerate(files):
-        key = path.relative_to(folder).as_posix()
+    """A folder or .zip of images (or an EDM2 dataset) through ambient_fast.data, reading every file once."""
+    from ..data.dataset import CorruptSampleError, FileDataset
+
+    dataset = FileDataset(folder, use_labels=False, on_error="raise", verify=False)
+    images, ids, keys, skipped = [], [], [], []
+    for index in range(len(dataset)):
         try:
-            array = _decode(path)
-            if arrays and array.shape != arrays[0].shape:
-                raise ValueError(f"shape {array.shape} differs from the first image's {arrays[0].shape}")
-        except Exception as error:  # PIL raises many types for truncated or foreign files
-            skipped.append((key, str(error)))
-            report(f"skipping unreadable image {key}: {error}")
+            images.append(dataset[index]["image"])
+        except CorruptSampleError as error:
+            skipped.append((dataset.keys[index], str(error)))
+            report(f"skipping unreadable image {dataset.keys[index]}: {error}")
             continue
-        arrays.append(array)
         ids.append(index)
-        keys.append(key)
-    if not arrays:
+        keys.append(dataset.keys[index])
+    if not images:
         raise ValueError(f"no readable image in {folder}")
-    return ImageSet(from_uint8(np.stack(arrays)), torch.tensor(ids, dtype=torch.int64), keys, skipped)
+    return ImageSet(torch.stack(images), torch.tensor(ids, dtype=torch.int64), keys, skipped)
 
 
 def load_npz(path: str | Path) -> ImageSet:
@@ -106,9 +82,9 @@ def load_images(source, *, report=print) -> ImageSet:
     if isinstance(source, torch.Tensor):
         return from_tensor(source)
     path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"image source {path} does not exist")
     if path.suffix.lower() == ".npz":
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} does not exist")
         return load_npz(path)
     return load_folder(path, report=report)
 
