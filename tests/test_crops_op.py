@@ -135,3 +135,12 @@ def test_cuda_kernel_equals_cpu_reference_bit_for_bit(generator):
         on_gpu = torch.ops.ambient_fast.noisy_crops(images.cuda(), ids.cuda(), sigmas.cuda(), keys.cuda(), 3, k,
                                                     stride or k, 77).cpu()
         assert torch.equal(on_gpu.view(torch.int32), noisy_crops_reference(images, ids, sigmas, **args).view(torch.int32))
+
+
+@needs_native
+def test_opcheck_schema_fake_tensor_and_aot(generator):
+    """The registration works with FakeTensor / torch.compile tracing (Meta kernel) and has no autograd surprises."""
+    args = (torch.randn(2, 3, 8, 8, generator=generator), torch.tensor([1, 2]), torch.rand(2, 3, generator=generator),
+            torch.zeros(2, 3, dtype=torch.int64), 2, 4, 4, 5)
+    results = torch.library.opcheck(torch.ops.ambient_fast.noisy_crops.default, args)
+    assert set(results.values()) == {"SUCCESS"}, results
