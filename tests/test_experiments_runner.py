@@ -115,3 +115,19 @@ def test_tiny_experiment_end_to_end(tmp_path):
         with Image.open(tmp_path / name) as image:
             assert image.size[0] > 0
     assert "conclusion" in format_report(result)
+
+
+def test_missing_fid_weights_fail_before_any_training(tmp_path, monkeypatch):
+    import dataclasses
+
+    from ambient_fast.experiments.controlled import run_experiment
+    from ambient_fast.metrics import WeightsNotFoundError
+    from ambient_fast.metrics import features as features_module
+
+    monkeypatch.delenv(features_module.INCEPTION_ENV, raising=False)
+    monkeypatch.setattr(features_module, "_CLEAN_FID_CACHE", tmp_path / "absent.pt")
+    monkeypatch.setattr(features_module, "_TORCH_FIDELITY_CACHE", tmp_path / "absent.pth")
+    with_fid = dataclasses.replace(configs.experiment("demo-cpu-blur1.0"), metrics=("fid", "fd_pixels"))
+    with pytest.raises(WeightsNotFoundError, match="Inception"):
+        run_experiment(with_fid, out_dir=tmp_path / "run", device="cpu", log=lambda *_: None)
+    assert not any((tmp_path / "run").glob("*-seed*")), "nothing was trained"

@@ -167,6 +167,14 @@ def usable_per_level(sigma_min: torch.Tensor, sigma_max: torch.Tensor, *, max_we
     return usable.sum(dim=1)
 
 
+def feature_extractors(experiment: Experiment, *, device) -> list:
+    """Inception-v3 (FID) and DINOv2 feature networks the experiment asks for, from local weights only."""
+    from ..metrics import dinov2_features, inception_features
+
+    wanted = {"fid": inception_features, "fd_dinov2": dinov2_features}
+    return [make(device=str(device)) for name, make in wanted.items() if name in experiment.metrics]
+
+
 def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=None, test_path=None,
                    seeds: tuple[int, ...] | None = None, device: str | torch.device | None = None,
                    log=print) -> ExperimentResult:
@@ -178,6 +186,7 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device or experiment.device)
+    extractors = feature_extractors(experiment, device=device)  # before training: missing weights fail fast
     train_images, test_images = load_data(experiment, data_path=data_path, test_path=test_path)
     corruption = make_corruption(experiment.data.corruption, **experiment.data.corruption_kwargs())
     mixed = make_mixed_dataset(train_images, corruption=corruption, clean_fraction=experiment.data.clean_fraction,
@@ -213,7 +222,8 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
             seconds["sample"] = time.perf_counter() - tick
             tick = time.perf_counter()
             metrics = evaluate(samples, references={"test": test_images, "train": train_images},
-                               train=train_images, test=test_images, config=EvaluationConfig(seed=seed),
+                               train=train_images, test=test_images,
+                               config=EvaluationConfig(seed=seed, feature_extractors=extractors),
                                reference_cache=reference_cache)
             seconds["eval"] = time.perf_counter() - tick
             results.append(ArmResult(arm.name, seed, sigma_min, sigma_max, metrics, samples, seconds))

@@ -21,6 +21,13 @@ COLUMNS = (
     ("memorization", "nn_train_ratio", "NN/test NN", None),
 )
 REPORT_LEVELS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+NETWORK_COLUMNS = (("test", "fd_inception", "FID test", "lower"), ("test", "fd_dinov2", "FD_DINO test", "lower"))
+
+
+def columns(result: ExperimentResult) -> tuple:
+    """COLUMNS, preceded by FID / FD_DINOv2 when the run computed them (local weights were given)."""
+    present = result.arms[0].metrics["test"]
+    return tuple(c for c in NETWORK_COLUMNS if c[1] in present) + COLUMNS
 
 
 def _values(result: ExperimentResult, arm: str, reference: str, metric: str) -> list[float]:
@@ -34,11 +41,11 @@ def _score(value: float, orientation: str) -> float:
 def metric_table(result: ExperimentResult) -> list[str]:
     arms = [arm.name for arm in result.experiment.arms]
     seeds = sorted({r.seed for r in result.arms})
-    lines = [f"{'arm':<14}" + "".join(f"{header:>14}" for _, _, header, _ in COLUMNS)
+    lines = [f"{'arm':<14}" + "".join(f"{header:>14}" for _, _, header, _ in columns(result))
              + ("" if len(seeds) == 1 else f"   (mean over seeds {seeds}, +- std)")]
     for arm in arms:
         cells = []
-        for reference, metric, _, _ in COLUMNS:
+        for reference, metric, _, _ in columns(result):
             values = _values(result, arm, reference, metric)
             text = f"{statistics.fmean(values):.4g}"
             if len(values) > 1:
@@ -85,7 +92,7 @@ def spectrum_lines(result: ExperimentResult) -> list[str]:
 def conclusion(result: ExperimentResult) -> list[str]:
     """Which arm is best on each metric, and how the per-sample annotation compares with the two baselines."""
     arms = [arm.name for arm in result.experiment.arms]
-    scored = [(reference, metric, header, orientation) for reference, metric, header, orientation in COLUMNS if orientation]
+    scored = [column for column in columns(result) if column[3]]
     means = {(arm, header): statistics.fmean(_score(v, orientation) for v in _values(result, arm, reference, metric))
              for arm in arms for reference, metric, header, orientation in scored}
     lines = ["best arm per metric: " + ", ".join(
