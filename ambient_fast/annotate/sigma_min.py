@@ -124,11 +124,11 @@ def sigma_min_dense(predict: Predict, images: torch.Tensor, sample_ids: torch.Te
     p = score_levels(predict, images, sample_ids, grid.float(), draws=config.draws, level_keys=keys,
                      seed=config.seed, chunk=config.chunk, device=device)
     p = smooth_along_levels(p, config.smooth_window)
-    index, reached = first_crossing(p, config.tau)
+    index, reached = first_crossing(p, config.tau)  # eq. 3.2 per sample: the first s with p_i(s) >= tau
     return SigmaMinResult(grid[index], index, reached, float(grid.numel() * config.draws), p)
 
 
-def bisect_first_crossing(evaluate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], count: int, levels: int,
+def bisect_first_crossing(evaluate: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor], count: int, levels: int,
                           *, tau: float, coarse_levels: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Grid index of the first crossing p >= tau for `count` curves, assuming p rises with the index.
 
@@ -161,8 +161,8 @@ def sigma_min_fast(predict: Predict, images: torch.Tensor, sample_ids: torch.Ten
     forwards = torch.zeros(images.shape[0], dtype=torch.int64)
 
     def evaluate(rows: torch.Tensor, indices: torch.Tensor, coarse: bool) -> torch.Tensor:
-        # One level per (sample, index) pair: per-sample levels [n, 1] through score_levels. Draws are keyed by
-        # their index, so the coarse pass's draws are the first of the bisection's.
+        # One level per (sample, index) pair: per-sample levels [n, 1] through score_levels. With shared noise the
+        # stream of draw t is t at every level, so the coarse pass's draws are the first of the bisection's.
         draws = (config.coarse_draws or config.draws) if coarse else config.draws
         forwards.index_add_(0, rows, torch.full_like(rows, draws))
         return score_levels(predict, images[rows], sample_ids[rows], grid[indices].float().unsqueeze(1),
