@@ -17,6 +17,8 @@ def test_encoder_returns_pooled_features_and_depends_on_noise_level():
     assert features.shape == (4, encoder.out_features) == (4, 32)
     assert not torch.allclose(features, encoder(x, torch.full((4,), 1.0)))
     features.sum().backward()  # trains end to end
+    smooth = UNetEncoder(3, 16, model_channels=16, channel_mult=(1, 2), fourier_scale=1.0)
+    assert smooth.embedding.fourier.freqs.abs().max() < encoder.embedding.fourier.freqs.abs().max() / 4
     assert encoder.conv_in.weight.grad.abs().sum() > 0
 
 

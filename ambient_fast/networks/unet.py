@@ -43,9 +43,9 @@ class FourierEmbedding(nn.Module):
 class NoiseEmbedding(nn.Module):
     """c_noise (and optional one-hot class labels) -> the embedding every residual block is conditioned on."""
 
-    def __init__(self, model_channels: int, emb_channels: int, *, label_dim: int = 0):
+    def __init__(self, model_channels: int, emb_channels: int, *, label_dim: int = 0, fourier_scale: float = 16.0):
         super().__init__()
-        self.fourier = FourierEmbedding(model_channels)
+        self.fourier = FourierEmbedding(model_channels, scale=fourier_scale)
         self.label = nn.Linear(label_dim, model_channels, bias=False) if label_dim else None
         self.mlp = nn.Sequential(nn.Linear(model_channels, emb_channels), nn.SiLU(), nn.Linear(emb_channels, emb_channels))
         self.label_dim = label_dim
@@ -142,12 +142,13 @@ class UNetEncoder(nn.Module):
 
     def __init__(self, img_channels: int, img_resolution: int, model_channels: int = 32, channel_mult=(1, 2, 2),
                  num_blocks: int = 1, *, attn_resolutions=(), label_dim: int = 0, dropout: float = 0.0,
-                 emb_channels: int | None = None, pooled_head: bool = True):
+                 emb_channels: int | None = None, pooled_head: bool = True, fourier_scale: float = 16.0):
         super().__init__()
         _check_geometry(img_resolution, channel_mult)
         self.img_channels, self.img_resolution = img_channels, img_resolution
         self.emb_channels = emb_channels or 4 * model_channels
-        self.embedding = NoiseEmbedding(model_channels, self.emb_channels, label_dim=label_dim)
+        # fourier_scale: frequency scale of the c_noise features (EDM: 16; smaller gives smoother functions of sigma)
+        self.embedding = NoiseEmbedding(model_channels, self.emb_channels, label_dim=label_dim, fourier_scale=fourier_scale)
         self.conv_in = nn.Conv2d(img_channels, model_channels, 3, padding=1)
         self.blocks = nn.ModuleList()
         self.skip_channels = [model_channels]  # channels of every activation the decoder receives, in order
@@ -192,11 +193,11 @@ class UNet(nn.Module):
 
     def __init__(self, img_channels: int, img_resolution: int, model_channels: int = 32, channel_mult=(1, 2, 2),
                  num_blocks: int = 1, *, attn_resolutions=(), label_dim: int = 0, dropout: float = 0.0,
-                 out_channels: int | None = None, mid_attention: bool = True):
+                 out_channels: int | None = None, mid_attention: bool = True, fourier_scale: float = 16.0):
         super().__init__()
         self.encoder = UNetEncoder(img_channels, img_resolution, model_channels, channel_mult, num_blocks,
                                    attn_resolutions=attn_resolutions, label_dim=label_dim, dropout=dropout,
-                                   pooled_head=False)
+                                   pooled_head=False, fourier_scale=fourier_scale)
         self.img_channels, self.img_resolution, self.label_dim = img_channels, img_resolution, label_dim
         emb = self.encoder.emb_channels
         channels = self.encoder.out_features
