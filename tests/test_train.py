@@ -46,6 +46,8 @@ def test_presets_build_and_round_trip():
         preset("tiny-cpu", precision="fp8")
     with pytest.raises(ValueError, match="ema_stds"):
         preset("tiny-cpu", ema_stds=[0.5])
+    with pytest.raises(ValueError, match="no data"):
+        train(preset("tiny-cpu"), run_dir="unused", log=lambda *_: None)
 
 
 def test_learning_rate_schedule():

@@ -96,6 +96,8 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
         torch.use_deterministic_algorithms(True)
 
     # ---- data and annotations
+    if dataset is None and not config.data:
+        raise ValueError("no data: set config.data (a dataset directory or zip) or pass dataset=")
     dataset = dataset if dataset is not None else open_dataset(config.data, on_error=config.on_corrupt)
     table = dataset.annotations(config.annotations) if config.ambient else dataset.annotations(None)
     sampler = AmbientSampler(table.sigma_min, table.sigma_max, batch_size=config.batch_size, p_mean=config.p_mean,
