@@ -99,7 +99,7 @@ def test_tiny_experiment_end_to_end(tmp_path):
         train_overrides=(("total_steps", 2), ("network.model_channels", 8), ("checkpoint_every", 100),
                          ("snapshot_every", 0), ("log_every", 100)),
         classifier=configs.ClassifierSetting(steps=2, batch_size=8, model_channels=8, draws=1, levels=16),
-        generated_count=24, sampler_steps=2)
+        generated_count=16, sampler_steps=2)
     lines = []
     result = run_experiment(tiny, out_dir=tmp_path, device="cpu", log=lines.append)
     assert [r.arm for r in result.arms] == ["fixed", "classifier"]
@@ -107,7 +107,7 @@ def test_tiny_experiment_end_to_end(tmp_path):
     clean = round(0.1 * 64)
     assert annotation.sigma_min.shape == (64 - clean,)
     assert (result.arms[0].sigma_min == annotation.single).sum() == 64 - clean and (result.arms[0].sigma_min == 0).sum() == clean
-    assert all(r.samples.shape == (24, 3, 16, 16) for r in result.arms)
+    assert all(r.samples.shape == (16, 3, 16, 16) for r in result.arms)
     assert all(math.isfinite(r.metrics["test"]["fd_pixels"]) for r in result.arms)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [a["arm"] for a in saved["arms"]] == ["fixed", "classifier"]
@@ -115,6 +115,12 @@ def test_tiny_experiment_end_to_end(tmp_path):
         with Image.open(tmp_path / name) as image:
             assert image.size[0] > 0
     assert "conclusion" in format_report(result)
+
+    # A rerun reuses the stored annotation and the finished training runs.
+    again = run_experiment(dataclasses.replace(tiny, arms=tiny.arms[:1]), out_dir=tmp_path, device="cpu",
+                           log=lines.append)
+    torch.testing.assert_close(again.annotations[0].sigma_min, annotation.sigma_min, rtol=0, atol=0)
+    assert again.arms[0].seconds["train"] < result.arms[0].seconds["train"] + 1.0
 
 
 def test_missing_fid_weights_fail_before_any_training(tmp_path, monkeypatch):

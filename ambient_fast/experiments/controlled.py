@@ -9,6 +9,7 @@ against the held-out test set and the clean training set (ambient_fast.metrics).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -110,6 +111,30 @@ def annotate_with_classifier(mixed: MixedDataset, experiment: Experiment, *, see
                                 seconds=time.perf_counter() - start)
 
 
+def cached_annotation(path: Path, experiment: Experiment, *, seed: int, make) -> ClassifierAnnotation:
+    """The classifier annotation stored at `path` when it was made with the same data, classifier settings and
+    seed; otherwise make() it and store it (a rerun, e.g. to add seeds or regenerate the report, reuses it)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    key = json.dumps({"data": dataclasses.asdict(experiment.data), "classifier": dataclasses.asdict(experiment.classifier),
+                      "seed": seed, "data_seed": DATA_SEED}, sort_keys=True)
+    if path.is_file():
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            if meta.get("key") == key:
+                return ClassifierAnnotation(sigma_min=handle.get_tensor("sigma_min"), single=float(meta["single"]),
+                                            reached=float(meta["reached"]), final_accuracy=float(meta["accuracy"]),
+                                            seconds=float(meta["seconds"]))
+    annotation = make()
+    temporary = path.with_name(path.name + ".tmp")
+    save_file({"sigma_min": annotation.sigma_min.contiguous()}, str(temporary),
+              metadata={"key": key, "single": repr(annotation.single), "reached": repr(annotation.reached),
+                        "accuracy": repr(annotation.final_accuracy), "seconds": repr(annotation.seconds)})
+    temporary.replace(path)
+    return annotation
+
+
 def arm_training_set(arm: Arm, mixed: MixedDataset, annotation: ClassifierAnnotation | None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(images, sigma_min, sigma_max) the arm trains on; clean samples always have sigma_min = 0."""
@@ -201,7 +226,9 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
         annotation = None
         if _needs_classifier(experiment):
             log(f"  seed {seed}: noise classifier (eq. 3.1) and sigma_min (eq. 3.2)")
-            annotation = annotate_with_classifier(mixed, experiment, seed=seed, device=device, log=log)
+            annotation = cached_annotation(out_dir / f"annotation-seed{seed}.safetensors", experiment, seed=seed,
+                                           make=lambda: annotate_with_classifier(mixed, experiment, seed=seed,
+                                                                                 device=device, log=log))
             annotations[seed] = annotation
             log(f"    per-sample sigma_min: mean {annotation.sigma_min.mean():.3f}, median "
                 f"{annotation.sigma_min.median():.3f}; single (eq. 3.2 over S_B) {annotation.single:.3f}; "
