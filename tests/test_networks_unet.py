@@ -7,6 +7,15 @@ import torch
 from ambient_fast.networks import UNet, UNetEncoder
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors: one thread is faster, and much faster on a machine whose cores are busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_encoder_returns_pooled_features_and_depends_on_noise_level():
     torch.manual_seed(0)
     encoder = UNetEncoder(3, 16, model_channels=16, channel_mult=(1, 2), num_blocks=1)
