@@ -153,7 +153,8 @@ def from_uint8(array: np.ndarray) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class JPEG(Corruption):
-    """JPEG compression at quality 1..95 (PIL, 4:2:0 chroma subsampling as in Appendix Table 3's Q = 15..90%)."""
+    """JPEG compression at quality 1..95 (PIL encoder with its default 4:2:0 chroma subsampling; the paper's
+    Table 3 uses Q = 15..90)."""
 
     name: ClassVar[str] = "jpeg"
     quality: int = 25

@@ -137,3 +137,27 @@ def test_missing_fid_weights_fail_before_any_training(tmp_path, monkeypatch):
     with pytest.raises(WeightsNotFoundError, match="Inception"):
         run_experiment(with_fid, out_dir=tmp_path / "run", device="cpu", log=lambda *_: None)
     assert not any((tmp_path / "run").glob("*-seed*")), "nothing was trained"
+
+
+def test_selection_diagnostic_separates_selection_from_leak():
+    from ambient_fast.experiments.selection import high_frequency_power, selection_diagnostic
+
+    generator = torch.Generator().manual_seed(0)
+    sharp = torch.rand(8, 3, 16, 16, generator=generator) * 2 - 1
+    smooth = GaussianBlur(sigma_px=2.0).apply(torch.rand(8, 3, 16, 16, generator=generator) * 2 - 1,
+                                              sample_ids=torch.arange(8), seed=0)
+    originals = torch.cat([sharp, smooth])
+    is_clean = torch.zeros(16, dtype=torch.bool)
+    is_clean[:2] = True
+    used = originals.clone()
+    used[~is_clean] = GaussianBlur(sigma_px=1.0).apply(originals[~is_clean], sample_ids=torch.arange(14), seed=0)
+    # The smooth half is admitted from s = 0.1 on, the sharp corrupted ones only above b * 1.
+    sigma_min = torch.where(torch.arange(16) >= 8, 0.05, 1.0).double()
+    sigma_min[is_clean] = 0.0
+    rows = {row.sigma: row for row in selection_diagnostic(originals, used, is_clean, sigma_min, levels=(0.1, 2.0))}
+    assert rows[0.1].admitted == 8 and rows[0.1].corrupted_share == pytest.approx(8 / 10)
+    assert rows[0.1].selection_decades < -0.5, "only the smooth originals got in"
+    assert rows[0.1].leak_decades < 0, "and blurring took more away"
+    assert rows[2.0].admitted == 14
+    assert rows[2.0].selection_decades > rows[0.1].selection_decades
+    assert high_frequency_power(sharp).mean() > high_frequency_power(smooth).mean() + 1

@@ -22,6 +22,7 @@ from ..buffer import buffer_factor
 from ..corruptions import make_corruption
 from .configs import Arm, Experiment
 from .mixed_dataset import MixedDataset, load_images, make_mixed_dataset
+from .selection import selection_diagnostic
 
 DATA_SEED = 0  # the mixture (which samples are clean, how each is corrupted) is the same for every training seed
 USABLE_LEVELS = torch.logspace(math.log10(0.002), math.log10(80.0), 97, dtype=torch.float64)
@@ -54,6 +55,7 @@ class ExperimentResult:
     annotations: dict[int, ClassifierAnnotation]
     out_dir: Path
     seconds: float = 0.0
+    selection: dict[str, list] = field(default_factory=dict)  # arm name -> selection.SelectionRow per level
 
 
 def load_data(experiment: Experiment, *, data_path=None, test_path=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,7 +223,7 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
     for name, images in (("clean", mixed.clean_images), ("corrupted", mixed.corrupted_images)):
         Image.fromarray(image_grid(images[:64])).save(out_dir / f"data_{name}.png")
 
-    results, annotations, reference_cache = [], {}, {}
+    results, annotations, reference_cache, selection = [], {}, {}, {}
     for seed in seeds or experiment.seeds:
         annotation = None
         if _needs_classifier(experiment):
@@ -236,6 +238,8 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
         for arm in experiment.arms:
             run_dir = out_dir / f"{arm.name}-seed{seed}"
             images, sigma_min, sigma_max = arm_training_set(arm, mixed, annotation)
+            if arm.kind in ("fixed", "classifier") and arm.name not in selection:
+                selection[arm.name] = selection_diagnostic(train_images, mixed.images, mixed.is_clean, sigma_min)
             seconds = {}
             tick = time.perf_counter()
             log(f"  seed {seed}, arm {arm.name}: {images.shape[0]} training images")
@@ -257,7 +261,7 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
             log(f"    train {seconds['train']:.0f} s, sample {seconds['sample']:.0f} s, eval {seconds['eval']:.0f} s: "
                 f"test FD_pixels {metrics['test']['fd_pixels']:.2f}, SWD {metrics['test']['swd']:.1f}, "
                 f"high-frequency spectrum {metrics['test']['spectrum_high_freq']:+.3f} decades")
-    result = ExperimentResult(experiment, results, annotations, out_dir, time.perf_counter() - start)
+    result = ExperimentResult(experiment, results, annotations, out_dir, time.perf_counter() - start, selection)
     _write_outputs(result)
     return result
 
@@ -280,5 +284,6 @@ def _write_outputs(result: ExperimentResult) -> None:
                         for seed, a in result.annotations.items()},
         "arms": [{"arm": r.arm, "seed": r.seed, "metrics": r.metrics, "seconds": r.seconds} for r in result.arms],
         "paper_fid": dict(result.experiment.paper),
+        "selection": {arm: [dataclasses.asdict(row) for row in rows] for arm, rows in result.selection.items()},
     }
     (result.out_dir / "results.json").write_text(json.dumps(summary, indent=1))

@@ -79,6 +79,15 @@ def usable_lines(result: ExperimentResult) -> list[str]:
     return lines
 
 
+def selection_lines(result: ExperimentResult) -> list[str]:
+    lines = []
+    for arm, rows in result.selection.items():
+        lines.append(f"{arm}: " + "; ".join(
+            f"s={row.sigma:g}: {100 * row.corrupted_share:.0f}% corrupted, selection {row.selection_decades:+.2f}, "
+            f"leak {row.leak_decades:+.2f}" for row in rows))
+    return lines
+
+
 def spectrum_lines(result: ExperimentResult) -> list[str]:
     first = result.arms[0].metrics["test"]
     lines = [f"{'arm':<14}" + "".join(f"{f:>7.3f}" for f in first["spectrum_frequency"]) + "  (cycles/px)"]
@@ -127,6 +136,9 @@ def format_report(result: ExperimentResult) -> str:
         *metric_table(result),
         "", "-- annotations", *annotation_lines(result),
         "", "-- training samples usable at level s (s > b sigma_min or s < sigma_max)", *usable_lines(result),
+        "", "-- admitted corrupted samples at level s: share of the usable set, and their high-frequency power in "
+            "decades (selection: their originals vs all originals; leak: as used vs their originals)",
+        *selection_lines(result),
         "", "-- radial spectrum of the samples vs the test set, log10 power ratio per band", *spectrum_lines(result),
         "", "-- conclusion (computed from the numbers above)", *conclusion(result),
     ]
