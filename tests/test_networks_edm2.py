@@ -8,15 +8,7 @@ import torch
 
 from ambient_fast.networks import Precond
 from ambient_fast.networks.edm2 import EDM2_IMG512, EDM2UNet, MPConv, MPFourier, mp_cat, mp_silu, mp_sum, normalize
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster, and much faster on a machine whose cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from test_networks_unet import one_thread  # noqa: F401  (autouse fixture: one thread)
 
 
 def rms(x):

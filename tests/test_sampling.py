@@ -6,15 +6,7 @@ import pytest
 import torch
 
 from ambient_fast.sampling import edm_sigmas, heun_sample, image_grid, save_outputs
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is faster, and much faster on a machine whose cores are busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from test_networks_unet import one_thread  # noqa: F401  (autouse fixture: one thread)
 
 
 def gaussian_denoiser(mean, cov):
