@@ -43,6 +43,7 @@ _OPS = {
     "add_noise": (True, False),
     "ambient_noising": (True, False),
     "sample_noise": (False, True),
+    "noisy_crops": (False, True),  # ambient_fast.annotate.noisy_crops: classifier batches over levels and crops
 }
 
 

@@ -26,7 +26,7 @@ AMBIENT_FAST_CUDA=on AMBIENT_FAST_BUILD_JOBS=16 timeout 240 "$PYTHON" -m pip ins
 "$PYTHON" -c "import ambient_fast as af; print('backends on cuda:', af.backends('cuda')); print('backends on cpu:', af.backends('cpu'))"
 
 stage "GPU tests"
-timeout 150 "$PYTHON" -m pytest tests/test_gpu.py tests/test_sample_noise.py -q -p no:cacheprovider -x 2>&1 | tee "$LOGS/gpu_tests.log" | tail -25
+timeout 150 "$PYTHON" -m pytest tests/test_gpu.py tests/test_sample_noise.py tests/test_crops_op.py -q -p no:cacheprovider -x 2>&1 | tee "$LOGS/gpu_tests.log" | tail -25
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 stage "benchmarks: eager and ambient_fast"

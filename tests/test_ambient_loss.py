@@ -231,7 +231,7 @@ print("fallback ok")
 
 def test_backends_report():
     backends = ambient_fast.backends("cpu")
-    assert set(backends) == {"ambient_loss", "ambient_loss_precond", "add_noise", "ambient_noising", "sample_noise"}
+    assert set(backends) == {"ambient_loss", "ambient_loss_precond", "add_noise", "ambient_noising", "sample_noise", "noisy_crops"}
     assert set(backends.values()) <= {"triton", "cpp", "eager"}
 
 

@@ -53,10 +53,7 @@ class NoiseClassifier(nn.Module):
         super().__init__()
         self.config = config
         self.encoder = UNetEncoder(config.img_channels, config.img_resolution, config.model_channels,
-                                   config.channel_mult, config.num_blocks)
-        fourier = self.encoder.embedding.fourier  # re-drawn at our scale; a buffer, so checkpoints carry it
-        generator = torch.Generator().manual_seed(0)
-        fourier.freqs.copy_(torch.randn(fourier.freqs.shape, generator=generator) * config.fourier_scale)
+                                   config.channel_mult, config.num_blocks, fourier_scale=config.fourier_scale)
         self.head = nn.Linear(self.encoder.out_features, 1)
 
     def forward(self, x_noisy: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
