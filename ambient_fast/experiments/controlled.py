@@ -210,7 +210,7 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
     from PIL import Image
 
     start = time.perf_counter()
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # runs record their annotation path: the same folder must give the same one
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device or experiment.device)
     extractors = feature_extractors(experiment, device=device)  # before training: missing weights fail fast

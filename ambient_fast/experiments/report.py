@@ -83,8 +83,9 @@ def selection_lines(result: ExperimentResult) -> list[str]:
     lines = []
     for arm, rows in result.selection.items():
         lines.append(f"{arm}: " + "; ".join(
-            f"s={row.sigma:g}: {100 * row.corrupted_share:.0f}% corrupted, selection {row.selection_decades:+.2f}, "
-            f"leak {row.leak_decades:+.2f}" for row in rows))
+            f"s={row.sigma:g}: " + (f"{100 * row.corrupted_share:.0f}% corrupted, selection {row.selection_decades:+.2f}, "
+                                    f"leak {row.leak_decades:+.2f}" if row.admitted else "none admitted")
+            for row in rows))
     return lines
 
 
