@@ -142,8 +142,9 @@ def train_classifier(clean: torch.Tensor, corrupted: torch.Tensor, *, config: Cl
         if images.shape[0] == 0:
             raise ValueError(f"no {name} images: the classifier needs both classes")
     device = torch.device(device)
-    torch.manual_seed(train.seed)  # parameter init only
-    model = NoiseClassifier(config).to(device)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the caller's global generator is left alone
+        torch.manual_seed(train.seed)
+        model = NoiseClassifier(config).to(device)
     half = train.batch_size // 2
 
     def balanced_logits(generator: torch.Generator) -> torch.Tensor:

@@ -107,8 +107,9 @@ def train_crops_classifier(target: torch.Tensor, other: torch.Tensor, *,
         if min(images.shape[2:]) < max(config.crop_sizes):
             raise ValueError(f"{name} images {tuple(images.shape[2:])} are smaller than crop {max(config.crop_sizes)}")
     device = torch.device(device)
-    torch.manual_seed(train.seed)  # parameter init only
-    model = CropsClassifier(config).to(device)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the caller's global generator is left alone
+        torch.manual_seed(train.seed)
+        model = CropsClassifier(config).to(device)
     half = train.batch_size // 2
     step = [0]
 

@@ -94,7 +94,7 @@ def annotate_with_classifier(mixed: MixedDataset, experiment: Experiment, *, see
     setting = experiment.classifier
     start = time.perf_counter()
     channels, resolution = mixed.images.shape[1], mixed.images.shape[-1]
-    with torch.random.fork_rng(devices=[]):  # the classifier seeds its initialisation globally; keep ours intact
+    with torch.random.fork_rng(devices=[]):  # whatever the classifier draws, our generator state is unchanged
         model, history = train_classifier(
             mixed.clean_images, mixed.corrupted_images,
             config=ClassifierConfig(img_channels=channels, img_resolution=resolution,
