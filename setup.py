@@ -77,6 +77,30 @@ def _torch_arch_list(cmake_archs: str) -> str:
     return ";".join(spelled)
 
 
+MIN_CMAKE = (3, 26)
+
+
+def _tool(name: str) -> str | None:
+    """A build tool from the environment running this build (pip's `cmake` / `ninja` packages install them next to
+    the interpreter, which need not be on PATH), else from PATH."""
+    beside_python = Path(sys.executable).parent / name
+    if beside_python.is_file() and os.access(beside_python, os.X_OK):
+        return str(beside_python)
+    return shutil.which(name)
+
+
+def _cmake() -> str:
+    cmake = _tool("cmake")
+    if cmake is None:
+        raise RuntimeError("cmake not found: pip install 'cmake>=3.26' (or set AMBIENT_FAST_NO_EXT=1)")
+    output = subprocess.run([cmake, "--version"], capture_output=True, text=True, check=True).stdout
+    version = tuple(int(part) for part in output.split()[2].split(".")[:2])
+    if version < MIN_CMAKE:
+        raise RuntimeError(f"{cmake} is CMake {output.split()[2]}; the extension needs >= 3.26: "
+                           "pip install 'cmake>=3.26' into this environment")
+    return cmake
+
+
 class CMakeBuild(build_ext):
     def build_extension(self, ext: Extension) -> None:
         import torch  # imported here so that metadata-only commands work without torch
@@ -103,11 +127,14 @@ class CMakeBuild(build_ext):
             if nvcc_version and nvcc_version.split(".")[0] != torch.version.cuda.split(".")[0]:
                 _log(f"warning: nvcc {nvcc_version} and torch CUDA {torch.version.cuda} differ in major version; "
                      f"the kernel links the CUDA runtime statically, so it needs a driver for CUDA {nvcc_version}")
-        if shutil.which("ninja"):
-            args.append("-GNinja")
+        ninja = _tool("ninja")
+        if ninja:
+            args += ["-GNinja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
         jobs = os.environ.get("AMBIENT_FAST_BUILD_JOBS", "2")
-        subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build_dir), *args], check=True, env=env)
-        subprocess.run(["cmake", "--build", str(build_dir), "-j", jobs], check=True, env=env)
+        cmake = _cmake()
+        _log(f"configuring with {cmake}" + (f" and {ninja}" if ninja else ""))
+        subprocess.run([cmake, "-S", str(ROOT), "-B", str(build_dir), *args], check=True, env=env)
+        subprocess.run([cmake, "--build", str(build_dir), "-j", jobs], check=True, env=env)
 
 
 def _extensions() -> list[Extension]:
