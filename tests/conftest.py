@@ -45,16 +45,23 @@ def backend(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=("eager", "triton"))
+def noise_backend(request, monkeypatch):
+    """The backends of the noising ops (they have no C++ kernel)."""
+    use_backend(monkeypatch, request.param)
+    return request.param
+
+
 @pytest.fixture
 def poison_outputs(monkeypatch):
     """Make the ops' output allocations NaN-filled, so an element a kernel forgot to write shows up."""
-    from ambient_fast.ops import ambient_loss, noising
+    from ambient_fast.ops import ambient_loss, ambient_noising, noising
 
     def nan_empty(size, *, dtype, device):
         size = (size,) if isinstance(size, int) else tuple(size)
         return torch.full(size, float("nan"), dtype=dtype, device=device)
 
-    for module in (ambient_loss, noising):
+    for module in (ambient_loss, noising, ambient_noising):
         monkeypatch.setattr(module, "_empty", nan_empty)
 
 

@@ -10,14 +10,6 @@ from ambient_fast.ops import noising
 from ambient_fast.reference import add_noise_reference, annotate_reference
 
 
-@pytest.fixture(params=["eager", "triton"])
-def noise_backend(request, monkeypatch):
-    from conftest import use_backend
-
-    use_backend(monkeypatch, request.param)
-    return request.param
-
-
 @pytest.mark.parametrize("shape", [(1, 1), (3, 1023), (2, 3, 17, 19)], ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=str)
 def test_passed_noise_matches_reference(noise_backend, poison_outputs, shape, dtype, generator):
