@@ -65,6 +65,14 @@ def poison_outputs(monkeypatch):
         monkeypatch.setattr(module, "_empty", nan_empty)
 
 
+@pytest.fixture(scope="session")
+def native_ops():
+    """torch.ops.ambient_fast after loading the built extension ambient_fast/_C*.so; skips when it is not built."""
+    if not _backend.has_native():
+        pytest.skip("native extension ambient_fast._C is not built (pip install -e . --no-build-isolation)")
+    return torch.ops.ambient_fast
+
+
 @pytest.fixture
 def generator():
     return torch.Generator().manual_seed(1234)

@@ -1,53 +1,30 @@
-"""torch.ops.ambient_fast.ambient_loss_fwd (C++ CPU) against a float64 reference written from the paper's form
+"""torch.ops.ambient_fast.ambient_loss_fwd (C++ CPU) against the float64 reference written from the paper's form
 (DESIGN.md section 1, paper Section 3.1 / Appendix D) and its autograd gradients."""
 from __future__ import annotations
 
-import glob
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from ambient_fast.reference import ambient_loss_precond_reference, ambient_loss_reference
+
 SIGMA_DATA = 0.5
 
 
-@pytest.fixture(scope="module")
-def ops():
-    """torch.ops.ambient_fast after loading ambient_fast/_C*.so directly; skips when it is not built."""
-    paths = sorted(glob.glob(str(ROOT / "ambient_fast" / "_C*.so")))
-    if not paths:
-        pytest.skip("native extension ambient_fast/_C*.so is not built (pip install -e . --no-build-isolation)")
-    torch.ops.load_library(paths[0])
-    return torch.ops.ambient_fast
+@pytest.fixture
+def ops(native_ops):
+    return native_ops  # the built extension's torch.ops.ambient_fast (tests/conftest.py)
 
 
 def reference(prediction, x_t, x_tn, sigma_t, sigma_tn, logvar, sigma_data, precondition):
-    """Per-sample loss in float64 from the paper's form, plus autograd gradients w.r.t. prediction and logvar.
-
-    x_tn_hat = alpha D + (1 - alpha) x_t, alpha = (s_t^2 - s_tn^2) / s_t^2;
-    loss = lambda(s_t) / alpha^2 * mean((x_tn_hat - x_tn)^2), lambda = (s^2 + s_d^2) / (s s_d)^2;
-    EDM2: loss = lambda / alpha^2 / exp(u) * mean(...) + u; D = c_skip x_t + c_out F when preconditioned.
-    """
+    """Per-sample loss in float64 from the shared paper-form reference (ambient_fast.reference), plus autograd
+    gradients w.r.t. prediction and logvar."""
     prediction = prediction.detach().double().requires_grad_(True)
     u = None if logvar is None else logvar.detach().double().requires_grad_(True)
-    view = (-1,) + (1,) * (prediction.dim() - 1)
-    st, stn = sigma_t.double().view(view), sigma_tn.double().view(view)
-    x_t, x_tn = x_t.double(), x_tn.double()
-    if precondition:
-        c_skip = sigma_data**2 / (st**2 + sigma_data**2)
-        c_out = st * sigma_data / torch.sqrt(st**2 + sigma_data**2)
-        denoised = c_skip * x_t + c_out * prediction
-    else:
-        denoised = prediction
-    alpha = (st**2 - stn**2) / st**2
-    x_tn_hat = alpha * denoised + (1 - alpha) * x_t
-    lam = (st**2 + sigma_data**2) / (st * sigma_data) ** 2
-    dims = tuple(range(1, prediction.dim()))
-    loss = (lam / alpha**2).flatten() * ((x_tn_hat - x_tn) ** 2).mean(dim=dims)
-    if u is not None:
-        loss = loss / torch.exp(u) + u
+    reference_fn = ambient_loss_precond_reference if precondition else ambient_loss_reference
+    loss = reference_fn(prediction, x_t.double(), x_tn.double(), sigma_t.double(), sigma_tn.double(),
+                        sigma_data=sigma_data, logvar=u)
     loss.sum().backward()
     return loss.detach(), prediction.grad, None if u is None else u.grad
 

@@ -3,7 +3,6 @@ torch.ops.ambient_fast.sample_noise must equal the pure PyTorch twin ambient_fas
 must be Philox4x32-10 + an accurate Box-Muller. Twin tests always run; C++ tests skip when _C is not built."""
 from __future__ import annotations
 
-import glob
 import importlib.util
 import math
 from pathlib import Path
@@ -27,14 +26,9 @@ def _load_philox_twin():
 twin = _load_philox_twin()
 
 
-@pytest.fixture(scope="module")
-def native():
-    """torch.ops.ambient_fast after loading ambient_fast/_C*.so directly; skips when it is not built."""
-    paths = sorted(glob.glob(str(ROOT / "ambient_fast" / "_C*.so")))
-    if not paths:
-        pytest.skip("native extension ambient_fast/_C*.so is not built (pip install -e . --no-build-isolation)")
-    torch.ops.load_library(paths[0])
-    return torch.ops.ambient_fast
+@pytest.fixture
+def native(native_ops):
+    return native_ops  # the built extension's torch.ops.ambient_fast (tests/conftest.py)
 
 
 def as_int64(value: int) -> int:
