@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from .. import precond
 from ..annotations import read_safetensors, write_safetensors
-from ..networks import UNetEncoder
+from ..networks import UNetEncoder, seeded
 
 CHECKPOINT_FORMAT = "ambient_fast.noise_classifier"
 
@@ -142,9 +142,7 @@ def train_classifier(clean: torch.Tensor, corrupted: torch.Tensor, *, config: Cl
         if images.shape[0] == 0:
             raise ValueError(f"no {name} images: the classifier needs both classes")
     device = torch.device(device)
-    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the caller's global generator is left alone
-        torch.manual_seed(train.seed)
-        model = NoiseClassifier(config).to(device)
+    model = seeded(train.seed, lambda: NoiseClassifier(config)).to(device)
     half = train.batch_size // 2
 
     def balanced_logits(generator: torch.Generator) -> torch.Tensor:

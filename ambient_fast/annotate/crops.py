@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..annotations import write_safetensors
-from ..networks import UNetEncoder
+from ..networks import UNetEncoder, seeded
 from .classifier import TrainConfig, TrainHistory, balanced_pick, fit_balanced_bce, read_checkpoint
 from .crop_size import CropTable
 from .scoring import score_levels
@@ -107,9 +107,7 @@ def train_crops_classifier(target: torch.Tensor, other: torch.Tensor, *,
         if min(images.shape[2:]) < max(config.crop_sizes):
             raise ValueError(f"{name} images {tuple(images.shape[2:])} are smaller than crop {max(config.crop_sizes)}")
     device = torch.device(device)
-    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the caller's global generator is left alone
-        torch.manual_seed(train.seed)
-        model = CropsClassifier(config).to(device)
+    model = seeded(train.seed, lambda: CropsClassifier(config)).to(device)
     half = train.batch_size // 2
     step = [0]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .edm2 import EDM2_IMG512, EDM2UNet
 from .precond import Precond
+from .seeded import seeded
 from .unet import UNet, UNetEncoder
 
-__all__ = ["EDM2UNet", "EDM2_IMG512", "Precond", "UNet", "UNetEncoder"]
+__all__ = ["EDM2UNet", "EDM2_IMG512", "Precond", "UNet", "UNetEncoder", "seeded"]

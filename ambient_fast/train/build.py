@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..networks import EDM2UNet, UNet
+from ..networks import EDM2UNet, UNet, seeded
 from .config import NetworkConfig
 
 ARCHITECTURES = {"unet": UNet, "edm2": EDM2UNet}
@@ -13,13 +13,11 @@ def build_network(config: NetworkConfig, *, img_channels: int, img_resolution: i
     """The configured network, initialised from `seed` without touching the global generator."""
     if config.arch not in ARCHITECTURES:
         raise ValueError(f"unknown network arch {config.arch!r}; choose from {sorted(ARCHITECTURES)}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return ARCHITECTURES[config.arch](
-            img_channels, img_resolution, config.model_channels, tuple(config.channel_mult), config.num_blocks,
-            attn_resolutions=tuple(config.attn_resolutions), label_dim=label_dim if config.class_conditional else 0,
-            dropout=config.dropout,
-        )
+    return seeded(seed, lambda: ARCHITECTURES[config.arch](
+        img_channels, img_resolution, config.model_channels, tuple(config.channel_mult), config.num_blocks,
+        attn_resolutions=tuple(config.attn_resolutions), label_dim=label_dim if config.class_conditional else 0,
+        dropout=config.dropout,
+    ))
 
 
 def parameter_count(module: torch.nn.Module) -> int:
