@@ -11,7 +11,9 @@ from ambient_fast import cli
 from ambient_fast.corruptions import GaussianBlur, MotionBlur
 from ambient_fast.experiments import configs
 from ambient_fast.experiments.embedded_data import EmbeddedDataConfig, load_embedded_dataset
-from ambient_fast.experiments.mixed_dataset import choose_clean, load_images, make_mixed_dataset, save_mixed_dataset
+from ambient_fast.experiments.mixed_dataset import (
+    choose_clean, load_images, load_labels, make_mixed_dataset, make_out_of_distribution_dataset, save_mixed_dataset,
+)
 from ambient_fast.metrics import radial_power_spectrum
 
 pytest.importorskip("skimage", reason="the embedded dataset reads photographs shipped with scikit-image")
@@ -46,6 +48,59 @@ def test_embedded_dataset_has_a_power_law_spectrum(embedded):
     slope, intercept = np.polyfit(log_f, log_p, 1)
     residual = log_p - (slope * log_f + intercept)
     assert -3.5 < slope < -2.0 and np.abs(residual).max() < 0.25, "a straight line in log-log: a power law"
+
+
+def test_embedded_labels_name_the_photograph_each_crop_comes_from(embedded):
+    import torch.nn.functional as F
+
+    from ambient_fast.experiments.embedded_data import PHOTOGRAPHS, load_photographs
+
+    assert embedded.train_labels.shape == (300,) and embedded.test_labels.shape == (100,)
+    assert set(embedded.train_labels.tolist()) == set(range(len(PHOTOGRAPHS)))
+    photographs = list(load_photographs().values())
+    for label in range(len(PHOTOGRAPHS)):
+        crop = embedded.train[embedded.train_labels == label][0]
+        best = []  # smallest mean squared distance to any 16x16 window of each photograph, at any scale
+        for photo in photographs:
+            distances = []
+            for scale in SMALL.scales:
+                scaled = F.interpolate(photo, scale_factor=1 / scale, mode="area")
+                window_energy = F.avg_pool2d(scaled.pow(2).sum(1, keepdim=True), 16, stride=1) * 256
+                correlation = F.conv2d(scaled, crop[None])
+                distances.append(((window_energy - 2 * correlation + crop.pow(2).sum()) / crop.numel()).min())
+            best.append(float(min(distances)))
+        assert best[label] < 1e-5 and min(b for i, b in enumerate(best) if i != label) > 1e-3, (label, best)
+
+
+def test_out_of_distribution_dataset_keeps_a_fraction_of_the_target_and_all_extra():
+    generator = torch.Generator().manual_seed(0)
+    target, extra = torch.rand(40, 3, 8, 8, generator=generator), torch.rand(25, 3, 8, 8, generator=generator)
+    target_ids = torch.arange(100, 140)
+    mixed = make_out_of_distribution_dataset(target, extra, clean_fraction=0.25, seed=0, target_ids=target_ids)
+    keep = choose_clean(target_ids, clean_fraction=0.25, seed=0)
+    assert mixed.images.shape[0] == 10 + 25 and int(mixed.is_clean.sum()) == 10 and mixed.corruption is None
+    torch.testing.assert_close(mixed.clean_images, target[keep], rtol=0, atol=0)
+    torch.testing.assert_close(mixed.corrupted_images, extra, rtol=0, atol=0)
+    assert mixed.sample_ids[:10].tolist() == target_ids[keep].tolist()
+    assert mixed.sample_ids[10:].tolist() == list(range(140, 165))
+    assert [r["extra"] for r in mixed.records] == [False] * 10 + [True] * 25
+    with pytest.raises(ValueError, match="keeps none"):
+        make_out_of_distribution_dataset(target, extra, clean_fraction=0.0, seed=0)
+
+
+def test_labels_of_an_npz_and_a_folder(tmp_path):
+    images = torch.rand(6, 3, 8, 8) * 2 - 1
+    labels = torch.tensor([0, 1, 2, 1, 0, 2])
+    np.savez(tmp_path / "with.npz", images=images.numpy(), labels=labels.numpy())
+    np.savez(tmp_path / "without.npz", images=images.numpy())
+    assert load_labels(tmp_path / "with.npz").tolist() == labels.tolist()
+    assert load_labels(tmp_path / "without.npz") is None
+    from ambient_fast.experiments.mixed_dataset import save_image_folder
+
+    save_image_folder(images, tmp_path / "folder", labels=labels)
+    assert load_labels(tmp_path / "folder").tolist() == labels.tolist()
+    save_image_folder(images, tmp_path / "unlabelled")
+    assert load_labels(tmp_path / "unlabelled") is None
 
 
 def test_clean_choice_does_not_depend_on_order():
@@ -114,3 +169,27 @@ def test_experiment_table_is_consistent():
         configs.experiment("imagenet")
     with pytest.raises(ValueError, match="arm kind"):
         configs.Arm("everything")
+
+
+def test_experiment_settings_that_cannot_run_are_refused():
+    import dataclasses
+
+    ood = configs.experiment("demo-cpu-ood")
+    assert ood.data.out_of_distribution and {arm.kind for arm in ood.arms} >= {"crops", "fixed_crops"}
+    with pytest.raises(ValueError, match="both target and extra"):
+        dataclasses.replace(ood.data, extra_classes=(0, 1))
+    with pytest.raises(ValueError, match="corruption=None"):
+        dataclasses.replace(ood.data, corruption="gaussian_blur")
+    with pytest.raises(ValueError, match="has none"):
+        dataclasses.replace(ood, arms=ood.arms + (configs.Arm("classifier"),))
+    blur = configs.experiment("demo-cpu-blur1.0")
+    with pytest.raises(ValueError, match="extra_classes"):
+        dataclasses.replace(blur, arms=blur.arms + (configs.Arm("fixed_crops", fixed_sigma=0.1),))
+    with pytest.raises(ValueError, match="denoiser_arm"):
+        dataclasses.replace(ood, arms=(configs.Arm("only_clean"), configs.Arm("crops")))  # all_data measures crop(s)
+    dataclasses.replace(ood, arms=(configs.Arm("crops"),),  # a given crop(sigma) table needs no other arm
+                        crops=dataclasses.replace(ood.crops, crop_table=((0.1, 4), (0.5, 8))))
+    with pytest.raises(ValueError, match="distinct"):
+        dataclasses.replace(ood, arms=(configs.Arm("only_clean"), configs.Arm("only_clean")))
+    with pytest.raises(ValueError, match="fixed_sigma"):
+        configs.Arm("fixed_crops")

@@ -10,10 +10,11 @@ import torch
 
 from ambient_fast.corruptions import GaussianBlur
 from ambient_fast.experiments import configs
+from ambient_fast.annotate.crop_size import CropTable
 from ambient_fast.experiments.controlled import (
-    ArmResult, ClassifierAnnotation, ExperimentResult, arm_training_set, usable_per_level,
+    ArmResult, ClassifierAnnotation, CropsAnnotation, ExperimentResult, arm_training_set, usable_per_level,
 )
-from ambient_fast.experiments.mixed_dataset import make_mixed_dataset
+from ambient_fast.experiments.mixed_dataset import make_mixed_dataset, make_out_of_distribution_dataset
 from ambient_fast.experiments.report import conclusion, format_report
 
 
@@ -41,8 +42,29 @@ def test_arm_training_sets(mixed):
     _, sigma_min, sigma_max = arm_training_set(configs.Arm("classifier"), mixed, annotation)
     torch.testing.assert_close(sigma_min[~mixed.is_clean], annotation.sigma_min)
     assert (sigma_min[mixed.is_clean] == 0).all() and (sigma_max == 0).all()
-    with pytest.raises(NotImplementedError, match="crops"):
-        arm_training_set(configs.Arm("crops"), mixed, annotation)
+
+
+def test_crops_arms_use_extra_data_only_below_sigma_max():
+    generator = torch.Generator().manual_seed(0)
+    mixed = make_out_of_distribution_dataset(torch.rand(20, 3, 8, 8, generator=generator),
+                                             torch.rand(6, 3, 8, 8, generator=generator), clean_fraction=0.25, seed=0)
+    images, sigma_min, sigma_max = arm_training_set(configs.Arm("fixed_crops", fixed_sigma=0.1), mixed, None)
+    assert images.shape[0] == 11 and torch.equal(images, mixed.images)
+    assert (sigma_min[mixed.is_clean] == 0).all() and torch.isinf(sigma_min[~mixed.is_clean]).all()
+    assert (sigma_max[mixed.is_clean] == 0).all() and (sigma_max[~mixed.is_clean] == 0.1).all()
+    levels = torch.tensor([0.05, 0.0999, 0.1001, 50.0], dtype=torch.float64)
+    assert usable_per_level(sigma_min, sigma_max, levels=levels).tolist() == [11, 11, 5, 5]
+    crops = CropsAnnotation(sigma_max=torch.tensor([0, 0.2, 0, 0.05, 0.2, 0], dtype=torch.float64), scores={},
+                            table=CropTable((0.05, 0.2), (4, 8)), tau=0.45, final_accuracy=1.0, seconds=0.0)
+    _, sigma_min, sigma_max = arm_training_set(configs.Arm("crops"), mixed, None, crops)
+    torch.testing.assert_close(sigma_max[~mixed.is_clean], crops.sigma_max, rtol=0, atol=0)
+    assert torch.isinf(sigma_min[~mixed.is_clean]).all() and (sigma_min[mixed.is_clean] == 0).all()
+    images, sigma_min, _ = arm_training_set(configs.Arm("all_data"), mixed, None)
+    assert images.shape[0] == 11 and (sigma_min == 0).all()
+    images, _, _ = arm_training_set(configs.Arm("only_clean"), mixed, None)
+    assert images.shape[0] == 5
+    with pytest.raises(ValueError, match="crops classifier"):
+        arm_training_set(configs.Arm("crops"), mixed, None)
 
 
 def test_usable_per_level_follows_the_buffer():
@@ -121,6 +143,49 @@ def test_tiny_experiment_end_to_end(tmp_path):
                            log=lines.append)
     torch.testing.assert_close(again.annotations[0].sigma_min, annotation.sigma_min, rtol=0, atol=0)
     assert again.arms[0].seconds["train"] < result.arms[0].seconds["train"] + 1.0
+
+
+def test_tiny_out_of_distribution_experiment_end_to_end(tmp_path):
+    """Table 2b's pipeline at toy size: target / extra split by photograph, crop(sigma) measured with the all_data
+    arm's denoiser, the crops classifier's sigma_max on every extra image, and the report."""
+    pytest.importorskip("skimage", reason="the embedded dataset reads photographs shipped with scikit-image")
+    import dataclasses
+    import json
+
+    from ambient_fast.experiments.controlled import prepare_data, run_experiment
+    from ambient_fast.experiments.embedded_data import EmbeddedDataConfig, load_embedded_dataset
+
+    demo = configs.experiment("demo-cpu-ood")
+    tiny = dataclasses.replace(
+        demo, arms=(configs.Arm("crops"), configs.Arm("all_data"), configs.Arm("fixed_crops", fixed_sigma=0.1)),
+        data=dataclasses.replace(demo.data, train_count=96, test_count=48, clean_fraction=0.25),
+        train_overrides=(("total_steps", 2), ("network.model_channels", 8), ("checkpoint_every", 100),
+                         ("snapshot_every", 0), ("log_every", 100)),
+        crops=dataclasses.replace(demo.crops, crop_sizes=(4, 8), steps=2, batch_size=8, model_channels=8,
+                                  measure_sigmas=(0.01, 1.0), measure_images=8),
+        generated_count=16, sampler_steps=2)
+    source = load_embedded_dataset(EmbeddedDataConfig(train_count=96, test_count=48))
+    target_train = torch.isin(source.train_labels, torch.tensor(demo.data.target_classes))
+    data = prepare_data(tiny)
+    assert data.test.shape[0] == int(torch.isin(source.test_labels, torch.tensor(demo.data.target_classes)).sum())
+    torch.testing.assert_close(data.train, source.train[target_train], rtol=0, atol=0)
+    extra_count = int(torch.isin(source.train_labels, torch.tensor(demo.data.extra_classes)).sum())
+    assert int((~data.mixed.is_clean).sum()) == extra_count
+
+    lines = []
+    result = run_experiment(tiny, out_dir=tmp_path, device="cpu", log=lines.append)
+    assert [r.arm for r in result.arms] == ["crops", "all_data", "fixed_crops_0.1"], "the table's order"
+    crops = result.crops_annotations[0]
+    assert crops.sigma_max.shape == (extra_count,) and set(crops.scores) == {4, 8}
+    assert set(crops.sigma_max.tolist()) <= {0.0, *crops.table.sigmas}
+    assert crops.measured_losses is not None and crops.contexts[-1] == 16
+    arm = result.arms[0]
+    assert torch.isinf(arm.sigma_min).sum() == extra_count and torch.equal(arm.sigma_max[-extra_count:], crops.sigma_max)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["crops_annotations"]["0"]["crop_table"]["crops"] == list(crops.table.crops)
+    assert (tmp_path / "data_extra.png").is_file()
+    report = format_report(result)
+    assert "crops classifier over the extra images" in report and "crops vs all_data" in report
 
 
 def test_missing_fid_weights_fail_before_any_training(tmp_path, monkeypatch):

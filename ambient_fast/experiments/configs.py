@@ -43,8 +43,10 @@ class DataSetting:
 
     source: "embedded" (ambient_fast.experiments.embedded_data, no download) or "path" (the user's EDM2 folder /
     zip / .npz given at run time, e.g. CIFAR-10 train; the test set likewise). target_classes / extra_classes:
-    class indices (of dataset.json's labels) for out-of-distribution experiments: the target distribution is
-    `target_classes`, and `extra_classes` are added as extra data (Table 2b); empty = all classes are target."""
+    class indices (dataset.json's labels; for the embedded data the index into embedded_data.PHOTOGRAPHS) for
+    out-of-distribution experiments: the target distribution is `target_classes` (training and test images), of
+    whose training images `clean_fraction` is kept, and every training image of `extra_classes` is added as
+    out-of-distribution data (Table 2b); empty = all classes are target, no extra data."""
 
     source: str = "embedded"
     resolution_px: int = 16
@@ -55,6 +57,17 @@ class DataSetting:
     extra_classes: tuple[int, ...] = ()
     train_count: int | None = None  # embedded only: crops in the training set
     test_count: int | None = None
+
+    def __post_init__(self) -> None:
+        if set(self.target_classes) & set(self.extra_classes):
+            raise ValueError(f"a class cannot be both target and extra: {sorted(set(self.target_classes) & set(self.extra_classes))}")
+        if self.extra_classes and self.corruption is not None:
+            raise ValueError("out-of-distribution experiments (extra_classes) keep clean_fraction of the target and drop "
+                             f"the rest; set corruption=None (got {self.corruption!r})")
+
+    @property
+    def out_of_distribution(self) -> bool:
+        return bool(self.extra_classes)
 
     def corruption_kwargs(self) -> dict:
         return dict(self.corruption_parameters)
@@ -74,6 +87,30 @@ class ClassifierSetting:
 
 
 @dataclass(frozen=True)
+class CropsSetting:
+    """The crops classifier and crop(sigma) of the out-of-distribution arms (Section 3.2, eq. 3.4).
+
+    crop_sizes: the k x k crops the classifier sees (one network each); tau = 0.5 - eps on the mean P(target) over
+    an image's tiles. crop_table: ((sigma, crop_px), ...) given, or empty = measured at run time (Figures 11-14)
+    with the EMA denoiser of the arm named `denoiser_arm` (trained first) on the clean target training images: the
+    smallest centred context within measure_eps of the full-image loss on a patch_px x patch_px centre patch, at
+    each measure_sigma."""
+
+    crop_sizes: tuple[int, ...] = (4, 8)
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 2e-3  # Adam
+    model_channels: int = 16
+    eps: float = 0.05
+    crop_table: tuple[tuple[float, int], ...] = ()
+    denoiser_arm: str = "only_clean"
+    measure_sigmas: tuple[float, ...] = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+    patch_px: int = 2
+    measure_eps: float = 0.05
+    measure_images: int = 512
+
+
+@dataclass(frozen=True)
 class Experiment:
     name: str
     description: str
@@ -82,6 +119,7 @@ class Experiment:
     train_preset: str  # a name of ambient_fast.train.config.PRESETS
     train_overrides: tuple[tuple[str, object], ...] = ()  # e.g. (("total_steps", 2000),)
     classifier: ClassifierSetting = field(default_factory=ClassifierSetting)
+    crops: CropsSetting = field(default_factory=CropsSetting)
     seeds: tuple[int, ...] = (0,)
     generated_count: int = 2000  # samples per arm and seed for the metrics
     sampler_steps: int = 18  # Heun steps (EDM's CIFAR-10 setting: 18 steps, 35 evaluations)
@@ -89,6 +127,23 @@ class Experiment:
     metrics: tuple[str, ...] = ("fd_pixels", "swd", "spectrum")  # + "fid", "fd_dinov2" where weights exist
     paper: tuple[tuple[str, float], ...] = ()  # arm name -> the paper's FID for this setting (docs/results.md)
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        kinds = {arm.kind for arm in self.arms}
+        if len({arm.name for arm in self.arms}) != len(self.arms):
+            raise ValueError(f"experiment {self.name!r}: arm names must be distinct; got {[a.name for a in self.arms]}")
+        if self.data.out_of_distribution and kinds & {"fixed", "classifier"}:
+            raise ValueError(f"experiment {self.name!r}: arms fixed / classifier annotate corrupted samples, and an "
+                             "out-of-distribution experiment has none (its extra data is annotated by crops arms)")
+        if not self.data.out_of_distribution and kinds & {"crops", "fixed_crops"}:
+            raise ValueError(f"experiment {self.name!r}: crops arms annotate out-of-distribution data; set "
+                             "data.extra_classes")
+        if "crops" in kinds and not self.crops.crop_table:
+            denoiser = next((arm for arm in self.arms if arm.name == self.crops.denoiser_arm), None)
+            if denoiser is None or denoiser.kind == "crops":
+                raise ValueError(f"experiment {self.name!r}: the crops arm measures crop(sigma) with the denoiser of arm "
+                                 f"{self.crops.denoiser_arm!r} (crops.denoiser_arm), which must be one of its other "
+                                 "arms; or give crops.crop_table")
 
 
 def _blur(sigma_px: float) -> DataSetting:
@@ -134,6 +189,27 @@ _add(Experiment(
                      ("checkpoint_every", 750), ("snapshot_every", 0)),
     # The classifier sits on a plateau (BCE 0.69) for about 1000 steps at lr 5e-3 before it separates blur.
     classifier=ClassifierSetting(steps=2000, batch_size=64, lr=5e-3, model_channels=16, draws=2, levels=64),
+    generated_count=1000,
+    sampler_steps=10,
+    metrics=("fd_pixels", "swd", "spectrum", "memorization"),
+))
+
+# The out-of-distribution demo (Table 2b at CPU scale): the target is crops of two photographs (astronaut, coffee),
+# of which 10% are kept; every crop of the other three (cat, rocket, motorcycle) is extra data, annotated by the
+# crops classifier. Same network, steps and sampler as the blur demo.
+_add(Experiment(
+    name="demo-cpu-ood",
+    description="CPU out-of-distribution demo: 10% of the astronaut + coffee crops, all cat + rocket + motorcycle "
+                "crops as extra data (Table 2b)",
+    data=DataSetting(source="embedded", resolution_px=16, clean_fraction=0.1, corruption=None,
+                     corruption_parameters=(), target_classes=(0, 2), extra_classes=(1, 3, 4), train_count=6000,
+                     test_count=1500),
+    arms=(Arm("only_clean"), Arm("all_data"), Arm("fixed_crops", fixed_sigma=0.05), Arm("fixed_crops", fixed_sigma=0.2),
+          Arm("crops")),
+    train_preset="tiny-cpu",
+    train_overrides=EXPERIMENTS["demo-cpu-blur1.0"].train_overrides,
+    crops=CropsSetting(crop_sizes=(4, 8, 12), steps=1500, batch_size=64, lr=2e-3, model_channels=16,
+                       denoiser_arm="all_data"),
     generated_count=1000,
     sampler_steps=10,
     metrics=("fd_pixels", "swd", "spectrum", "memorization"),
@@ -191,7 +267,7 @@ for _name, (_target, _extra, _fids) in _OOD.items():
     ))
 
 TABLES: dict[str, tuple[str, ...]] = {
-    "demo": ("demo-cpu-blur1.0",),
+    "demo": ("demo-cpu-blur1.0", "demo-cpu-ood"),
     "2a": tuple(f"cifar10-blur{s}" for s in _BLUR_PAPER),
     "7": tuple(f"cifar10-blur{s}" for s in (1.0, 0.8, 0.4)),
     "2b": ("cifar10-ood-dogs+cats", "cifar10-ood-cats+dogs"),

@@ -6,6 +6,11 @@ corrupted (eq. 3.1, balanced batches), per-sample sigma_min by the adaptive sear
 of S_B (eq. 3.2); then for each arm its training set and annotations, training (ambient_fast.train), Heun sampling
 from the same noise for every arm (common random numbers make the arms' differences less noisy), and the metrics
 against the held-out test set and the clean training set (ambient_fast.metrics).
+
+Out-of-distribution experiments (Table 2b, data.extra_classes): clean_fraction of the target classes plus every
+image of the extra classes; the crops classifier (Section 3.2) tells target from extra k x k crops, crop(sigma) is
+measured with another arm's denoiser (or given), and each extra image gets sigma_min = inf and sigma_max from
+the largest k whose crops pass (eq. 3.4).
 """
 from __future__ import annotations
 
@@ -20,8 +25,11 @@ import torch
 
 from ..buffer import buffer_factor
 from ..corruptions import make_corruption
+from ..annotate.crop_size import CropTable
 from .configs import Arm, Experiment
-from .mixed_dataset import MixedDataset, load_images, make_mixed_dataset
+from .mixed_dataset import (
+    MixedDataset, load_images, load_labels, make_mixed_dataset, make_out_of_distribution_dataset,
+)
 from .selection import selection_diagnostic
 
 DATA_SEED = 0  # the mixture (which samples are clean, how each is corrupted) is the same for every training seed
@@ -35,6 +43,28 @@ class ClassifierAnnotation:
     reached: float  # fraction of S_B whose p reached tau (the rest got the largest level)
     final_accuracy: float  # training accuracy of the last logging window (noisy inputs at all levels)
     seconds: float
+
+
+@dataclass
+class CropsAnnotation:
+    sigma_max: torch.Tensor  # float64 [N_extra]: eq. 3.4 through crop(sigma); 0 = no crop size passes
+    scores: dict[int, torch.Tensor]  # crop size -> float64 [N_extra] mean P(target) over the image's tiles
+    table: CropTable  # crop(sigma)
+    tau: float
+    final_accuracy: float  # training accuracy of the last logging window (random crops of every size)
+    seconds: float
+    measured_losses: list | None = None  # [levels][contexts] centre-patch MSE when crop(sigma) was measured
+    contexts: list | None = None
+
+
+@dataclass
+class ExperimentData:
+    """What an experiment trains and is scored on: train = the clean training images of the target distribution
+    (reference 'train' and the memorisation pool), test = held-out target images, mixed = the training set."""
+
+    train: torch.Tensor
+    test: torch.Tensor
+    mixed: MixedDataset
 
 
 @dataclass
@@ -56,21 +86,21 @@ class ExperimentResult:
     out_dir: Path
     seconds: float = 0.0
     selection: dict[str, list] = field(default_factory=dict)  # arm name -> selection.SelectionRow per level
+    crops_annotations: dict[int, CropsAnnotation] = field(default_factory=dict)
 
 
-def load_data(experiment: Experiment, *, data_path=None, test_path=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(clean training images, held-out test images), float [N, C, H, W] in [-1, 1]."""
+def load_data(experiment: Experiment, *, data_path=None, test_path=None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(clean training images, held-out test images, their class labels or None), images float [N, C, H, W] in
+    [-1, 1]."""
     data = experiment.data
-    if data.target_classes or data.extra_classes:
-        raise NotImplementedError("out-of-distribution experiments (Table 2b) need the crops classifier arm, which "
-                                  "this runner does not implement yet")
     if data.source == "embedded":
         from .embedded_data import EmbeddedDataConfig, load_embedded_dataset
 
         loaded = load_embedded_dataset(EmbeddedDataConfig(resolution_px=data.resolution_px,
                                                           train_count=data.train_count or 4000,
                                                           test_count=data.test_count or 1000))
-        return loaded.train, loaded.test
+        return loaded.train, loaded.test, loaded.train_labels, loaded.test_labels
     if data_path is None or test_path is None:
         raise ValueError(f"experiment {experiment.name!r} reads your data: pass data_path (the clean training set, "
                          "e.g. CIFAR-10 train as an EDM2 folder / zip / .npz) and test_path (its test set)")
@@ -78,7 +108,42 @@ def load_data(experiment: Experiment, *, data_path=None, test_path=None) -> tupl
     if train.shape[-1] != data.resolution_px:
         raise ValueError(f"{data_path} holds {train.shape[-1]} px images; experiment {experiment.name!r} expects "
                          f"{data.resolution_px} px")
-    return train, test
+    if not (data.target_classes or data.extra_classes):
+        return train, test, None, None
+    return train, test, load_labels(data_path), load_labels(test_path)
+
+
+def _of_classes(images: torch.Tensor, labels: torch.Tensor | None, classes: tuple[int, ...], *, what: str
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images of `classes`, their row indices); a clear error when there are no labels or no such image."""
+    if labels is None:
+        raise ValueError(f"the {what} has no class labels (dataset.json 'labels' or an .npz 'labels' array), which "
+                         f"target_classes / extra_classes need")
+    rows = torch.nonzero(torch.isin(labels, torch.tensor(classes, dtype=labels.dtype))).flatten()
+    if rows.numel() == 0:
+        raise ValueError(f"the {what} has no image of classes {list(classes)} (its labels: "
+                         f"{sorted(set(labels.tolist()))[:20]})")
+    return images[rows], rows
+
+
+def prepare_data(experiment: Experiment, *, data_path=None, test_path=None) -> ExperimentData:
+    """Load the data and build the training set: clean + corrupted (Table 2a), or target + extra (Table 2b)."""
+    data = experiment.data
+    all_train, test, train_labels, test_labels = load_data(experiment, data_path=data_path, test_path=test_path)
+    train, train_rows = all_train, torch.arange(all_train.shape[0])
+    if data.target_classes:
+        train, train_rows = _of_classes(all_train, train_labels, data.target_classes, what="training set")
+        test, _ = _of_classes(test, test_labels, data.target_classes, what="test set")
+    if data.out_of_distribution:
+        if not data.target_classes:
+            raise ValueError("extra_classes need target_classes (which classes are the target distribution)")
+        extra, _ = _of_classes(all_train, train_labels, data.extra_classes, what="training set")
+        mixed = make_out_of_distribution_dataset(train, extra, clean_fraction=data.clean_fraction, seed=DATA_SEED,
+                                                 target_ids=train_rows)
+    else:
+        corruption = make_corruption(data.corruption, **data.corruption_kwargs())
+        mixed = make_mixed_dataset(train, corruption=corruption, clean_fraction=data.clean_fraction, seed=DATA_SEED)
+    return ExperimentData(train=train, test=test, mixed=mixed)
 
 
 def _needs_classifier(experiment: Experiment) -> bool:
@@ -113,6 +178,52 @@ def annotate_with_classifier(mixed: MixedDataset, experiment: Experiment, *, see
                                 seconds=time.perf_counter() - start)
 
 
+def crop_table_for(experiment: Experiment, *, denoiser_run: Path | None, images: torch.Tensor, seed: int,
+                   device) -> tuple[CropTable, list | None, list | None]:
+    """(crop(sigma), measured losses or None, contexts or None): the experiment's given table, else measured
+    (Figures 11-14) with the EMA denoiser of the finished run `denoiser_run` on `images` (clean target images)."""
+    from ..annotate.crop_size import measure_crop_size
+    from ..sampling import load_denoiser
+
+    setting = experiment.crops
+    if setting.crop_table:
+        return CropTable(tuple(float(s) for s, _ in setting.crop_table), tuple(int(c) for _, c in setting.crop_table)), \
+            None, None
+    denoiser, _ = load_denoiser(denoiser_run, ema_std=experiment.ema_std, device=device)
+    images = images[:setting.measure_images].to(device)
+    measurement = measure_crop_size(lambda x, sigma: denoiser(x, sigma.to(x.device)), images,
+                                    sigmas=setting.measure_sigmas, patch=setting.patch_px, eps=setting.measure_eps,
+                                    seed=seed)
+    return measurement.table, measurement.losses.tolist(), measurement.contexts
+
+
+def annotate_with_crops_classifier(mixed: MixedDataset, experiment: Experiment, *, table: CropTable, seed: int,
+                                   device, log=print) -> CropsAnnotation:
+    """Crops classifier on the kept target images (label 1) vs the extra images (label 0), then sigma_max of every
+    extra image (eq. 3.4 with tau = 0.5 - eps) through crop(sigma)."""
+    from ..annotate.classifier import TrainConfig as ClassifierTrainConfig
+    from ..annotate.crops import CropsClassifierConfig, annotate_sigma_max, train_crops_classifier
+
+    setting = experiment.crops
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        model, history = train_crops_classifier(
+            mixed.clean_images, mixed.corrupted_images,
+            config=CropsClassifierConfig(img_channels=mixed.images.shape[1], crop_sizes=setting.crop_sizes,
+                                         model_channels=setting.model_channels),
+            train=ClassifierTrainConfig(steps=setting.steps, batch_size=setting.batch_size, lr=setting.lr, seed=seed,
+                                        log_every=max(1, setting.steps // 5)),
+            device=device, progress=lambda step, loss, accuracy: log(
+                f"    crops classifier step {step}: BCE {loss:.3f}, accuracy {accuracy:.3f}"))
+    model.eval()
+    tau = 0.5 - setting.eps
+    sigma_max, scores = annotate_sigma_max(model, mixed.corrupted_images, mixed.sample_ids[~mixed.is_clean], table,
+                                           tau=tau, device=device)
+    return CropsAnnotation(sigma_max=sigma_max, scores=scores, table=table, tau=tau,
+                           final_accuracy=history.accuracy[-1] if history.accuracy else float("nan"),
+                           seconds=time.perf_counter() - start)
+
+
 def cached_annotation(path: Path, experiment: Experiment, *, seed: int, make) -> ClassifierAnnotation:
     """The classifier annotation stored at `path` when it was made with the same data, classifier settings and
     seed; otherwise make() it and store it (a rerun, e.g. to add seeds or regenerate the report, reuses it)."""
@@ -137,9 +248,11 @@ def cached_annotation(path: Path, experiment: Experiment, *, seed: int, make) ->
     return annotation
 
 
-def arm_training_set(arm: Arm, mixed: MixedDataset, annotation: ClassifierAnnotation | None
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(images, sigma_min, sigma_max) the arm trains on; clean samples always have sigma_min = 0."""
+def arm_training_set(arm: Arm, mixed: MixedDataset, annotation: ClassifierAnnotation | None,
+                     crops: CropsAnnotation | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images, sigma_min, sigma_max) the arm trains on; clean samples always have sigma_min = 0. In an
+    out-of-distribution experiment the not-clean samples are the extra data: crops arms give them sigma_min = inf
+    (never noisy data) and sigma_max (usable below it, Section 3.2)."""
     count = mixed.images.shape[0]
     zeros = torch.zeros(count, dtype=torch.float64)
     if arm.kind == "only_clean":
@@ -148,13 +261,22 @@ def arm_training_set(arm: Arm, mixed: MixedDataset, annotation: ClassifierAnnota
     if arm.kind == "all_data":
         return mixed.images, zeros, zeros.clone()
     sigma_min = zeros.clone()
+    if arm.kind in ("crops", "fixed_crops"):
+        sigma_max = zeros.clone()
+        sigma_min[~mixed.is_clean] = math.inf
+        if arm.kind == "fixed_crops":
+            sigma_max[~mixed.is_clean] = arm.fixed_sigma
+        elif crops is None:
+            raise ValueError("the crops arm needs the crops classifier's annotation")
+        else:
+            sigma_max[~mixed.is_clean] = crops.sigma_max
+        return mixed.images, sigma_min, sigma_max
     if arm.kind == "fixed":
         sigma_min[~mixed.is_clean] = arm.fixed_sigma if arm.fixed_sigma is not None else annotation.single
     elif arm.kind == "classifier":
         sigma_min[~mixed.is_clean] = annotation.sigma_min
     else:
-        raise NotImplementedError(f"arm kind {arm.kind!r} (crops classifier, Section 3.2) is not implemented by this "
-                                  "runner yet")
+        raise ValueError(f"unknown arm kind {arm.kind!r}")
     return mixed.images, sigma_min, zeros
 
 
@@ -214,16 +336,17 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device or experiment.device)
     extractors = feature_extractors(experiment, device=device)  # before training: missing weights fail fast
-    train_images, test_images = load_data(experiment, data_path=data_path, test_path=test_path)
-    corruption = make_corruption(experiment.data.corruption, **experiment.data.corruption_kwargs())
-    mixed = make_mixed_dataset(train_images, corruption=corruption, clean_fraction=experiment.data.clean_fraction,
-                               seed=DATA_SEED)
-    log(f"[{experiment.name}] {train_images.shape[0]} training images ({int(mixed.is_clean.sum())} clean, "
-        f"{int((~mixed.is_clean).sum())} {corruption.name} {corruption.parameters()}), {test_images.shape[0]} test")
-    for name, images in (("clean", mixed.clean_images), ("corrupted", mixed.corrupted_images)):
+    prepared = prepare_data(experiment, data_path=data_path, test_path=test_path)
+    train_images, test_images, mixed = prepared.train, prepared.test, prepared.mixed
+    other = "extra" if mixed.corruption is None else "corrupted"
+    description = ("out-of-distribution, classes " + str(list(experiment.data.extra_classes)) if mixed.corruption is None
+                   else f"{mixed.corruption.name} {mixed.corruption.parameters()}")
+    log(f"[{experiment.name}] {mixed.images.shape[0]} training images ({int(mixed.is_clean.sum())} clean, "
+        f"{int((~mixed.is_clean).sum())} {description}), {test_images.shape[0]} test")
+    for name, images in (("clean", mixed.clean_images), (other, mixed.corrupted_images)):
         Image.fromarray(image_grid(images[:64])).save(out_dir / f"data_{name}.png")
 
-    results, annotations, reference_cache, selection = [], {}, {}, {}
+    results, annotations, reference_cache, selection, crops_annotations = [], {}, {}, {}, {}
     for seed in seeds or experiment.seeds:
         annotation = None
         if _needs_classifier(experiment):
@@ -235,9 +358,22 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
             log(f"    per-sample sigma_min: mean {annotation.sigma_min.mean():.3f}, median "
                 f"{annotation.sigma_min.median():.3f}; single (eq. 3.2 over S_B) {annotation.single:.3f}; "
                 f"{annotation.seconds:.0f} s")
-        for arm in experiment.arms:
+        # The crops arm needs crop(sigma), measured with another arm's denoiser: train that arm first.
+        order = sorted(experiment.arms, key=lambda arm: arm.name != experiment.crops.denoiser_arm)
+        crops = None
+        for arm in order:
+            if arm.kind == "crops" and crops is None:
+                table, losses, contexts = crop_table_for(
+                    experiment, denoiser_run=out_dir / f"{experiment.crops.denoiser_arm}-seed{seed}",
+                    images=mixed.clean_images, seed=seed, device=device)
+                log(f"  seed {seed}: crop(sigma) {dict(zip(table.sigmas, table.crops))}; crops classifier (Section 3.2)")
+                crops = annotate_with_crops_classifier(mixed, experiment, table=table, seed=seed, device=device, log=log)
+                crops.measured_losses, crops.contexts = losses, contexts
+                crops_annotations[seed] = crops
+                log(f"    sigma_max: mean {crops.sigma_max.mean():.3f}, nonzero for "
+                    f"{100 * float((crops.sigma_max > 0).double().mean()):.1f}% of the extra images; {crops.seconds:.0f} s")
             run_dir = out_dir / f"{arm.name}-seed{seed}"
-            images, sigma_min, sigma_max = arm_training_set(arm, mixed, annotation)
+            images, sigma_min, sigma_max = arm_training_set(arm, mixed, annotation, crops)
             if arm.kind in ("fixed", "classifier") and arm.name not in selection:
                 selection[arm.name] = selection_diagnostic(train_images, mixed.images, mixed.is_clean, sigma_min)
             seconds = {}
@@ -261,7 +397,11 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
             log(f"    train {seconds['train']:.0f} s, sample {seconds['sample']:.0f} s, eval {seconds['eval']:.0f} s: "
                 f"test FD_pixels {metrics['test']['fd_pixels']:.2f}, SWD {metrics['test']['swd']:.1f}, "
                 f"high-frequency spectrum {metrics['test']['spectrum_high_freq']:+.3f} decades")
-    result = ExperimentResult(experiment, results, annotations, out_dir, time.perf_counter() - start, selection)
+    arm_names = [a.name for a in experiment.arms]
+    seed_order = list(dict.fromkeys(r.seed for r in results))
+    results.sort(key=lambda r: (seed_order.index(r.seed), arm_names.index(r.arm)))  # the table's arm order
+    result = ExperimentResult(experiment, results, annotations, out_dir, time.perf_counter() - start, selection,
+                              crops_annotations)
     _write_outputs(result)
     return result
 
@@ -283,6 +423,14 @@ def _write_outputs(result: ExperimentResult) -> None:
                                "single": a.single, "reached": a.reached, "classifier_accuracy": a.final_accuracy}
                         for seed, a in result.annotations.items()},
         "arms": [{"arm": r.arm, "seed": r.seed, "metrics": r.metrics, "seconds": r.seconds} for r in result.arms],
+        "crops_annotations": {seed: {"sigma_max_mean": float(a.sigma_max.mean()),
+                                     "sigma_max_nonzero": float((a.sigma_max > 0).double().mean()),
+                                     "mean_p_target": {k: float(v.mean()) for k, v in a.scores.items()},
+                                     "passing": {k: float((v > a.tau).double().mean()) for k, v in a.scores.items()},
+                                     "tau": a.tau, "crop_table": dataclasses.asdict(a.table),
+                                     "measured_losses": a.measured_losses, "contexts": a.contexts,
+                                     "classifier_accuracy": a.final_accuracy}
+                              for seed, a in result.crops_annotations.items()},
         "paper_fid": dict(result.experiment.paper),
         "selection": {arm: [dataclasses.asdict(row) for row in rows] for arm, rows in result.selection.items()},
     }

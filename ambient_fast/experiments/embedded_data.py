@@ -42,6 +42,8 @@ class EmbeddedDataset:
     train_ids: torch.Tensor  # int64 [N_train], stable ids 0..N_train-1
     test_ids: torch.Tensor  # int64 [N_test], N_train.. (disjoint from train ids)
     config: EmbeddedDataConfig
+    train_labels: torch.Tensor | None = None  # int64 [N_train]: index into PHOTOGRAPHS (the crop's "class")
+    test_labels: torch.Tensor | None = None
 
 
 def load_photographs() -> dict[str, torch.Tensor]:
@@ -65,10 +67,10 @@ def _is_test_block(name: str, row: int, col: int, *, fraction: float) -> bool:
 
 
 def _crop_pool(photographs: dict[str, torch.Tensor], config: EmbeddedDataConfig, *, test: bool) -> list[tuple]:
-    """Every (scaled image, top, left) window of the split, listed lazily as ranges per block: (image, rows, cols)."""
+    """Every window of the split, listed lazily per block: (scaled image, top, left, positions, photograph index)."""
     pool = []
     size = config.resolution_px
-    for name, photo in photographs.items():
+    for label, (name, photo) in enumerate(photographs.items()):
         height, width = photo.shape[-2:]
         for scale in config.scales:
             scaled = F.interpolate(photo, scale_factor=1 / scale, mode="area") if scale > 1 else photo
@@ -78,19 +80,22 @@ def _crop_pool(photographs: dict[str, torch.Tensor], config: EmbeddedDataConfig,
             for row in range(height // config.block_px):
                 for col in range(width // config.block_px):
                     if _is_test_block(name, row, col, fraction=config.test_block_fraction) == test:
-                        pool.append((scaled[0], row * block, col * block, block - size + 1))
+                        pool.append((scaled[0], row * block, col * block, block - size + 1, label))
     return pool
 
 
-def _sample_crops(pool: list[tuple], count: int, size: int, generator: torch.Generator) -> torch.Tensor:
+def _sample_crops(pool: list[tuple], count: int, size: int, generator: torch.Generator
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(crops [count, 3, size, size], photograph index of each crop int64 [count])."""
     blocks = torch.randint(0, len(pool), (count,), generator=generator).tolist()
     offsets = torch.rand(count, 2, generator=generator).tolist()
-    crops = []
+    crops, labels = [], []
     for index, (u, v) in zip(blocks, offsets):
-        image, top, left, positions = pool[index]
+        image, top, left, positions, label = pool[index]
         y, x = top + int(u * positions), left + int(v * positions)
         crops.append(image[:, y:y + size, x:x + size])
-    return torch.stack(crops).contiguous()
+        labels.append(label)
+    return torch.stack(crops).contiguous(), torch.tensor(labels, dtype=torch.int64)
 
 
 def load_embedded_dataset(config: EmbeddedDataConfig = EmbeddedDataConfig()) -> EmbeddedDataset:
@@ -100,8 +105,8 @@ def load_embedded_dataset(config: EmbeddedDataConfig = EmbeddedDataConfig()) -> 
     generator = torch.Generator().manual_seed(config.seed)
     train_pool = _crop_pool(photographs, config, test=False)
     test_pool = _crop_pool(photographs, config, test=True)
-    train = _sample_crops(train_pool, config.train_count, config.resolution_px, generator)
-    test = _sample_crops(test_pool, config.test_count, config.resolution_px, generator)
+    train, train_labels = _sample_crops(train_pool, config.train_count, config.resolution_px, generator)
+    test, test_labels = _sample_crops(test_pool, config.test_count, config.resolution_px, generator)
     return EmbeddedDataset(train=train, test=test, train_ids=torch.arange(config.train_count),
                            test_ids=torch.arange(config.train_count, config.train_count + config.test_count),
-                           config=config)
+                           config=config, train_labels=train_labels, test_labels=test_labels)

@@ -30,7 +30,7 @@ class MixedDataset:
     is_clean: torch.Tensor  # bool [N]: ground truth, for S_G / S_B and evaluation
     records: list[dict]  # per sample: {"sample_id", "clean", "corruption": None or its parameters}
     clean_fraction: float
-    corruption: Corruption
+    corruption: Corruption | None  # None: out-of-distribution data (not is_clean = extra data, unchanged)
     seed: int
     labels: torch.Tensor | None = None  # int64 [N] class labels of the source, if any
 
@@ -73,6 +73,24 @@ def make_mixed_dataset(images: torch.Tensor, *, corruption: Corruption, clean_fr
                         clean_fraction=clean_fraction, corruption=corruption, seed=seed, labels=labels)
 
 
+def make_out_of_distribution_dataset(target: torch.Tensor, extra: torch.Tensor, *, clean_fraction: float, seed: int,
+                                     target_ids: torch.Tensor | None = None) -> MixedDataset:
+    """Table 2b's training set: `clean_fraction` of the target images (chosen by hash of (seed, id), the rest
+    dropped) followed by every extra image; is_clean marks the target part. Sample ids: target ids, then extras
+    numbered after the largest target id."""
+    target_ids = torch.arange(target.shape[0]) if target_ids is None else target_ids.to(torch.int64).cpu()
+    keep = choose_clean(target_ids, clean_fraction=clean_fraction, seed=seed)
+    if not keep.any():
+        raise ValueError(f"clean_fraction {clean_fraction} of {target.shape[0]} target images keeps none")
+    first_extra = int(target_ids.max()) + 1 if target_ids.numel() else 0
+    sample_ids = torch.cat([target_ids[keep], torch.arange(first_extra, first_extra + extra.shape[0])])
+    is_clean = torch.cat([torch.ones(int(keep.sum()), dtype=torch.bool), torch.zeros(extra.shape[0], dtype=torch.bool)])
+    records = [{"sample_id": int(i), "clean": bool(c), "corruption": None, "extra": not c}
+               for i, c in zip(sample_ids.tolist(), is_clean.tolist())]
+    return MixedDataset(images=torch.cat([target[keep], extra.to(target.dtype)]), sample_ids=sample_ids,
+                        is_clean=is_clean, records=records, clean_fraction=clean_fraction, corruption=None, seed=seed)
+
+
 def edm2_file_name(index: int) -> str:
     return f"{index // 1000:05d}/img{index:08d}.png"
 
@@ -102,7 +120,8 @@ def save_mixed_dataset(mixed: MixedDataset, out_dir: str | Path) -> Path:
     names = save_image_folder(mixed.images, out_dir, labels=mixed.labels)
     samples = [{"file": name, "sample_id": index, "source_id": record["sample_id"], "clean": record["clean"],
                 "corruption": record["corruption"]} for index, (name, record) in enumerate(zip(names, mixed.records))]
-    meta = {"clean_fraction": mixed.clean_fraction, "seed": mixed.seed, "corruption": mixed.corruption.parameters(),
+    meta = {"clean_fraction": mixed.clean_fraction, "seed": mixed.seed,
+            "corruption": None if mixed.corruption is None else mixed.corruption.parameters(),
             "clean_count": int(mixed.is_clean.sum()), "samples": samples}
     (out_dir / "corruption.json").write_text(json.dumps(meta, indent=1))
     return out_dir
@@ -127,3 +146,16 @@ def load_images(path: str | Path) -> torch.Tensor:
 
     dataset = FileDataset(path, use_labels=False)
     return torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+
+
+def load_labels(path: str | Path) -> torch.Tensor | None:
+    """Class labels int64 [N] in the order of load_images(path): an .npz's 'labels' array, dataset.json's labels
+    of a folder / zip; None when there are none."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as archive:
+            return torch.from_numpy(archive["labels"].astype(np.int64)).flatten() if "labels" in archive.files else None
+    from ..data.dataset import FileDataset
+
+    dataset = FileDataset(path, use_labels=True)
+    return torch.from_numpy(dataset.labels.copy()) if dataset.label_dim else None

@@ -67,6 +67,18 @@ def annotation_lines(result: ExperimentResult) -> list[str]:
                      f"10/25/50/75/90% {' / '.join(f'{v:.3f}' for v in q)}; single annotation (eq. 3.2) "
                      f"{annotation.single:.3f}; p reached tau for {100 * annotation.reached:.1f}%; classifier "
                      f"accuracy {annotation.final_accuracy:.3f}")
+    for seed, crops in result.crops_annotations.items():
+        table = ", ".join(f"{sigma:g}: {crop}" for sigma, crop in zip(crops.table.sigmas, crops.table.crops))
+        lines.append(f"seed {seed}: crop(sigma) in px {{{table}}} ("
+                     + (f"measured with the {result.experiment.crops.denoiser_arm} denoiser" if crops.measured_losses is not None
+                        else "given") + ")")
+        per_size = "; ".join(f"{k}x{k}: mean P(target) {float(v.mean()):.3f}, {100 * float((v > crops.tau).double().mean()):.1f}%"
+                             f" pass" for k, v in sorted(crops.scores.items()))
+        values, counts = torch.unique(crops.sigma_max, return_counts=True)
+        spread = ", ".join(f"{v:g}: {c}" for v, c in zip(values.tolist(), counts.tolist()))
+        lines.append(f"seed {seed}: crops classifier over the extra images (tau {crops.tau:.2f}): {per_size}; "
+                     f"sigma_max mean {float(crops.sigma_max.mean()):.4f}, images per value {{{spread}}}; "
+                     f"classifier accuracy {crops.final_accuracy:.3f}")
     return lines
 
 
@@ -108,12 +120,10 @@ def conclusion(result: ExperimentResult) -> list[str]:
     lines = ["best arm per metric: " + ", ".join(
         f"{header}: {min(arms, key=lambda a: means[(a, header)])}" for _, _, header, _ in scored)]
     seeds = len({r.seed for r in result.arms})
-    for candidate in ("classifier", "fixed"):
-        if candidate not in arms:
-            continue
-        for baseline in ("only_clean", "all_data"):
-            if baseline not in arms:
-                continue
+    baselines = [arm.name for arm in result.experiment.arms if arm.kind in ("only_clean", "all_data")]
+    candidates = [arm.name for arm in result.experiment.arms if arm.kind not in ("only_clean", "all_data")]
+    for candidate in candidates:
+        for baseline in baselines:
             def margin(header):  # relative difference, > 0 when the candidate is better
                 a, b = means[(candidate, header)], means[(baseline, header)]
                 return (b - a) / max(abs(a), abs(b), 1e-12)
