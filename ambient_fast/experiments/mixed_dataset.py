@@ -107,7 +107,7 @@ def save_image_folder(images: torch.Tensor, out_dir: str | Path, *, labels: torc
             path = out_dir / names[start + offset]
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(path)
-    label_list = None if labels is None else [[n, int(l)] for n, l in zip(names, labels.tolist())]
+    label_list = None if labels is None else [[n, int(label)] for n, label in zip(names, labels.tolist())]
     (out_dir / "dataset.json").write_text(json.dumps({"labels": label_list}))
     return names
 
