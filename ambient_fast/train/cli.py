@@ -35,9 +35,11 @@ def register(subparsers) -> None:
     generate.set_defaults(func=_generate)
 
     dataset = subparsers.add_parser("dataset", help="dataset tools").add_subparsers(dest="dataset_command", metavar="ACTION")
-    encode = dataset.add_parser("encode", help="images -> EDM2 latents (posterior mean and std) with a local VAE")
-    encode.add_argument("source")
-    encode.add_argument("destination")
+    encode = dataset.add_parser("encode", help="images -> EDM2 latents (posterior mean and std) with a local VAE "
+                                "(resumes when rerun into the same destination)")
+    encode.add_argument("source", help="image dataset directory or zip")
+    encode.add_argument("destination", help="latent dataset directory, or a zip when it ends in .zip (built in "
+                        "DESTINATION.partial/ and zipped at the end)")
     encode.add_argument("--vae", required=True, help="diffusers AutoencoderKL directory on this machine")
     encode.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     encode.add_argument("--batch-size", type=int, default=16)
