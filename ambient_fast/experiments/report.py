@@ -30,6 +30,10 @@ def columns(result: ExperimentResult) -> tuple:
     return tuple(c for c in NETWORK_COLUMNS if c[1] in present) + COLUMNS
 
 
+def _name_width(result: ExperimentResult) -> int:
+    return max(14, 1 + max(len(arm.name) for arm in result.experiment.arms))
+
+
 def _values(result: ExperimentResult, arm: str, reference: str, metric: str) -> list[float]:
     return [r.metrics[reference][metric] for r in result.arms if r.arm == arm]
 
@@ -41,7 +45,8 @@ def _score(value: float, orientation: str) -> float:
 def metric_table(result: ExperimentResult) -> list[str]:
     arms = [arm.name for arm in result.experiment.arms]
     seeds = sorted({r.seed for r in result.arms})
-    lines = [f"{'arm':<14}" + "".join(f"{header:>14}" for _, _, header, _ in columns(result))
+    width = _name_width(result)
+    lines = [f"{'arm':<{width}}" + "".join(f"{header:>14}" for _, _, header, _ in columns(result))
              + ("" if len(seeds) == 1 else f"   (mean over seeds {seeds}, +- std)")]
     for arm in arms:
         cells = []
@@ -50,8 +55,8 @@ def metric_table(result: ExperimentResult) -> list[str]:
             text = f"{statistics.fmean(values):.4g}"
             if len(values) > 1:
                 text += f"+-{statistics.stdev(values):.2g}"
-            cells.append(f"{text:>14}")
-        lines.append(f"{arm:<14}" + "".join(cells))
+            cells.append(f" {text:>13}" if len(text) < 14 else f" {text}")  # never run two cells together
+        lines.append(f"{arm:<{width}}" + "".join(cells))
     baseline = statistics.fmean(r.metrics["memorization"]["copy_fraction_test"] for r in result.arms)
     lines.append(f"(copies: generated samples closer to a training image than 1/3 of the median test-to-train "
                  f"distance; {baseline:.3f} of held-out test images meet that rule. HF dec: mean log10 power ratio "
@@ -83,11 +88,12 @@ def annotation_lines(result: ExperimentResult) -> list[str]:
 
 
 def usable_lines(result: ExperimentResult) -> list[str]:
-    lines = [f"{'arm':<14}" + "".join(f"{f's={level:g}':>9}" for level in REPORT_LEVELS)]
+    width = _name_width(result)
+    lines = [f"{'arm':<{width}}" + "".join(f"{f's={level:g}':>9}" for level in REPORT_LEVELS)]
     for arm in result.experiment.arms:
         first = next(r for r in result.arms if r.arm == arm.name)
         counts = usable_per_level(first.sigma_min, first.sigma_max, levels=torch.tensor(REPORT_LEVELS, dtype=torch.float64))
-        lines.append(f"{arm.name:<14}" + "".join(f"{int(c):>9}" for c in counts))
+        lines.append(f"{arm.name:<{width}}" + "".join(f"{int(c):>9}" for c in counts))
     return lines
 
 
@@ -103,11 +109,12 @@ def selection_lines(result: ExperimentResult) -> list[str]:
 
 def spectrum_lines(result: ExperimentResult) -> list[str]:
     first = result.arms[0].metrics["test"]
-    lines = [f"{'arm':<14}" + "".join(f"{f:>7.3f}" for f in first["spectrum_frequency"]) + "  (cycles/px)"]
+    width = _name_width(result)
+    lines = [f"{'arm':<{width}}" + "".join(f"{f:>7.3f}" for f in first["spectrum_frequency"]) + "  (cycles/px)"]
     for arm in result.experiment.arms:
         rows = [r.metrics["test"]["spectrum_log_ratio"] for r in result.arms if r.arm == arm.name]
         mean = [statistics.fmean(column) for column in zip(*rows)]
-        lines.append(f"{arm.name:<14}" + "".join(f"{v:>+7.2f}" for v in mean))
+        lines.append(f"{arm.name:<{width}}" + "".join(f"{v:>+7.2f}" for v in mean))
     return lines
 
 
