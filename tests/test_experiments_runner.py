@@ -226,3 +226,37 @@ def test_selection_diagnostic_separates_selection_from_leak():
     assert rows[2.0].admitted == 14
     assert rows[2.0].selection_decades > rows[0.1].selection_decades
     assert high_frequency_power(sharp).mean() > high_frequency_power(smooth).mean() + 1
+
+
+def test_out_of_distribution_data_from_labelled_files(tmp_path):
+    """A 'path' experiment splits the user's labelled data by class: target test images only, 10% of the target's
+    training images, every extra-class image; unlabelled data or an absent class is a clear error."""
+    import dataclasses
+
+    import numpy as np
+
+    from ambient_fast.experiments.controlled import prepare_data
+
+    generator = torch.Generator().manual_seed(0)
+    train = (torch.rand(60, 3, 8, 8, generator=generator) * 2 - 1).numpy()
+    test = (torch.rand(30, 3, 8, 8, generator=generator) * 2 - 1).numpy()
+    train_labels, test_labels = np.arange(60) % 3, np.arange(30) % 3
+    np.savez(tmp_path / "train.npz", images=train, labels=train_labels)
+    np.savez(tmp_path / "test.npz", images=test, labels=test_labels)
+    np.savez(tmp_path / "unlabelled.npz", images=train)
+    experiment = dataclasses.replace(
+        configs.experiment("cifar10-ood-dogs+cats"),
+        data=configs.DataSetting(source="path", resolution_px=8, clean_fraction=0.25, corruption=None,
+                                 corruption_parameters=(), target_classes=(2,), extra_classes=(0,)))
+    data = prepare_data(experiment, data_path=tmp_path / "train.npz", test_path=tmp_path / "test.npz")
+    torch.testing.assert_close(data.test, torch.from_numpy(test[test_labels == 2]), rtol=0, atol=0)
+    torch.testing.assert_close(data.train, torch.from_numpy(train[train_labels == 2]), rtol=0, atol=0)
+    assert int(data.mixed.is_clean.sum()) == 5  # 25% of the 20 target images
+    torch.testing.assert_close(data.mixed.corrupted_images, torch.from_numpy(train[train_labels == 0]), rtol=0, atol=0)
+    # Kept target images are those rows of the class chosen by (seed, row index): sample ids are the source rows.
+    assert set(data.mixed.sample_ids[data.mixed.is_clean].tolist()) <= set(np.flatnonzero(train_labels == 2).tolist())
+    with pytest.raises(ValueError, match="no class labels"):
+        prepare_data(experiment, data_path=tmp_path / "unlabelled.npz", test_path=tmp_path / "test.npz")
+    absent = dataclasses.replace(experiment, data=dataclasses.replace(experiment.data, extra_classes=(7,)))
+    with pytest.raises(ValueError, match="no image of classes"):
+        prepare_data(absent, data_path=tmp_path / "train.npz", test_path=tmp_path / "test.npz")

@@ -34,7 +34,7 @@ class TrainConfig:
     data: str = ""  # dataset directory or zip (EDM2 format, image folder, or .npy latents)
     annotations: str | None = None  # annotation file (safetensors, ambient_fast.annotations); None = all clean
     on_corrupt: str = "raise"  # "raise" or "skip" (verify every file, warn by name, never train on it)
-    latent_mean: tuple[float, ...] = SD_VAE_LATENT_MEAN  # latents only: per-channel mean of posterior samples
+    latent_mean: tuple[float, ...] = SD_VAE_LATENT_MEAN  # latents only: per-channel mean (`dataset encode` prints that of the posterior means)
     latent_std: tuple[float, ...] = SD_VAE_LATENT_STD  # latents only: per-channel std; x0 = (z - mean) / std * 0.5
     num_workers: int = 2  # DataLoader worker processes per rank
     # optimisation
