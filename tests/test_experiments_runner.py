@@ -183,7 +183,7 @@ def test_tiny_out_of_distribution_experiment_end_to_end(tmp_path):
     assert torch.isinf(arm.sigma_min).sum() == extra_count and torch.equal(arm.sigma_max[-extra_count:], crops.sigma_max)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["crops_annotations"]["0"]["crop_table"]["crops"] == list(crops.table.crops)
-    assert (tmp_path / "data_extra.png").is_file()
+    assert (tmp_path / "data_extra.png").is_file() and (tmp_path / "crop_size-seed0.png").is_file()
     report = format_report(result)
     assert "crops classifier over the extra images" in report and "crops vs all_data" in report
 

@@ -407,7 +407,17 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
 
 
 def _write_outputs(result: ExperimentResult) -> None:
-    from .plots import line_chart_log_x
+    from .plots import line_chart, line_chart_log_x
+
+    for seed, crops in result.crops_annotations.items():  # the paper's Figures 11-14 for this run
+        if crops.measured_losses is None:
+            continue
+        series = {f"sigma {sigma:g}": (list(crops.contexts), [loss / row[-1] for loss in row])
+                  for sigma, row in zip(crops.table.sigmas, crops.measured_losses)}
+        line_chart(series, result.out_dir / f"crop_size-seed{seed}.png", title=f"{result.experiment.name}: centre-patch "
+                   f"denoising loss vs context, relative to the full image (crop(sigma): first within "
+                   f"{result.experiment.crops.measure_eps:g})", x_label="context (px)", y_label="loss / full-image loss",
+                   y_from_zero=False)
 
     series = {}
     for arm in result.experiment.arms:
