@@ -1,8 +1,12 @@
 """`ambient-fast annotate ...` end to end on tiny PNG folders: train, annotate (fast, dense), resume after a crash,
-two ranks merged, an unreadable image skipped, quality annotations, show; and clear errors."""
+two ranks merged, --mode single sharded over two torchrun processes, an unreadable image skipped, quality
+annotations, show; and clear errors."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -98,6 +102,35 @@ def test_two_ranks_merge_to_the_single_process_result(workspace, monkeypatch):
     monkeypatch.delenv("RANK")
     monkeypatch.delenv("WORLD_SIZE")
     assert torch.equal(Annotations.load(out).sigma_min, uninterrupted_fast(workspace).sigma_min)
+
+
+def test_single_mode_under_torchrun_matches_one_process(workspace, tmp_path):
+    """--mode single on 2 torchrun ranks (gloo): each scores its half of the set per probed level, the pooled means
+    give the one-process level; rank 0 writes the file, rank 1 writes nothing."""
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available in this build")
+    alone = tmp_path / "alone.safetensors"
+    assert cli.main(sigma_min_args(workspace, alone, "--mode", "single")) == 0
+    out = tmp_path / "ranks.safetensors"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "ambient_fast.cli", *sigma_min_args(workspace, out, "--mode", "single", "--threads", "1")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 1 is done" in result.stderr and result.stderr.count(f"wrote {out}") == 1
+    sharded, single = Annotations.load(out), Annotations.load(alone)
+    assert torch.equal(sharded.sample_ids, single.sample_ids) and sharded.keys == single.keys
+    assert torch.equal(sharded.sigma_min, single.sigma_min) and sharded.sigma_min.unique().numel() == 1
+    assert sharded.provenance == single.provenance
+    assert not resume.parts_dir(out).exists()
+
+
+def test_single_mode_with_rank_variables_but_no_torchrun_is_a_clear_error(workspace, tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(SystemExit, match="needs torchrun"):
+        cli.main(sigma_min_args(workspace, tmp_path / "x.safetensors", "--mode", "single"))
 
 
 def test_changed_settings_do_not_mix_with_old_parts(workspace, monkeypatch):

@@ -3,14 +3,19 @@ sigma_min grows with blur strength (the paper's Table 2a trend), dense and fast 
 (per-dataset) annotation is consistent with the per-sample ones."""
 from __future__ import annotations
 
+import json
+import math
+import random
+
 import pytest
 import torch
 
 from ambient_fast.annotate.classifier import (ClassifierConfig, TrainConfig, load_classifier, save_classifier,
                                               train_classifier)
 from ambient_fast.annotate.scoring import ForwardCounter, score_levels
-from ambient_fast.annotate.sigma_min import (LevelGrid, SigmaMinConfig, bisect_first_crossing, first_crossing,
-                                             sigma_min_dense, sigma_min_fast, sigma_min_single, smooth_along_levels)
+from ambient_fast.annotate.sigma_min import (SUM_TERMS, LevelGrid, SigmaMinConfig, all_reduce_sums,
+                                             bisect_first_crossing, exact_sum_terms, first_crossing, sigma_min_dense,
+                                             sigma_min_fast, sigma_min_single, smooth_along_levels)
 from ambient_fast.annotate.synthetic import blurred, random_fields
 
 RESOLUTION = 8
@@ -146,3 +151,87 @@ def test_bad_configs_are_rejected():
         LevelGrid(sigma_lo=1.0, sigma_hi=0.5)
     with pytest.raises(ValueError, match="odd"):
         SigmaMinConfig(smooth_window=4)
+
+
+# ------------------------------------------------------------------------- single mode sharded over processes
+SHARDED_CONFIG = SigmaMinConfig(grid=LevelGrid(sigma_lo=0.01, sigma_hi=20.0, levels=200), draws=3, smooth_window=1)
+
+
+def analytic_classifier(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """A tiny fixed 'classifier' (picklable for spawned processes): rises with sigma, depends on the noisy image.
+    Row by row, so a row's output does not depend on the batch it comes in (batched, the float32 reductions are
+    vectorised differently for different batch sizes: outputs moved by ~5e-10, and the means with them)."""
+    return torch.cat([torch.sigmoid(1.5 * torch.log(s) + 3.0 * row.mean() + 0.7 * row.std() - 1.0).view(1)
+                      for row, s in zip(x, sigma)])
+
+
+def sharded_set(count: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.arange(7000, 7000 + count)
+    return random_fields(ids, resolution=RESOLUTION), ids
+
+
+def _recording(means: list[float]):
+    def reduce(partial: torch.Tensor) -> torch.Tensor:
+        total, count = all_reduce_sums(partial).tolist()
+        means.append(total / count)
+        return torch.tensor([total, count], dtype=torch.float64)
+    return reduce
+
+
+def _single_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        images, ids = sharded_set()
+        counter, means = ForwardCounter(analytic_classifier), []
+        result = sigma_min_single(counter, images[rank::world], ids[rank::world], config=SHARDED_CONFIG,
+                                  reduce=_recording(means))
+        with open(f"{out_dir}/rank{rank}.json", "w") as file:
+            json.dump({"index": result.index.tolist(), "reached": result.reached.tolist(), "rows": counter.rows,
+                       "means": [m.hex() for m in means]}, file)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_single_mode_sharded_over_two_gloo_processes_matches_one_process(tmp_path):
+    """2 processes (gloo), each scoring its half of S_B: the same probed levels, per-level means bit-identical to
+    one process's, the same sigma_min on both ranks, and half the classifier forwards per rank."""
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        pytest.skip("torch.distributed with gloo is not available in this build")
+    import torch.multiprocessing as mp
+
+    images, ids = sharded_set()
+    counter, means = ForwardCounter(analytic_classifier), []
+    alone = sigma_min_single(counter, images, ids, config=SHARDED_CONFIG, reduce=_recording(means))
+    assert bool(alone.reached[0]) and 0 < int(alone.index[0]) < SHARDED_CONFIG.grid.levels - 1  # a real crossing
+    plain = sigma_min_single(analytic_classifier, images, ids, config=SHARDED_CONFIG)  # reduce=None: same result
+    assert torch.equal(plain.index, alone.index)
+
+    mp.spawn(_single_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for rank in ranks:
+        assert rank["index"] == [int(alone.index[0])] * 20 and rank["reached"] == [True] * 20
+        assert rank["means"] == [m.hex() for m in means]  # the same levels probed, the same float64 bits
+        assert rank["rows"] * 2 == counter.rows  # each rank scored half of S_B at every probed level
+    assert counter.rows == len(means) * SHARDED_CONFIG.draws * len(ids)
+
+
+def test_reduction_helper_without_distributed():
+    assert not torch.distributed.is_initialized()
+    rng = random.Random(0)
+    values = [rng.random() ** 8 for _ in range(1000)] + [1e-30, 3e-200, 0.5]
+    terms = exact_sum_terms(values)
+    assert len(terms) == SUM_TERMS and terms[0] == math.fsum(values) and terms[-1] == 0.0
+    assert math.fsum([*terms, *(-v for v in values)]) == 0.0  # the terms sum exactly to the values' sum
+    # no process group: the pair of this process alone
+    total, count = all_reduce_sums(torch.tensor([*terms, len(values)], dtype=torch.float64)).tolist()
+    assert total == math.fsum(values) and count == len(values)
+    # partial sums of any split pool to the correctly rounded total, whatever the order (what the ranks compute)
+    for world in (2, 3, 7):
+        pooled = [t for r in range(world) for t in exact_sum_terms(values[r::world])]
+        assert math.fsum(pooled) == math.fsum(values) == math.fsum(reversed(pooled))
+    assert exact_sum_terms([]) == [0.0] * SUM_TERMS
+    assert math.isnan(exact_sum_terms([0.1, float("nan")])[0])
+    with pytest.raises(ValueError, match="at least one sample"):
+        sigma_min_single(analytic_classifier, torch.zeros(0, 3, 8, 8), torch.zeros(0, dtype=torch.int64),
+                         config=SHARDED_CONFIG, reduce=all_reduce_sums)

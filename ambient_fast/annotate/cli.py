@@ -1,7 +1,9 @@
 """`ambient-fast annotate ...`: every step of the annotation pipeline from the command line.
 
   train-classifier   high-noise classifier on clean vs corrupted images (eq. 3.1)
-  sigma-min          per-sample sigma_min, --mode dense | fast | single (eq. 3.2); resumable, torchrun-sharded
+  sigma-min          per-sample sigma_min, --mode dense | fast | single (eq. 3.2); torchrun-sharded (dense, fast:
+                     resumable, the last rank merges; single: ranks score slices and pool each probed level's
+                     mean over a gloo group, rank 0 writes)
   train-crops        crops classifier on target vs other images (Section 3.2)
   sigma-max          per-sample sigma_max from the crops classifier and a crop(sigma) table (eq. 3.4)
   from-quality       fixed sigma_min from quality scores (file or built-in metric) or one level for a whole source
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -77,7 +80,8 @@ def _train_classifier(args) -> int:
 def _sigma_min(args) -> int:
     from .classifier import checkpoint_provenance, load_classifier
     from .resume import Shard, clear_parts, run_resumable
-    from .sigma_min import LevelGrid, SigmaMinConfig, sigma_min_dense, sigma_min_fast, sigma_min_single
+    from .sigma_min import (LevelGrid, SigmaMinConfig, all_reduce_sums, sigma_min_dense, sigma_min_fast,
+                            sigma_min_single)
 
     device = _setup(args)
     data = load_images(args.images, report=eprint)
@@ -92,9 +96,22 @@ def _sigma_min(args) -> int:
     provenance = {"method": f"classifier-{args.mode}", "classifier": checkpoint_provenance(args.classifier),
                   "images": str(args.images), **config.provenance()}
     output = Path(args.out)
-    if args.mode == "single":  # one level for the whole set: one pass, nothing to resume
-        result = sigma_min_single(model.probability, data.images, data.sample_ids, config=config, device=device)
-        columns = {"sigma_min": result.sigma_min, "reached": result.reached.double()}
+    if args.mode == "single":  # one level for the whole set: nothing to resume; ranks score slices, pool means
+        shard = Shard.from_environment()
+        joined = _join_process_group(shard)
+        try:
+            positions = shard.positions(len(data.sample_ids))
+            result = sigma_min_single(model.probability, data.images[positions], data.sample_ids[positions],
+                                      config=config, device=device, reduce=all_reduce_sums)
+        finally:
+            if joined:
+                torch.distributed.destroy_process_group()
+        if shard.rank != 0:
+            eprint(f"rank {shard.rank} is done (every rank found the same level); rank 0 writes the file")
+            return 0
+        count = len(data.keys)  # this rank's slice was scored; the level is the whole set's
+        columns = {"sigma_min": config.grid.sigmas()[result.index[:1]].expand(count).clone(),
+                   "reached": result.reached[:1].expand(count).double()}
     else:
         method = sigma_min_dense if args.mode == "dense" else sigma_min_fast
 
@@ -119,6 +136,19 @@ def _sigma_min(args) -> int:
     eprint(f"wrote {output}: {len(data.keys)} samples, mean sigma_min {float(columns['sigma_min'].mean()):.4g}, "
            f"{int((~reached).sum())} never reached tau (given the largest level)")
     return 0
+
+
+def _join_process_group(shard) -> bool:
+    """--mode single under torchrun: join a gloo group (the ranks exchange one small float64 tensor per probed level,
+    on the CPU whatever --device is). True when this call created it (the caller destroys it)."""
+    if shard.world_size == 1 or torch.distributed.is_initialized():
+        return False
+    if "MASTER_ADDR" not in os.environ:
+        raise SystemExit(f"error: --mode single with WORLD_SIZE={shard.world_size} needs torchrun (the ranks pool "
+                         "their per-level means through a process group); RANK / WORLD_SIZE alone shard only "
+                         "--mode dense and fast")
+    torch.distributed.init_process_group("gloo")
+    return True
 
 
 def _with_base(base, data, *, sigma_min=None, sigma_max=None, provenance: dict) -> Annotations:
@@ -283,7 +313,9 @@ def register(subparsers) -> None:
     p.add_argument("--images", required=True)
     p.add_argument("--classifier", required=True)
     p.add_argument("--out", required=True, help="annotation file (.safetensors)")
-    p.add_argument("--mode", choices=("dense", "fast", "single"), default="fast")
+    p.add_argument("--mode", choices=("dense", "fast", "single"), default="fast",
+                   help="dense | fast: per sample, resumable, sharded by RANK / WORLD_SIZE (last rank merges); "
+                        "single: one level for the set, sharded under torchrun (rank 0 writes)")
     p.add_argument("--base", help="existing annotation file whose sigma_max is kept")
     p.add_argument("--levels", type=int, default=256, help="grid levels between --sigma-lo and --sigma-hi")
     p.add_argument("--sigma-lo", type=float, default=0.005)

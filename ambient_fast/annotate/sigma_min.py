@@ -15,6 +15,13 @@ so the estimate p_i(s) is one smooth function of s rather than independent noisy
 bisects the very function the dense mode thresholds. noise="independent" keys each level by its grid index (the
 reference's independent draws); the fast search then sees the same values at the grid points it visits but
 cannot see the smoothing, so it agrees less well (see docs/annotation.md).
+
+Single (one level for all of S_B) shards over ranks: each rank passes its slice of S_B and
+`reduce=all_reduce_sums`; per probed level every rank scores only its slice, and the per-rank (sum of p, count)
+pairs are gathered and combined in the same way on every rank, so all ranks take the same bisection steps and
+return the same level. The noise of a sample is keyed by (sample id, level key, draw), so a slice scores exactly
+what the whole set would for those samples, and the ranks' partial sums are exact (`exact_sum_terms`), so the
+pooled mean is bit-identical to the one-process mean (see `all_reduce_sums`).
 """
 from __future__ import annotations
 
@@ -174,13 +181,71 @@ def sigma_min_fast(predict: Predict, images: torch.Tensor, sample_ids: torch.Ten
     return SigmaMinResult(grid[index], index, reached, float(forwards.double().mean()))
 
 
+# Exact sums for the sharded single mode. A float64 value is its leading term, fsum's correctly rounded sum; the
+# exact remainder S - term is again a sum of float64 values, so repeating gives non-overlapping terms whose exact sum
+# is S. Each term is at least 2^52 times smaller than the one before and every term is a multiple of 2^-1074, so any
+# finite sum needs at most (1024 + 1074) / 52 < 42 terms (sums of n probabilities in [0, 1]: 2 to 5 in practice).
+SUM_TERMS = 42
+
+
+def exact_sum_terms(values: list[float]) -> list[float]:
+    """SUM_TERMS float64 numbers (zero-padded) whose exact sum is the exact sum of `values`; fsum of them (alone or
+    together with other such lists) is the correctly rounded total. A non-finite sum is one term (inf or nan)."""
+    terms: list[float] = []
+    while len(terms) < SUM_TERMS:
+        term = math.fsum([*values, *(-t for t in terms)])  # the exact remainder, correctly rounded
+        if term == 0 or not math.isfinite(term):
+            if not math.isfinite(term):
+                terms = [term]
+            break
+        terms.append(term)
+    return terms + [0.0] * (SUM_TERMS - len(terms))
+
+
+# reduce(partial float64 [SUM_TERMS + 1] = (exact_sum_terms of this process's p, their count)) -> (sum of p over all
+# processes, count over all processes) as float64 [2], bitwise identical on every process.
+ReduceSums = Callable[[torch.Tensor], torch.Tensor]
+
+
+def all_reduce_sums(partial: torch.Tensor) -> torch.Tensor:
+    """Sum of p and count over every rank of the default process group, from each rank's exact partial sum;
+    over this process alone when torch.distributed is not initialised (or has one rank).
+
+    The ranks' partials (exact_sum_terms + count) are all-gathered in float64 and every rank adds them with
+    math.fsum, which is correctly rounded and independent of order. So the total is the correctly rounded sum of
+    all p of S_B: bit-identical on every rank (the bisection cannot branch differently between ranks, whatever
+    the backend's reduction algorithm) and bit-identical to one process scoring all of S_B, given the same
+    per-sample p (the counter-keyed noise makes them the same; only a classifier whose float32 forward changes with
+    the batch it is in, e.g. a cuDNN kernel chosen per batch shape, makes them differ, by float32 rounding).
+    """
+    partial = partial.detach().to(dtype=torch.float64, device="cpu").reshape(SUM_TERMS + 1)
+    rows = [partial.tolist()]
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else partial.device
+        gathered = [torch.empty_like(partial, device=device) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered, partial.to(device))
+        rows = torch.stack(gathered).cpu().tolist()  # [world, SUM_TERMS + 1], rank order
+    return torch.tensor([math.fsum(t for row in rows for t in row[:-1]), math.fsum(row[-1] for row in rows)],
+                        dtype=torch.float64)
+
+
 def sigma_min_single(predict: Predict, images: torch.Tensor, sample_ids: torch.Tensor, *,
-                     config: SigmaMinConfig = SigmaMinConfig(), device=None) -> SigmaMinResult:
+                     config: SigmaMinConfig = SigmaMinConfig(), device=None,
+                     reduce: ReduceSums | None = None) -> SigmaMinResult:
     """One sigma_min for the whole corrupted set S_B (eq. 3.2): first level where the mean of p over S_B reaches
-    tau, found by the same bracket + bisection on the averaged curve. Returns the level for every sample."""
+    tau, found by the same bracket + bisection on the averaged curve. Returns the level for every given sample.
+
+    Sharded: each process passes its slice of S_B and reduce=all_reduce_sums (or another ReduceSums); at every
+    probed level the (sum of p, count) of the slice is combined across processes before the mean is compared with
+    tau, so every process follows the same bisection and returns the same level as one process with all of S_B
+    (the pooled mean is bit-identical to one process's, see all_reduce_sums). A process's slice may be empty, S_B
+    as a whole may not. reduce=None: the given samples are all of S_B. forwards_per_image counts this process's
+    classifier forwards per given sample (probed levels x draws).
+    """
     grid = config.grid.sigmas()
     count = images.shape[0]
-    if count == 0:
+    if count == 0 and reduce is None:
         raise ValueError("sigma_min_single needs at least one sample of S_B")
     probed = []
 
@@ -191,8 +256,15 @@ def sigma_min_single(predict: Predict, images: torch.Tensor, sample_ids: torch.T
             p = score_levels(predict, images, sample_ids, grid[index].float().view(1),
                              draws=config.draws, level_keys=_level_keys(torch.tensor([index]), config),
                              seed=config.seed, chunk=config.chunk, device=device)
-            means.append(p.mean())
-        return torch.stack(means)
+            if reduce is None:
+                total, total_count = math.fsum(p[:, 0].tolist()), count
+            else:
+                total, total_count = reduce(torch.tensor([*exact_sum_terms(p[:, 0].tolist()), count],
+                                                         dtype=torch.float64)).tolist()
+            if total_count == 0:
+                raise ValueError("sigma_min_single needs at least one sample of S_B (every process's slice is empty)")
+            means.append(total / total_count)
+        return torch.tensor(means, dtype=torch.float64)
 
     index, reached = bisect_first_crossing(evaluate, 1, grid.numel(), tau=config.tau,
                                            coarse_levels=config.coarse_levels)
