@@ -64,6 +64,16 @@ class Annotations:
     def __len__(self) -> int:
         return self.sample_ids.numel()
 
+    def digest(self) -> str:
+        """A hash of what training uses (sample ids, sigma_min, sigma_max): a run resumed with other annotations
+        under the same file name is refused by it."""
+        import hashlib
+
+        hasher = hashlib.sha256()
+        for column in (self.sample_ids, self.sigma_min, self.sigma_max):
+            hasher.update(column.contiguous().numpy().tobytes())
+        return hasher.hexdigest()[:16]
+
     @classmethod
     def clean(cls, sample_ids, keys: list[str] | None = None, **provenance) -> Annotations:
         """Every sample clean (sigma_min = 0, no crops annotation): the default for unannotated data."""
@@ -184,7 +194,8 @@ def read_safetensors(path: str | Path, what: str) -> tuple[dict[str, torch.Tenso
 
 
 def _float_column(name: str, values, n: int, *, allow_nan: bool = False) -> torch.Tensor:
-    column = torch.as_tensor(values, dtype=torch.float64).reshape(-1).cpu()
+    # A copy: the table owns its columns (the caller's tensor, or one passed as two columns, is never shared).
+    column = torch.as_tensor(values, dtype=torch.float64).reshape(-1).cpu().clone()
     if column.numel() != n:
         raise ValueError(f"{name} has {column.numel()} entries for {n} samples")
     if not allow_nan and torch.isnan(column).any():

@@ -119,3 +119,19 @@ def test_measure_rejects_bad_contexts():
         measure_crop_size(box_denoiser, torch.zeros(2, 3, 8, 8), sigmas=[1.0], patch=2, contexts=[3])
     with pytest.raises(ValueError, match="square"):
         measure_crop_size(box_denoiser, torch.zeros(2, 3, 8, 6), sigmas=[1.0])
+
+
+def test_tiles_cover_the_whole_image():
+    from ambient_fast.annotate.crops import covering_stride
+
+    assert covering_stride(16, 4) == 4 and covering_stride(16, 8) == 8 and covering_stride(16, 16) == 16
+    assert covering_stride(16, 12) == 4  # tiles at 0 and 4: the bottom-right 4 px are scored too
+    for size in range(4, 40):
+        for crop in range(1, size + 1):
+            stride = covering_stride(size, crop)
+            starts = list(range(0, size - crop + 1, stride))
+            assert 1 <= stride <= crop, (size, crop)
+            assert len(starts) >= -(-size // crop), (size, crop)  # at least as many tiles as needed to cover
+            assert size - (starts[-1] + crop) < len(starts), (size, crop)  # uncovered edge < number of tiles
+    with pytest.raises(ValueError, match="crop"):
+        covering_stride(8, 9)

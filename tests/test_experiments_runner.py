@@ -260,3 +260,31 @@ def test_out_of_distribution_data_from_labelled_files(tmp_path):
     absent = dataclasses.replace(experiment, data=dataclasses.replace(experiment.data, extra_classes=(7,)))
     with pytest.raises(ValueError, match="no image of classes"):
         prepare_data(absent, data_path=tmp_path / "train.npz", test_path=tmp_path / "test.npz")
+
+
+def test_a_rerun_with_other_annotations_sets_the_old_run_aside(tmp_path):
+    import dataclasses
+
+    from ambient_fast.experiments.controlled import train_arm
+
+    experiment = dataclasses.replace(
+        configs.experiment("demo-cpu-blur1.0"),
+        train_overrides=(("total_steps", 2), ("network.model_channels", 8), ("checkpoint_every", 100),
+                         ("snapshot_every", 0), ("log_every", 100)))
+    images = torch.rand(16, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    zeros = torch.zeros(16, dtype=torch.float64)
+    run_dir, notes = tmp_path / "arm-seed0", []
+    keywords = dict(experiment=experiment, seed=0, run_dir=run_dir, device="cpu", log=lambda *_: None, note=notes.append)
+    train_arm(images, zeros, zeros, **keywords)
+    first = sorted(p.name for p in run_dir.iterdir())
+    train_arm(images, zeros, zeros, **keywords)  # same annotations: the finished run is reused
+    assert not notes and sorted(p.name for p in run_dir.iterdir()) == first
+    other = zeros.clone()
+    other[5:] = 0.5
+    train_arm(images, other, zeros, **keywords)
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("arm-seed0.annotations-")]
+    assert len(aside) == 1 and "annotations changed" in notes[0]
+    from ambient_fast.annotations import Annotations
+
+    assert torch.equal(Annotations.load(run_dir / "annotations.safetensors").sigma_min, other)
+    assert torch.equal(Annotations.load(aside[0] / "annotations.safetensors").sigma_min, zeros)

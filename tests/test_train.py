@@ -158,6 +158,26 @@ def test_annotated_training_uses_only_usable_levels(tmp_path):
         train(config.replace(annotations=str(tmp_path / "bad.safetensors")), run_dir=tmp_path / "b", dataset=dataset)
 
 
+def test_resuming_with_other_annotations_under_the_same_file_is_refused(tmp_path):
+    from ambient_fast.annotations import Annotations
+
+    dataset = TensorDataset(smooth_images(32))
+    path = tmp_path / "ann.safetensors"
+    sigma_min = torch.where(torch.arange(32) < 8, 0.0, 1.5).double()
+    Annotations(torch.arange(32), sigma_min, torch.zeros(32)).save(path)
+    config = tiny_config(total_steps=3, annotations=str(path))
+    train(config, run_dir=tmp_path / "r", dataset=dataset, log=lambda *_: None)
+    train(config.replace(total_steps=4), run_dir=tmp_path / "r", dataset=dataset, log=lambda *_: None)  # same: resumes
+    changed = sigma_min.clone()
+    changed[20] = 0.7
+    Annotations(torch.arange(32), changed, torch.zeros(32)).save(path)
+    with pytest.raises(ValueError, match="other annotations"):
+        train(config.replace(total_steps=5), run_dir=tmp_path / "r", dataset=dataset, log=lambda *_: None)
+    digest = Annotations(torch.arange(32), changed, torch.zeros(32)).digest()
+    assert digest != Annotations(torch.arange(32), sigma_min, torch.zeros(32)).digest()
+    assert digest == Annotations(torch.arange(32), changed.clone(), torch.zeros(32)).digest()
+
+
 def test_edm2_network_on_latents_with_bf16_autocast(tmp_path):
     """EDM2 latents stored as [posterior mean, std] (8 channels): standardised samples feed the MP UNet, whose
     logvar head enters the fused loss; bf16 autocast with fp32 master weights."""

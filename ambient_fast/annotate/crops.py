@@ -132,9 +132,22 @@ def load_crops_classifier(path: str | Path, *, device: torch.device | str = "cpu
     return model.to(torch.device(device)).eval()
 
 
+def covering_stride(size: int, crop: int) -> int:
+    """The largest stride <= crop whose tiles reach the far edge as closely as a uniform stride can: k when k
+    divides the size (non-overlapping tiles), otherwise ceil(size / k) tiles spread evenly (16 px with k = 12: tiles
+    at 0 and 4, where stride k would score the top-left 12 x 12 only)."""
+    if not 1 <= crop <= size:
+        raise ValueError(f"crop must be in [1, {size}]; got {crop}")
+    tiles = -(-size // crop)
+    return crop if tiles == 1 or size % crop == 0 else max(1, (size - crop) // (tiles - 1))
+
+
 def crop_scores(model: CropsClassifier, images: torch.Tensor, sample_ids: torch.Tensor, *, crop: int,
                 stride: int | None = None, chunk: int = 4096, device=None) -> torch.Tensor:
-    """Mean P(target) over the k x k tiles of each image (stride default k: non-overlapping): float64 [B]."""
+    """Mean P(target) over the k x k tiles of each image: float64 [B]. stride default: covering_stride (tiles of
+    the whole image, non-overlapping when k divides its size)."""
+    if stride is None:
+        stride = min(covering_stride(images.shape[-2], crop), covering_stride(images.shape[-1], crop))
     return score_levels(model.probability, images, sample_ids, torch.zeros(1), draws=1, crop=crop, stride=stride,
                         chunk=chunk, device=device)[:, 0]
 

@@ -280,19 +280,45 @@ def arm_training_set(arm: Arm, mixed: MixedDataset, annotation: ClassifierAnnota
     return mixed.images, sigma_min, zeros
 
 
-def train_arm(images, sigma_min, sigma_max, *, experiment: Experiment, seed: int, run_dir: Path, device, log=print):
-    """Train (or resume / reuse a finished run in run_dir) with the experiment's preset; every arm alike."""
+def train_arm(images, sigma_min, sigma_max, *, experiment: Experiment, seed: int, run_dir: Path, device, log=print,
+              note=print):
+    """Train (or resume / reuse a finished run in run_dir) with the experiment's preset; every arm alike. A run in
+    run_dir made with other annotations is set aside (renamed), never reused. log: the trainer's lines; note: the
+    runner's own."""
     from ..annotations import Annotations
     from ..data import TensorDataset
     from ..train import preset, train
 
+    dataset = TensorDataset(images)
+    table = Annotations(torch.arange(images.shape[0]), sigma_min, sigma_max,
+                        provenance={"experiment": experiment.name, "seed": seed})
+    _set_aside_if_other_annotations(run_dir, dataset.annotations(table).digest(), log=note)
     run_dir.mkdir(parents=True, exist_ok=True)
     annotation_path = run_dir / "annotations.safetensors"
-    Annotations(torch.arange(images.shape[0]), sigma_min, sigma_max,
-                provenance={"experiment": experiment.name, "seed": seed}).save(annotation_path)
+    table.save(annotation_path)
     config = preset(experiment.train_preset, **dict(experiment.train_overrides), seed=seed, annotation_seed=seed,
                     annotations=str(annotation_path))
-    return train(config, run_dir=run_dir, dataset=TensorDataset(images), device=device, log=log)
+    return train(config, run_dir=run_dir, dataset=dataset, device=device, log=log)
+
+
+def _set_aside_if_other_annotations(run_dir: Path, digest: str, *, log=print) -> None:
+    """A rerun whose annotations changed (another classifier, a code change) must not reuse the old run: it is
+    renamed to <run>.annotations-<old digest> (kept, not deleted) and the arm trains afresh."""
+    import shutil
+
+    from ..train import checkpoint
+
+    if not run_dir.is_dir():
+        return
+    latest = checkpoint.load_latest(run_dir, log=lambda *_: None)
+    old = latest[2].get("annotations_digest") if latest is not None else None
+    if old is None or old == digest:
+        return
+    aside = run_dir.with_name(f"{run_dir.name}.annotations-{old}")
+    if aside.exists():
+        shutil.rmtree(aside)  # the same old annotations set aside before: one copy is enough
+    run_dir.rename(aside)
+    log(f"    {run_dir.name}: its annotations changed (digest {old} -> {digest}); the old run moved to {aside.name}")
 
 
 @torch.no_grad()
@@ -380,7 +406,7 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
             tick = time.perf_counter()
             log(f"  seed {seed}, arm {arm.name}: {images.shape[0]} training images")
             train_arm(images, sigma_min, sigma_max, experiment=experiment, seed=seed, run_dir=run_dir, device=device,
-                      log=lambda line: None)
+                      log=lambda line: None, note=log)
             seconds["train"] = time.perf_counter() - tick
             tick = time.perf_counter()
             samples = generate(run_dir, count=experiment.generated_count, num_steps=experiment.sampler_steps,

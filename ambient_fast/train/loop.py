@@ -100,6 +100,7 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
         raise ValueError("no data: set config.data (a dataset directory or zip) or pass dataset=")
     dataset = dataset if dataset is not None else open_dataset(config.data, on_error=config.on_corrupt)
     table = dataset.annotations(config.annotations) if config.ambient else dataset.annotations(None)
+    annotations_digest = table.digest()  # stored with every checkpoint: resuming needs the same annotations
     sampler = AmbientSampler(table.sigma_min, table.sigma_max, batch_size=config.batch_size, p_mean=config.p_mean,
                              p_std=config.p_std, max_weight=config.max_weight, seed=config.seed)
     stored_channels, resolution = dataset.shape[0], dataset.shape[-1]
@@ -135,6 +136,10 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
     if latest is not None:
         saved_step, tensors, meta = latest
         _check_resumable(meta["config"], config)
+        if meta.get("annotations_digest", annotations_digest) != annotations_digest:
+            raise ValueError(f"{run_dir} was trained with other annotations (digest {meta['annotations_digest']}, now "
+                             f"{annotations_digest}: sigma_min / sigma_max of some samples changed under "
+                             f"{config.annotations or 'the given table'}); use a new run_dir or restore the annotations")
         net.load_state_dict(checkpoint.split(tensors, "net"))
         checkpoint.optimizer_from_flat(optimizer, tensors, meta["optimizer"])
         ema.load_tensors(tensors)
@@ -168,7 +173,7 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
         meta = {"step": step, "config": json.loads(config.to_json()), "sampler": batches.state_after(step),
                 "optimizer": optim_meta, "skipped_steps": skipped, "scaler": scaler.state_dict() if scaler else None,
                 "img_channels": channels, "img_resolution": resolution, "label_dim": label_dim, "is_latent": is_latent,
-                "network": network_name}
+                "network": network_name, "annotations_digest": annotations_digest}
         if dist_info.is_main:
             checkpoint.save(checkpoint.path_for(run_dir, step), tensors, meta)
             checkpoint.prune(run_dir, config.keep_checkpoints)
