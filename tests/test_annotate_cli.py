@@ -203,3 +203,14 @@ def test_crops_pipeline_commands(workspace, tmp_path, monkeypatch):
     assert torch.equal(both.sigma_min, base.sigma_min)
     assert set(both.sigma_max.tolist()) <= {0.0, 0.5}
     assert "sigma_max" in both.provenance and "sigma_min" in both.provenance
+
+
+def test_bare_cuda_means_this_ranks_gpu_under_torchrun(monkeypatch):
+    from ambient_fast.annotate.cli import resolve_device
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert resolve_device("cuda") == torch.device("cuda") and resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert resolve_device("cuda") == torch.device("cuda", 3)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)  # an explicit index is kept
+    assert resolve_device("cpu") == torch.device("cpu")

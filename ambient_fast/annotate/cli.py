@@ -45,14 +45,24 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu); 'cuda' without an index means "
+                                                          "cuda:LOCAL_RANK under torchrun (one GPU per rank)")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
 
 
 def _setup(args) -> torch.device:
     if args.threads:
         torch.set_num_threads(args.threads)
-    return torch.device(args.device)
+    return resolve_device(args.device)
+
+
+def resolve_device(name: str) -> torch.device:
+    """torch.device(name), with a bare 'cuda' mapped to this rank's GPU under torchrun (LOCAL_RANK), so that
+    sharded annotation does not put every rank on cuda:0."""
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
 
 
 # ------------------------------------------------------------------------------------------ train-classifier
