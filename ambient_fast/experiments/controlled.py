@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
+from ..annotate.crop_size import CropTable
 from ..buffer import buffer_factor
 from ..corruptions import make_corruption
-from ..annotate.crop_size import CropTable
 from .configs import Arm, Experiment
 from .mixed_dataset import (
     MixedDataset, load_images, load_labels, make_mixed_dataset, make_out_of_distribution_dataset,
@@ -190,8 +190,10 @@ def crop_table_for(experiment: Experiment, *, denoiser_run: Path | None, images:
         return CropTable(tuple(float(s) for s, _ in setting.crop_table), tuple(int(c) for _, c in setting.crop_table)), \
             None, None
     denoiser, _ = load_denoiser(denoiser_run, ema_std=experiment.ema_std, device=device)
-    images = images[:setting.measure_images].to(device)
-    measurement = measure_crop_size(lambda x, sigma: denoiser(x, sigma.to(x.device)), images,
+    device = torch.device(device)
+    # Noise is drawn on the CPU (counter-based, keyed by sample id); only the denoiser runs on `device`.
+    measurement = measure_crop_size(lambda x, sigma: denoiser(x.to(device), sigma.to(device)).cpu(),
+                                    images[:setting.measure_images].cpu(),
                                     sigmas=setting.measure_sigmas, patch=setting.patch_px, eps=setting.measure_eps,
                                     seed=seed)
     return measurement.table, measurement.losses.tolist(), measurement.contexts
