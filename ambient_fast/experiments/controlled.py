@@ -165,7 +165,8 @@ def annotate_with_classifier(mixed: MixedDataset, experiment: Experiment, *, see
             config=ClassifierConfig(img_channels=channels, img_resolution=resolution,
                                     model_channels=setting.model_channels),
             train=ClassifierTrainConfig(steps=setting.steps, batch_size=setting.batch_size, lr=setting.lr, seed=seed,
-                                        log_every=max(1, setting.steps // 5)),
+                                        log_every=max(1, setting.steps // 5), p_mean=setting.p_mean,
+                                        p_std=setting.p_std),
             device=device, progress=lambda step, loss, accuracy: log(
                 f"    classifier step {step}: BCE {loss:.3f}, accuracy {accuracy:.3f}"))
     corrupted_ids = mixed.sample_ids[~mixed.is_clean]
