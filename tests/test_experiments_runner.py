@@ -126,6 +126,10 @@ def test_tiny_experiment_end_to_end(tmp_path):
     result = run_experiment(tiny, out_dir=tmp_path, device="cpu", log=lines.append)
     assert [r.arm for r in result.arms] == ["fixed", "classifier"]
     annotation = result.annotations[0]
+    from ambient_fast.experiments.controlled import HELDOUT_LEVELS
+
+    assert set(annotation.heldout_accuracy) == set(HELDOUT_LEVELS)
+    assert all(0 <= v <= 1 for v in annotation.heldout_accuracy.values())
     clean = round(0.1 * 64)
     assert annotation.sigma_min.shape == (64 - clean,)
     assert (result.arms[0].sigma_min == annotation.single).sum() == 64 - clean and (result.arms[0].sigma_min == 0).sum() == clean
@@ -288,3 +292,16 @@ def test_a_rerun_with_other_annotations_sets_the_old_run_aside(tmp_path):
 
     assert torch.equal(Annotations.load(run_dir / "annotations.safetensors").sigma_min, other)
     assert torch.equal(Annotations.load(aside[0] / "annotations.safetensors").sigma_min, zeros)
+
+
+def test_heldout_accuracy_has_known_answers():
+    from types import SimpleNamespace
+
+    from ambient_fast.experiments.controlled import heldout_accuracy
+
+    images = torch.rand(40, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    shifted = SimpleNamespace(apply=lambda x, sample_ids, seed: x - 10)  # a corruption anyone can see
+    oracle = lambda x, s: (x.mean(dim=(1, 2, 3)) > -5).float()  # noqa: E731
+    assert set(heldout_accuracy(oracle, images, shifted, seed=0, device="cpu").values()) == {1.0}
+    constant = lambda x, s: torch.full((x.shape[0],), 0.7)  # noqa: E731  (calls everything clean: chance)
+    assert set(heldout_accuracy(constant, images, shifted, seed=0, device="cpu", levels=(0.1,)).values()) == {0.5}

@@ -43,6 +43,9 @@ class ClassifierAnnotation:
     reached: float  # fraction of S_B whose p reached tau (the rest got the largest level)
     final_accuracy: float  # training accuracy of the last logging window (noisy inputs at all levels)
     seconds: float
+    # level -> accuracy on held-out test images vs their corrupted copies (a classifier at chance annotates
+    # everything as clean); empty when not measured
+    heldout_accuracy: dict[float, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -150,8 +153,32 @@ def _needs_classifier(experiment: Experiment) -> bool:
     return any(arm.kind == "classifier" or (arm.kind == "fixed" and arm.fixed_sigma is None) for arm in experiment.arms)
 
 
-def annotate_with_classifier(mixed: MixedDataset, experiment: Experiment, *, seed: int, device, log=print
-                             ) -> ClassifierAnnotation:
+HELDOUT_LEVELS = (0.01, 0.05, 0.2, 1.0)
+
+
+@torch.no_grad()
+def heldout_accuracy(probability, clean: torch.Tensor, corruption, *, seed: int, device,
+                     levels: tuple[float, ...] = HELDOUT_LEVELS, count: int = 500) -> dict[float, float]:
+    """Balanced accuracy of P(clean | x_s, s) on `count` held-out clean images and their corrupted copies at each
+    level (fresh noise from a local generator): does the classifier tell the corruption apart where it should?"""
+    clean = clean[:count].float()
+    ids = torch.arange(clean.shape[0]) + 2**40  # ids no training sample has: the copies' corruption is fresh
+    corrupted = corruption.apply(clean, sample_ids=ids, seed=seed).float()
+    generator = torch.Generator().manual_seed(seed + 7)
+    result = {}
+    for sigma in levels:
+        level = torch.full((clean.shape[0],), sigma)
+        p_clean = probability((clean + sigma * torch.randn(clean.shape, generator=generator)).to(device), level.to(device))
+        p_corrupted = probability((corrupted + sigma * torch.randn(clean.shape, generator=generator)).to(device),
+                                  level.to(device))
+        result[sigma] = 0.5 * float((p_clean.cpu() > 0.5).double().mean() + (p_corrupted.cpu() <= 0.5).double().mean())
+    return result
+
+
+def annotate_with_classifier(mixed: MixedDataset, experiment: Experiment, *, seed: int, device, log=print,
+                             heldout: torch.Tensor | None = None) -> ClassifierAnnotation:
+    """The noise classifier (eq. 3.1) on S_G vs S_B, then sigma_min per sample and for the set (eq. 3.2); with
+    `heldout` clean images, also its accuracy on them and their corrupted copies (heldout_accuracy)."""
     from ..annotate.classifier import ClassifierConfig, train_classifier
     from ..annotate.classifier import TrainConfig as ClassifierTrainConfig
     from ..annotate.sigma_min import LevelGrid, SigmaMinConfig, sigma_min_fast, sigma_min_single
@@ -173,10 +200,12 @@ def annotate_with_classifier(mixed: MixedDataset, experiment: Experiment, *, see
     config = SigmaMinConfig(grid=LevelGrid(levels=setting.levels), draws=setting.draws, eps=setting.eps, seed=seed)
     per_sample = sigma_min_fast(model.probability, mixed.corrupted_images, corrupted_ids, config=config, device=device)
     single = sigma_min_single(model.probability, mixed.corrupted_images, corrupted_ids, config=config, device=device)
+    accuracy = {} if heldout is None else heldout_accuracy(model.probability, heldout, mixed.corruption, seed=seed,
+                                                           device=device)
     return ClassifierAnnotation(sigma_min=per_sample.sigma_min.double(), single=float(single.sigma_min[0]),
                                 reached=float(per_sample.reached.double().mean()),
                                 final_accuracy=history.accuracy[-1] if history.accuracy else float("nan"),
-                                seconds=time.perf_counter() - start)
+                                seconds=time.perf_counter() - start, heldout_accuracy=accuracy)
 
 
 def crop_table_for(experiment: Experiment, *, denoiser_run: Path | None, images: torch.Tensor, seed: int,
@@ -241,12 +270,14 @@ def cached_annotation(path: Path, experiment: Experiment, *, seed: int, make) ->
             if meta.get("key") == key:
                 return ClassifierAnnotation(sigma_min=handle.get_tensor("sigma_min"), single=float(meta["single"]),
                                             reached=float(meta["reached"]), final_accuracy=float(meta["accuracy"]),
-                                            seconds=float(meta["seconds"]))
+                                            seconds=float(meta["seconds"]), heldout_accuracy={
+                                                float(k): v for k, v in json.loads(meta.get("heldout", "{}")).items()})
     annotation = make()
     temporary = path.with_name(path.name + ".tmp")
     save_file({"sigma_min": annotation.sigma_min.contiguous()}, str(temporary),
               metadata={"key": key, "single": repr(annotation.single), "reached": repr(annotation.reached),
-                        "accuracy": repr(annotation.final_accuracy), "seconds": repr(annotation.seconds)})
+                        "accuracy": repr(annotation.final_accuracy), "seconds": repr(annotation.seconds),
+                        "heldout": json.dumps(annotation.heldout_accuracy)})
     temporary.replace(path)
     return annotation
 
@@ -382,7 +413,8 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
             log(f"  seed {seed}: noise classifier (eq. 3.1) and sigma_min (eq. 3.2)")
             annotation = cached_annotation(out_dir / f"annotation-seed{seed}.safetensors", experiment, seed=seed,
                                            make=lambda: annotate_with_classifier(mixed, experiment, seed=seed,
-                                                                                 device=device, log=log))
+                                                                                 device=device, log=log,
+                                                                                 heldout=test_images))
             annotations[seed] = annotation
             log(f"    per-sample sigma_min: mean {annotation.sigma_min.mean():.3f}, median "
                 f"{annotation.sigma_min.median():.3f}; single (eq. 3.2 over S_B) {annotation.single:.3f}; "
@@ -459,7 +491,8 @@ def _write_outputs(result: ExperimentResult) -> None:
     summary = {
         "experiment": result.experiment.name, "seconds": result.seconds,
         "annotations": {seed: {"mean": float(a.sigma_min.mean()), "median": float(a.sigma_min.median()),
-                               "single": a.single, "reached": a.reached, "classifier_accuracy": a.final_accuracy}
+                               "single": a.single, "reached": a.reached, "classifier_accuracy": a.final_accuracy,
+                               "heldout_accuracy": a.heldout_accuracy}
                         for seed, a in result.annotations.items()},
         "arms": [{"arm": r.arm, "seed": r.seed, "metrics": r.metrics, "seconds": r.seconds} for r in result.arms],
         "crops_annotations": {seed: {"sigma_max_mean": float(a.sigma_max.mean()),

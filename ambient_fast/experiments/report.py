@@ -72,6 +72,11 @@ def annotation_lines(result: ExperimentResult) -> list[str]:
                      f"10/25/50/75/90% {' / '.join(f'{v:.3f}' for v in q)}; single annotation (eq. 3.2) "
                      f"{annotation.single:.3f}; p reached tau for {100 * annotation.reached:.1f}%; classifier "
                      f"accuracy {annotation.final_accuracy:.3f}")
+        if annotation.heldout_accuracy:
+            chance = max(annotation.heldout_accuracy.values()) < 0.6
+            lines.append(f"seed {seed}: held-out accuracy (test images vs their corrupted copies) at " + ", ".join(
+                f"s={level:g}: {value:.3f}" for level, value in sorted(annotation.heldout_accuracy.items()))
+                + ("  <- near chance: the annotation is close to 'all data'" if chance else ""))
     for seed, crops in result.crops_annotations.items():
         table = ", ".join(f"{sigma:g}: {crop}" for sigma, crop in zip(crops.table.sigmas, crops.table.crops))
         lines.append(f"seed {seed}: crop(sigma) in px {{{table}}} ("
