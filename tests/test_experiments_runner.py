@@ -123,7 +123,9 @@ def test_tiny_experiment_end_to_end(tmp_path):
         classifier=configs.ClassifierSetting(steps=2, batch_size=8, model_channels=8, draws=1, levels=16),
         generated_count=16, sampler_steps=2)
     lines = []
+    threads = torch.get_num_threads()
     result = run_experiment(tiny, out_dir=tmp_path, device="cpu", log=lines.append)
+    assert torch.get_num_threads() == threads, "the classifier's thread count is restored"
     assert [r.arm for r in result.arms] == ["fixed", "classifier"]
     annotation = result.annotations[0]
     from ambient_fast.experiments.controlled import HELDOUT_LEVELS

@@ -179,11 +179,21 @@ def annotate_with_classifier(mixed: MixedDataset, experiment: Experiment, *, see
                              heldout: torch.Tensor | None = None) -> ClassifierAnnotation:
     """The noise classifier (eq. 3.1) on S_G vs S_B, then sigma_min per sample and for the set (eq. 3.2); with
     `heldout` clean images, also its accuracy on them and their corrupted copies (heldout_accuracy)."""
+    setting = experiment.classifier
+    threads = torch.get_num_threads()
+    if torch.device(device).type == "cpu" and setting.cpu_threads:
+        torch.set_num_threads(setting.cpu_threads)  # restored below
+    try:
+        return _annotate_with_classifier(mixed, experiment, setting, seed=seed, device=device, log=log, heldout=heldout)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _annotate_with_classifier(mixed, experiment, setting, *, seed, device, log, heldout) -> ClassifierAnnotation:
     from ..annotate.classifier import ClassifierConfig, train_classifier
     from ..annotate.classifier import TrainConfig as ClassifierTrainConfig
     from ..annotate.sigma_min import LevelGrid, SigmaMinConfig, sigma_min_fast, sigma_min_single
 
-    setting = experiment.classifier
     start = time.perf_counter()
     channels, resolution = mixed.images.shape[1], mixed.images.shape[-1]
     with torch.random.fork_rng(devices=[]):  # whatever the classifier draws, our generator state is unchanged
