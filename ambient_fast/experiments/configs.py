@@ -114,6 +114,7 @@ class CropsSetting:
     patch_px: int = 2
     measure_eps: float = 0.05
     measure_images: int = 512
+    cpu_threads: int = 1  # while the crops classifier trains and annotates (see ClassifierSetting.cpu_threads)
 
 
 @dataclass(frozen=True)

@@ -243,6 +243,16 @@ def annotate_with_crops_classifier(mixed: MixedDataset, experiment: Experiment, 
                                    device, log=print) -> CropsAnnotation:
     """Crops classifier on the kept target images (label 1) vs the extra images (label 0), then sigma_max of every
     extra image (eq. 3.4 with tau = 0.5 - eps) through crop(sigma)."""
+    threads = torch.get_num_threads()
+    if torch.device(device).type == "cpu" and experiment.crops.cpu_threads:
+        torch.set_num_threads(experiment.crops.cpu_threads)  # the same annotation on every machine; restored below
+    try:
+        return _annotate_with_crops_classifier(mixed, experiment, table=table, seed=seed, device=device, log=log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _annotate_with_crops_classifier(mixed, experiment, *, table, seed, device, log) -> CropsAnnotation:
     from ..annotate.classifier import TrainConfig as ClassifierTrainConfig
     from ..annotate.crops import CropsClassifierConfig, annotate_sigma_max, train_crops_classifier
 
