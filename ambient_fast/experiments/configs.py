@@ -196,8 +196,8 @@ _add(Experiment(
                      ("checkpoint_every", 750), ("snapshot_every", 0)),
     # Training levels centred lower than the library default (median sigma 0.14 instead of 0.37): a 1 px blur of
     # these crops is visible only below sigma ~0.3, and with the default most batches carry no signal (held-out
-    # accuracy at sigma = 0.05: 0.53 with the default vs 0.76-0.79 in a first one-thread comparison, 0.53-0.68 for
-    # the demo's own seeds; docs/results.md: still fragile). The levels' distribution does not bias c(x, s).
+    # accuracy at sigma = 0.05: 0.53 with the default, 0.69-0.78 with this; docs/results.md). The price: few high
+    # levels, where p(s) is then not calibrated (one seed's sigma_min ~ 25). It does not bias c(x, s) otherwise.
     classifier=ClassifierSetting(steps=2000, batch_size=64, lr=5e-3, model_channels=16, draws=2, levels=64,
                                  p_mean=-2.0, p_std=1.5),
     generated_count=1000,
