@@ -14,6 +14,7 @@ the largest k whose crops pass (eq. 3.4).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..annotate.crop_size import CropTable
+from ..annotate.crop_size import CropMeasurement, CropTable
 from ..buffer import buffer_factor
 from ..corruptions import make_corruption
 from .configs import Arm, Experiment
@@ -56,8 +57,15 @@ class CropsAnnotation:
     tau: float
     final_accuracy: float  # training accuracy of the last logging window (random crops of every size)
     seconds: float
-    measured_losses: list | None = None  # [levels][contexts] centre-patch MSE when crop(sigma) was measured
-    contexts: list | None = None
+    measurement: CropMeasurement | None = None  # how `table` was measured; None when it was given
+
+    @property
+    def measured_losses(self) -> list | None:  # [levels][contexts] centre-patch MSE
+        return None if self.measurement is None else self.measurement.losses.tolist()
+
+    @property
+    def contexts(self) -> list | None:
+        return None if self.measurement is None else list(self.measurement.contexts)
 
 
 @dataclass
@@ -153,6 +161,20 @@ def _needs_classifier(experiment: Experiment) -> bool:
     return any(arm.kind == "classifier" or (arm.kind == "fixed" and arm.fixed_sigma is None) for arm in experiment.arms)
 
 
+@contextlib.contextmanager
+def cpu_threads(count: int, device):
+    """torch's intra-op thread count set to `count` on a CPU device (0: unchanged), restored on exit. The float
+    summation order depends on it, and a small classifier's training diverges with it: a fixed count makes an
+    annotation the same on every machine."""
+    previous = torch.get_num_threads()
+    if count and torch.device(device).type == "cpu":
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 HELDOUT_LEVELS = (0.01, 0.05, 0.2, 1.0)
 
 
@@ -179,56 +201,48 @@ def annotate_with_classifier(mixed: MixedDataset, experiment: Experiment, *, see
                              heldout: torch.Tensor | None = None) -> ClassifierAnnotation:
     """The noise classifier (eq. 3.1) on S_G vs S_B, then sigma_min per sample and for the set (eq. 3.2); with
     `heldout` clean images, also its accuracy on them and their corrupted copies (heldout_accuracy)."""
-    setting = experiment.classifier
-    threads = torch.get_num_threads()
-    if torch.device(device).type == "cpu" and setting.cpu_threads:
-        torch.set_num_threads(setting.cpu_threads)  # restored below
-    try:
-        return _annotate_with_classifier(mixed, experiment, setting, seed=seed, device=device, log=log, heldout=heldout)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _annotate_with_classifier(mixed, experiment, setting, *, seed, device, log, heldout) -> ClassifierAnnotation:
     from ..annotate.classifier import ClassifierConfig, train_classifier
     from ..annotate.classifier import TrainConfig as ClassifierTrainConfig
     from ..annotate.sigma_min import LevelGrid, SigmaMinConfig, sigma_min_fast, sigma_min_single
 
+    setting = experiment.classifier
     start = time.perf_counter()
     channels, resolution = mixed.images.shape[1], mixed.images.shape[-1]
-    with torch.random.fork_rng(devices=[]):  # whatever the classifier draws, our generator state is unchanged
-        model, history = train_classifier(
-            mixed.clean_images, mixed.corrupted_images,
-            config=ClassifierConfig(img_channels=channels, img_resolution=resolution,
-                                    model_channels=setting.model_channels),
-            train=ClassifierTrainConfig(steps=setting.steps, batch_size=setting.batch_size, lr=setting.lr, seed=seed,
-                                        log_every=max(1, setting.steps // 5), p_mean=setting.p_mean,
-                                        p_std=setting.p_std),
-            device=device, progress=lambda step, loss, accuracy: log(
-                f"    classifier step {step}: BCE {loss:.3f}, accuracy {accuracy:.3f}"))
     corrupted_ids = mixed.sample_ids[~mixed.is_clean]
     config = SigmaMinConfig(grid=LevelGrid(levels=setting.levels), draws=setting.draws, eps=setting.eps, seed=seed)
-    per_sample = sigma_min_fast(model.probability, mixed.corrupted_images, corrupted_ids, config=config, device=device)
-    single = sigma_min_single(model.probability, mixed.corrupted_images, corrupted_ids, config=config, device=device)
-    accuracy = {} if heldout is None else heldout_accuracy(model.probability, heldout, mixed.corruption, seed=seed,
-                                                           device=device)
+    with cpu_threads(setting.cpu_threads, device):
+        with torch.random.fork_rng(devices=[]):  # whatever the classifier draws, our generator state is unchanged
+            model, history = train_classifier(
+                mixed.clean_images, mixed.corrupted_images,
+                config=ClassifierConfig(img_channels=channels, img_resolution=resolution,
+                                        model_channels=setting.model_channels),
+                train=ClassifierTrainConfig(steps=setting.steps, batch_size=setting.batch_size, lr=setting.lr,
+                                            seed=seed, log_every=max(1, setting.steps // 5), p_mean=setting.p_mean,
+                                            p_std=setting.p_std),
+                device=device, progress=lambda step, loss, accuracy: log(
+                    f"    classifier step {step}: BCE {loss:.3f}, accuracy {accuracy:.3f}"))
+        per_sample = sigma_min_fast(model.probability, mixed.corrupted_images, corrupted_ids, config=config,
+                                    device=device)
+        single = sigma_min_single(model.probability, mixed.corrupted_images, corrupted_ids, config=config,
+                                  device=device)
+        accuracy = {} if heldout is None else heldout_accuracy(model.probability, heldout, mixed.corruption,
+                                                               seed=seed, device=device)
     return ClassifierAnnotation(sigma_min=per_sample.sigma_min.double(), single=float(single.sigma_min[0]),
                                 reached=float(per_sample.reached.double().mean()),
                                 final_accuracy=history.accuracy[-1] if history.accuracy else float("nan"),
                                 seconds=time.perf_counter() - start, heldout_accuracy=accuracy)
 
 
-def crop_table_for(experiment: Experiment, *, denoiser_run: Path | None, images: torch.Tensor, seed: int,
-                   device) -> tuple[CropTable, list | None, list | None]:
-    """(crop(sigma), measured losses or None, contexts or None): the experiment's given table, else measured
-    (Figures 11-14) with the EMA denoiser of the finished run `denoiser_run` on `images` (clean target images)."""
+def crop_table_for(experiment: Experiment, *, denoiser_run: Path, images: torch.Tensor, seed: int,
+                   device) -> tuple[CropTable, CropMeasurement | None]:
+    """(crop(sigma), its measurement or None): the experiment's given table, else measured (Figures 11-14) with the
+    EMA denoiser of the finished run `denoiser_run` on `images` (clean target images)."""
     from ..annotate.crop_size import measure_crop_size
     from ..sampling import load_denoiser
 
     setting = experiment.crops
     if setting.crop_table:
-        return CropTable(tuple(float(s) for s, _ in setting.crop_table), tuple(int(c) for _, c in setting.crop_table)), \
-            None, None
+        return CropTable(tuple(float(s) for s, _ in setting.crop_table), tuple(int(c) for _, c in setting.crop_table)), None
     denoiser, _ = load_denoiser(denoiser_run, ema_std=experiment.ema_std, device=device)
     device = torch.device(device)
     # Noise is drawn on the CPU (counter-based, keyed by sample id); only the denoiser runs on `device`.
@@ -236,44 +250,35 @@ def crop_table_for(experiment: Experiment, *, denoiser_run: Path | None, images:
                                     images[:setting.measure_images].cpu(),
                                     sigmas=setting.measure_sigmas, patch=setting.patch_px, eps=setting.measure_eps,
                                     seed=seed)
-    return measurement.table, measurement.losses.tolist(), measurement.contexts
+    return measurement.table, measurement
 
 
 def annotate_with_crops_classifier(mixed: MixedDataset, experiment: Experiment, *, table: CropTable, seed: int,
-                                   device, log=print) -> CropsAnnotation:
+                                   device, log=print, measurement: CropMeasurement | None = None) -> CropsAnnotation:
     """Crops classifier on the kept target images (label 1) vs the extra images (label 0), then sigma_max of every
-    extra image (eq. 3.4 with tau = 0.5 - eps) through crop(sigma)."""
-    threads = torch.get_num_threads()
-    if torch.device(device).type == "cpu" and experiment.crops.cpu_threads:
-        torch.set_num_threads(experiment.crops.cpu_threads)  # the same annotation on every machine; restored below
-    try:
-        return _annotate_with_crops_classifier(mixed, experiment, table=table, seed=seed, device=device, log=log)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _annotate_with_crops_classifier(mixed, experiment, *, table, seed, device, log) -> CropsAnnotation:
+    extra image (eq. 3.4 with tau = 0.5 - eps) through crop(sigma) (`table`; `measurement`: how it was measured)."""
     from ..annotate.classifier import TrainConfig as ClassifierTrainConfig
     from ..annotate.crops import CropsClassifierConfig, annotate_sigma_max, train_crops_classifier
 
     setting = experiment.crops
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        model, history = train_crops_classifier(
-            mixed.clean_images, mixed.corrupted_images,
-            config=CropsClassifierConfig(img_channels=mixed.images.shape[1], crop_sizes=setting.crop_sizes,
-                                         model_channels=setting.model_channels),
-            train=ClassifierTrainConfig(steps=setting.steps, batch_size=setting.batch_size, lr=setting.lr, seed=seed,
-                                        log_every=max(1, setting.steps // 5)),
-            device=device, progress=lambda step, loss, accuracy: log(
-                f"    crops classifier step {step}: BCE {loss:.3f}, accuracy {accuracy:.3f}"))
-    model.eval()
     tau = 0.5 - setting.eps
-    sigma_max, scores = annotate_sigma_max(model, mixed.corrupted_images, mixed.sample_ids[~mixed.is_clean], table,
-                                           tau=tau, device=device)
+    with cpu_threads(setting.cpu_threads, device):
+        with torch.random.fork_rng(devices=[]):
+            model, history = train_crops_classifier(
+                mixed.clean_images, mixed.corrupted_images,
+                config=CropsClassifierConfig(img_channels=mixed.images.shape[1], crop_sizes=setting.crop_sizes,
+                                             model_channels=setting.model_channels),
+                train=ClassifierTrainConfig(steps=setting.steps, batch_size=setting.batch_size, lr=setting.lr,
+                                            seed=seed, log_every=max(1, setting.steps // 5)),
+                device=device, progress=lambda step, loss, accuracy: log(
+                    f"    crops classifier step {step}: BCE {loss:.3f}, accuracy {accuracy:.3f}"))
+        model.eval()
+        sigma_max, scores = annotate_sigma_max(model, mixed.corrupted_images, mixed.sample_ids[~mixed.is_clean],
+                                               table, tau=tau, device=device)
     return CropsAnnotation(sigma_max=sigma_max, scores=scores, table=table, tau=tau,
                            final_accuracy=history.accuracy[-1] if history.accuracy else float("nan"),
-                           seconds=time.perf_counter() - start)
+                           seconds=time.perf_counter() - start, measurement=measurement)
 
 
 def cached_annotation(path: Path, experiment: Experiment, *, seed: int, make) -> ClassifierAnnotation:
@@ -362,10 +367,13 @@ def _set_aside_if_other_annotations(run_dir: Path, digest: str, *, log=print) ->
 
     from ..train import checkpoint
 
-    if not run_dir.is_dir():
-        return
-    latest = checkpoint.load_latest(run_dir, log=lambda *_: None)
-    old = latest[2].get("annotations_digest") if latest is not None else None
+    old = None
+    for _, path in reversed(checkpoint.list_checkpoints(run_dir)):  # headers only: train() loads the tensors
+        try:
+            old = checkpoint.read_meta(path).get("annotations_digest")
+            break
+        except checkpoint.CorruptCheckpointError:
+            continue  # train() reports it and falls back to the previous checkpoint, as we do here
     if old is None or old == digest:
         return
     aside = run_dir.with_name(f"{run_dir.name}.annotations-{old}")
@@ -444,12 +452,12 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
         crops = None
         for arm in order:
             if arm.kind == "crops" and crops is None:
-                table, losses, contexts = crop_table_for(
+                table, measurement = crop_table_for(
                     experiment, denoiser_run=out_dir / f"{experiment.crops.denoiser_arm}-seed{seed}",
                     images=mixed.clean_images, seed=seed, device=device)
                 log(f"  seed {seed}: crop(sigma) {dict(zip(table.sigmas, table.crops))}; crops classifier (Section 3.2)")
-                crops = annotate_with_crops_classifier(mixed, experiment, table=table, seed=seed, device=device, log=log)
-                crops.measured_losses, crops.contexts = losses, contexts
+                crops = annotate_with_crops_classifier(mixed, experiment, table=table, seed=seed, device=device,
+                                                       log=log, measurement=measurement)
                 crops_annotations[seed] = crops
                 log(f"    sigma_max: mean {crops.sigma_max.mean():.3f}, nonzero for "
                     f"{100 * float((crops.sigma_max > 0).double().mean()):.1f}% of the extra images; {crops.seconds:.0f} s")
@@ -491,7 +499,7 @@ def _write_outputs(result: ExperimentResult) -> None:
     from .plots import line_chart, line_chart_log_x
 
     for seed, crops in result.crops_annotations.items():  # the paper's Figures 11-14 for this run
-        if crops.measured_losses is None:
+        if crops.measurement is None:
             continue
         series = {f"sigma {sigma:g}": (list(crops.contexts), [loss / row[-1] for loss in row])
                   for sigma, row in zip(crops.table.sigmas, crops.measured_losses)}

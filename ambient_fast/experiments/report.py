@@ -80,7 +80,7 @@ def annotation_lines(result: ExperimentResult) -> list[str]:
     for seed, crops in result.crops_annotations.items():
         table = ", ".join(f"{sigma:g}: {crop}" for sigma, crop in zip(crops.table.sigmas, crops.table.crops))
         lines.append(f"seed {seed}: crop(sigma) in px {{{table}}} ("
-                     + (f"measured with the {result.experiment.crops.denoiser_arm} denoiser" if crops.measured_losses is not None
+                     + (f"measured with the {result.experiment.crops.denoiser_arm} denoiser" if crops.measurement is not None
                         else "given") + ")")
         per_size = "; ".join(f"{k}x{k}: mean P(target) {float(v.mean()):.3f}, {100 * float((v > crops.tau).double().mean()):.1f}%"
                              f" pass" for k, v in sorted(crops.scores.items()))

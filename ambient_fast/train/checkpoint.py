@@ -60,6 +60,20 @@ def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, json.loads(metadata["meta"])
 
 
+def read_meta(path: str | Path) -> dict:
+    """The JSON metadata of a checkpoint from its header alone (no tensor is read, no CRC is checked)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except Exception as error:  # missing, truncated header, not safetensors
+        raise CorruptCheckpointError(f"{path}: {error}") from error
+    if metadata.get("format") != FORMAT:
+        raise CorruptCheckpointError(f"{path} is not an ambient_fast checkpoint")
+    return json.loads(metadata["meta"])
+
+
 def list_checkpoints(directory: str | Path, prefix: str = "training") -> list[tuple[int, Path]]:
     """(step, path) of `prefix-XXXXXXXX.safetensors` files, oldest first."""
     directory = Path(directory)
