@@ -55,7 +55,7 @@ def metric_table(result: ExperimentResult) -> list[str]:
             text = f"{statistics.fmean(values):.4g}"
             if len(values) > 1:
                 text += f"+-{statistics.stdev(values):.2g}"
-            cells.append(f" {text:>13}" if len(text) < 14 else f" {text}")  # never run two cells together
+            cells.append(f" {text:>13}")  # the leading space: long cells never run together
         lines.append(f"{arm:<{width}}" + "".join(cells))
     baseline = statistics.fmean(r.metrics["memorization"]["copy_fraction_test"] for r in result.arms)
     lines.append(f"(copies: generated samples closer to a training image than 1/3 of the median test-to-train "
@@ -76,7 +76,7 @@ def annotation_lines(result: ExperimentResult) -> list[str]:
             chance = max(annotation.heldout_accuracy.values()) < 0.6
             lines.append(f"seed {seed}: held-out accuracy (test images vs their corrupted copies) at " + ", ".join(
                 f"s={level:g}: {value:.3f}" for level, value in sorted(annotation.heldout_accuracy.items()))
-                + ("  <- near chance: the annotation is close to 'all data'" if chance else ""))
+                + ("  <- near chance: this annotation carries little information" if chance else ""))
     for seed, crops in result.crops_annotations.items():
         table = ", ".join(f"{sigma:g}: {crop}" for sigma, crop in zip(crops.table.sigmas, crops.table.crops))
         lines.append(f"seed {seed}: crop(sigma) in px {{{table}}} ("
