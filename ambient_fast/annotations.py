@@ -1,7 +1,8 @@
 """Per-sample annotations (sigma_min, sigma_max) as data: one row per training sample, keyed by a stable id.
 
-Semantics (DESIGN.md sections 1-2, paper Sections 3.1-3.2): sample i is usable at level s iff s > b * sigma_min_i
-(as noisy data, sigma_tn = sigma_min_i) or s < sigma_max_i (as clean data through its crops, sigma_tn = 0).
+Semantics (DESIGN.md sections 1-2, paper Sections 3.1-3.2): sample i is usable at level s iff s < sigma_max_i
+(as clean data through its crops, sigma_tn = 0) or s > b * sigma_min_i (as noisy data, sigma_tn = sigma_min_i, where
+the crops regime does not apply).
 Clean data: sigma_min = 0. Data that only helps at low noise (out of distribution): sigma_min = inf, sigma_max > 0.
 Unannotated data defaults to clean.
 

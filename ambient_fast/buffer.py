@@ -2,8 +2,10 @@
 stability buffer of Appendix D).
 
 A sample annotated (sigma_min, sigma_max) is usable at sigma_t when
-  * sigma_t > b * sigma_min: as noisy data, with sigma_tn = sigma_min (Section 3.1), or
-  * sigma_t < sigma_max: as clean data seen through local crops, with sigma_tn = 0 (Section 3.2).
+  * sigma_t < sigma_max: as clean data seen through local crops, with sigma_tn = 0 (Section 3.2), or
+  * sigma_t > b * sigma_min: as noisy data, with sigma_tn = sigma_min (Section 3.1).
+Where both hold the sample is clean data (sigma_tn = 0): Section 3.2 uses it as clean below sigma_max, and the x0
+target loses nothing against the noisier x_tn one.
 The buffer factor b = sqrt(1 + 1/(L_max - 1)) (eq. D.2) keeps 1/alpha = s_t^2/(s_t^2 - s_tn^2) below L_max, so
 the ambient weight lambda_amb = 1/alpha^2 (eq. D.1) stays below L_max^2.
 
@@ -42,7 +44,8 @@ def select_sigma_tn(
     """Per-sample sigma_tn for training level sigma_t, and whether the sample may be used there.
 
     sigma_min: 0 for clean data, inf for data usable only through crops. sigma_max: 0 (or None) when the sample
-    has no crops annotation. All tensors broadcast; sigma_tn is sigma_min where sigma_t > b * sigma_min, else 0.
+    has no crops annotation. All tensors broadcast; sigma_tn is sigma_min where the sample is used only as noisy
+    data (b * sigma_min < sigma_t >= sigma_max), else 0 (clean data, also where both regimes apply).
     """
     sigma_t = torch.as_tensor(sigma_t)
     sigma_min = torch.as_tensor(sigma_min, device=sigma_t.device)
@@ -56,5 +59,6 @@ def select_sigma_tn(
     as_noisy = sigma_t > b * sigma_min  # Section 3.1 with the eq. D.2 buffer
     as_clean_crops = sigma_t < sigma_max  # Section 3.2, eq. 3.4
     zero = torch.zeros((), dtype=sigma_min.dtype, device=sigma_min.device)
-    sigma_tn = torch.where(as_noisy, sigma_min, zero)
+    # Below sigma_max the sample is clean data even where it is also usable as noisy data (Section 3.2).
+    sigma_tn = torch.where(as_noisy & ~as_clean_crops, sigma_min, zero)
     return SigmaSelection(sigma_tn=sigma_tn, usable=as_noisy | as_clean_crops)

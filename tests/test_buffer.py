@@ -42,8 +42,17 @@ def test_donut_semantics():
     # clean at any level; noisy sample inside its buffer (1.1 < 1.155); crops below s_max; OOD above s_max; hole.
     assert usable.tolist() == [True, False, True, True, False, False]
     assert sigma_tn.tolist() == [0.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # 0 wherever not used as noisy data
-    sigma_tn, usable = select_sigma_tn(torch.tensor(2.0), torch.tensor(1.0), torch.tensor(3.0))
-    assert usable.item() and sigma_tn.item() == 1.0  # both apply: sigma_min takes precedence
+
+
+def test_where_both_regimes_apply_the_sample_is_clean_data():
+    # Section 3.2: below sigma_max the sample is clean data (x0 target, sigma_tn = 0) even where it would also be
+    # usable as noisy data (sigma_t > b * sigma_min); the x0 target loses nothing against the x_tn one.
+    sigma_t = torch.tensor([2.0, 2.0, 0.5])
+    sigma_min = torch.tensor([1.0, 1.0, 1.0])
+    sigma_max = torch.tensor([3.0, 1.5, 3.0])  # both apply; only noisy (2.0 >= s_max); only crops (0.5 < b * 1)
+    sigma_tn, usable = select_sigma_tn(sigma_t, sigma_min, sigma_max)
+    assert usable.tolist() == [True, True, True]
+    assert sigma_tn.tolist() == [0.0, 1.0, 0.0]
 
 
 def test_bad_annotations_are_named():

@@ -70,3 +70,14 @@ def test_uncovered_levels_are_reported_at_construction():
     with pytest.raises(ValueError, match=r"no sample is usable at noise levels in \[0\.1, 0\.577"):
         AmbientSampler(np.full(10, 0.5), np.full(10, 0.1), batch_size=4)
     AmbientSampler(np.full(10, 0.5), np.full(10, 0.6), batch_size=4)  # crops close the gap
+
+
+def test_sampler_trains_on_clean_data_where_both_regimes_apply():
+    # Every sample noisy at 0.2 with crops annotated up to 2.0: for levels in (b * 0.2, 2.0) both regimes apply and
+    # the sample is clean data there (sigma_tn = 0, Section 3.2); above 2.0 it is noisy data (sigma_tn = 0.2).
+    sampler = AmbientSampler(np.full(50, 0.2), np.full(50, 2.0), batch_size=256, seed=1)
+    batch = sampler.next_global_batch()
+    both = (batch.sigma_t > buffer_factor() * 0.2) & (batch.sigma_t < 2.0)
+    assert both.sum() > 50 and (batch.sigma_t > 2.0).sum() > 0
+    assert (batch.sigma_tn[both] == 0).all()
+    assert (batch.sigma_tn[batch.sigma_t > 2.0] == 0.2).all()

@@ -2,9 +2,9 @@
 
 For each slot of a global batch: s ~ LogNormal(P_mean, P_std) (EDM's training distribution), then the next
 sample in the epoch's shuffled order that is usable at s (select_sigma_tn: s > b * sigma_min or s < sigma_max,
-eq. D.2 buffer); samples passed over are not used this epoch. The marginal of s is therefore exactly the
-configured log-normal, and low-quality samples are simply used less often. Each yielded item carries its own
-(sigma_t, sigma_tn): nothing travels through a side channel.
+eq. D.2 buffer; sigma_tn = 0 below sigma_max, Section 3.2); samples passed over are not used this epoch. The
+marginal of s is therefore exactly the configured log-normal, and low-quality samples are simply used less often.
+Each yielded item carries its own (sigma_t, sigma_tn): nothing travels through a side channel.
 
 Determinism and sharding: the level draws of step k come from a generator keyed by (seed, k) and the order of
 epoch e from (seed, e), so the global batch of step k is a function of (seed, k, sampler state). All ranks compute
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..buffer import DEFAULT_MAX_WEIGHT, buffer_factor
+from ..buffer import DEFAULT_MAX_WEIGHT, buffer_factor, select_sigma_tn
 
 
 @dataclass
@@ -53,7 +53,7 @@ class AmbientSampler:
         if batch_size < 1 or p_std <= 0:
             raise ValueError(f"need batch_size >= 1 and p_std > 0, got {batch_size}, {p_std}")
         self.batch_size, self.p_mean, self.p_std, self.seed = batch_size, p_mean, p_std, seed
-        self.b = buffer_factor(max_weight)
+        self.max_weight, self.b = max_weight, buffer_factor(max_weight)
         self.noisy_above = self.b * self.sigma_min  # usable as noisy data where s > b sigma_min (eq. D.2)
         self._noisy_above, self._sigma_max = self.noisy_above.tolist(), self.sigma_max.tolist()
         self.check_coverage()
@@ -106,8 +106,9 @@ class AmbientSampler:
     def next_global_batch(self) -> Batch:
         sigma_t = self.levels(self.step)
         indices = np.array([self._next_usable(s) for s in sigma_t.tolist()], np.int64)
-        # sigma_tn = sigma_min where used as noisy data (s > b sigma_min), else 0 (clean crops), Section 3.2.
-        sigma_tn = np.where(sigma_t > self.noisy_above[indices], self.sigma_min[indices], 0.0)
+        # The one rule that decides sigma_tn (noisy data or clean crops, Section 3.2), so the two never disagree.
+        sigma_tn = select_sigma_tn(torch.from_numpy(sigma_t), torch.from_numpy(self.sigma_min[indices]),
+                                   torch.from_numpy(self.sigma_max[indices]), max_weight=self.max_weight).sigma_tn.numpy()
         batch = Batch(indices, sigma_t, sigma_tn, self.step, 0)
         self.step += 1
         return batch
