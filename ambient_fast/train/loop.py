@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .. import ambient_loss_precond, ambient_noising
-from ..data import AmbientSampler, open_dataset
+from ..data import AmbientSampler, open_dataset, standardise_latents
 from ..networks import Precond
 from . import checkpoint, distributed
 from .build import build_network, parameter_count
@@ -49,7 +49,8 @@ class TrainingStep(torch.nn.Module):
 
 
 def _latent_standardiser(config: TrainConfig, channels: int, device: torch.device):
-    """Stored latents are [mean, std] of the VAE posterior: draw z = mean + std eps and standardise (EDM2)."""
+    """Stored latents are [mean, std] of the VAE posterior: draw z = mean + std eps afresh each step and
+    standardise (EDM2), with the function the annotation uses too (data/latents.py)."""
     mean = torch.tensor(config.latent_mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     std = torch.tensor(config.latent_std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     if mean.shape[1] != channels // 2:
@@ -57,9 +58,9 @@ def _latent_standardiser(config: TrainConfig, channels: int, device: torch.devic
 
     def standardise(moments: torch.Tensor, seed: int) -> torch.Tensor:
         generator = torch.Generator(device=moments.device).manual_seed(seed)
-        posterior_mean, posterior_std = moments.chunk(2, dim=1)
-        z = posterior_mean + posterior_std * torch.randn(posterior_mean.shape, generator=generator, device=moments.device)
-        return (z - mean) / std * 0.5
+        noise = torch.randn((moments.shape[0], moments.shape[1] // 2, *moments.shape[2:]), generator=generator,
+                            device=moments.device)
+        return standardise_latents(moments, noise, latent_mean=mean, latent_std=std)
 
     return standardise
 
