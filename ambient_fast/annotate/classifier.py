@@ -10,6 +10,7 @@ JSON metadata: no pickled code.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -76,8 +77,31 @@ class TrainConfig:
     p_mean: float = -1.0  # ln s ~ N(p_mean, p_std^2): the training levels (the setting measured in
     # docs/annotation.md; a bit wider than EDM's -1.2, 1.2 because the annotation grid reaches sigma = 40)
     p_std: float = 1.4
+    # Fraction of each batch whose levels are instead log-uniform over [sigma_lo, sigma_hi] (the annotation grid),
+    # so that the classifier has trained at every level annotation queries: where the sets are indistinguishable,
+    # training there is what pulls P(clean) to 1/2 (see docs/annotation.md for the measurement).
+    uniform_fraction: float = 0.0
+    sigma_lo: float = 0.002
+    sigma_hi: float = 80.0
     seed: int = 0
     log_every: int = 100
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.uniform_fraction <= 1.0:
+            raise ValueError(f"uniform_fraction must lie in [0, 1]; got {self.uniform_fraction}")
+        if not 0 < self.sigma_lo < self.sigma_hi:
+            raise ValueError(f"need 0 < sigma_lo < sigma_hi; got {self.sigma_lo}, {self.sigma_hi}")
+
+
+def training_levels(count: int, train: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """float32 [count] noise levels of one batch: ln s ~ N(p_mean, p_std^2), a uniform_fraction of them instead
+    log-uniform over [sigma_lo, sigma_hi]."""
+    sigma = torch.exp(torch.randn(count, generator=generator) * train.p_std + train.p_mean)
+    if train.uniform_fraction > 0:  # extra draws only then: uniform_fraction = 0 keeps the earlier stream
+        lo, hi = math.log(train.sigma_lo), math.log(train.sigma_hi)
+        uniform = torch.exp(lo + (hi - lo) * torch.rand(count, generator=generator))
+        sigma = torch.where(torch.rand(count, generator=generator) < train.uniform_fraction, uniform, sigma)
+    return sigma
 
 
 @dataclass
@@ -148,7 +172,7 @@ def train_classifier(clean: torch.Tensor, corrupted: torch.Tensor, *, config: Cl
     def balanced_logits(generator: torch.Generator) -> torch.Tensor:
         x0 = torch.cat([balanced_pick(clean, half, generator), balanced_pick(corrupted, half, generator)])
         x0 = x0.to(device, torch.float32)
-        sigma = torch.exp(torch.randn(x0.shape[0], generator=generator) * train.p_std + train.p_mean).to(device)
+        sigma = training_levels(x0.shape[0], train, generator).to(device)
         noise = torch.randn(x0.shape, generator=generator).to(device)
         return model(x0 + sigma.view(-1, 1, 1, 1) * noise, sigma)
 
@@ -189,5 +213,5 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["ClassifierConfig", "NoiseClassifier", "TrainConfig", "TrainHistory", "train_classifier",
+__all__ = ["ClassifierConfig", "NoiseClassifier", "TrainConfig", "TrainHistory", "train_classifier", "training_levels",
            "save_classifier", "load_classifier", "checkpoint_provenance", "count_parameters"]

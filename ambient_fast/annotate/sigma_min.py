@@ -2,7 +2,12 @@
 
 p_i(s) = E_z[c(y_i + s z, s)] rises with s (noise merges the two distributions, Theorem 4.2), and
 sigma_min_i = the smallest level of a sorted grid with p_i(s) >= tau, tau = 0.5 - eps; a sample whose p never
-reaches tau gets the largest level (it is effectively filtered).
+reaches tau gets sigma_min = inf: it is never used as noisy data (the public reference gives it the grid's top).
+
+`usable_from` (every function): a level from which every sample counts as clean-like, because the classifier's
+held-out AUC is at chance there (report.ClassifierReport.chance_from): sigma_min is at most the first grid level
+>= usable_from, and levels above it cost no classifier forward. Which rule p is thresholded with (the paper's raw
+p, or calibrated p) is the caller's choice of `predict` (calibration.CalibratedPredict).
 
 Two modes that compute the same thing:
   dense  the reference method: every grid level, T draws each, averaged, smoothed along s, first crossing
@@ -93,9 +98,29 @@ class SigmaMinConfig:
 class SigmaMinResult:
     sigma_min: torch.Tensor  # float64 [B]
     index: torch.Tensor  # int64 [B], grid index of sigma_min
-    reached: torch.Tensor  # bool [B]: p reached tau somewhere (False: fallback to the largest level)
+    reached: torch.Tensor  # bool [B]: p reached tau (or usable_from) somewhere; False: sigma_min = inf
     forwards_per_image: float  # classifier forwards spent per image
     p: torch.Tensor | None = None  # dense: float64 [B, levels], smoothed
+    capped: torch.Tensor | None = None  # bool [B]: sigma_min set by usable_from (p had not reached tau yet)
+
+
+def cap_index(grid: torch.Tensor, usable_from: float | None) -> int | None:
+    """The first grid index with level >= usable_from (None: no cap, or usable_from above the grid)."""
+    if usable_from is None:
+        return None
+    above = torch.nonzero(grid >= usable_from * (1 - 1e-12)).flatten()
+    return int(above[0]) if above.numel() else None
+
+
+def _result(grid: torch.Tensor, index: torch.Tensor, reached: torch.Tensor, cap: int | None, forwards: float,
+            p: torch.Tensor | None = None) -> SigmaMinResult:
+    """sigma_min = grid[index] where reached, inf where p never reached tau (and no cap applies)."""
+    capped = torch.zeros_like(reached) if cap is None else ~(reached & (index < cap))
+    if cap is not None:
+        index = torch.where(reached, index.clamp(max=cap), torch.full_like(index, cap))
+        reached = torch.ones_like(reached)
+    sigma_min = torch.where(reached, grid[index], torch.full_like(grid[index], math.inf))
+    return SigmaMinResult(sigma_min, index, reached, forwards, p, capped)
 
 
 def _level_keys(indices: torch.Tensor, config: SigmaMinConfig) -> torch.Tensor:
@@ -124,7 +149,8 @@ def first_crossing(p: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Ten
 
 
 def sigma_min_dense(predict: Predict, images: torch.Tensor, sample_ids: torch.Tensor, *,
-                    config: SigmaMinConfig = SigmaMinConfig(), device=None) -> SigmaMinResult:
+                    config: SigmaMinConfig = SigmaMinConfig(), device=None,
+                    usable_from: float | None = None) -> SigmaMinResult:
     """The reference method: the whole grid, T draws per level, averaged, smoothed along s, first crossing."""
     grid = config.grid.sigmas()
     keys = _level_keys(torch.arange(grid.numel()), config)
@@ -132,7 +158,7 @@ def sigma_min_dense(predict: Predict, images: torch.Tensor, sample_ids: torch.Te
                      seed=config.seed, chunk=config.chunk, device=device)
     p = smooth_along_levels(p, config.smooth_window)
     index, reached = first_crossing(p, config.tau)  # eq. 3.2 per sample: the first s with p_i(s) >= tau
-    return SigmaMinResult(grid[index], index, reached, float(grid.numel() * config.draws), p)
+    return _result(grid, index, reached, cap_index(grid, usable_from), float(grid.numel() * config.draws), p)
 
 
 def bisect_first_crossing(evaluate: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor], count: int, levels: int,
@@ -162,23 +188,30 @@ def bisect_first_crossing(evaluate: Callable[[torch.Tensor, torch.Tensor, bool],
 
 
 def sigma_min_fast(predict: Predict, images: torch.Tensor, sample_ids: torch.Tensor, *,
-                   config: SigmaMinConfig = SigmaMinConfig(), device=None) -> SigmaMinResult:
+                   config: SigmaMinConfig = SigmaMinConfig(), device=None,
+                   usable_from: float | None = None) -> SigmaMinResult:
     """Adaptive search: coarse bracket + bisection on the grid index, all samples of a step in one batch."""
     grid = config.grid.sigmas()
+    cap = cap_index(grid, usable_from)
     forwards = torch.zeros(images.shape[0], dtype=torch.int64)
 
     def evaluate(rows: torch.Tensor, indices: torch.Tensor, coarse: bool) -> torch.Tensor:
         # One level per (sample, index) pair: per-sample levels [n, 1] through score_levels. With shared noise the
         # stream of draw t is t at every level, so the coarse pass's draws are the first of the bisection's.
-        draws = (config.coarse_draws or config.draws) if coarse else config.draws
-        forwards.index_add_(0, rows, torch.full_like(rows, draws))
-        return score_levels(predict, images[rows], sample_ids[rows], grid[indices].float().unsqueeze(1),
-                            draws=draws, level_keys=_level_keys(indices, config).unsqueeze(1),
-                            seed=config.seed, chunk=config.chunk, device=device)[:, 0]
+        p = torch.ones(rows.numel(), dtype=torch.float64)  # at or above the cap: clean-like without a forward
+        scored = torch.ones_like(rows, dtype=torch.bool) if cap is None else indices < cap
+        if bool(scored.any()):
+            rows, indices = rows[scored], indices[scored]
+            draws = (config.coarse_draws or config.draws) if coarse else config.draws
+            forwards.index_add_(0, rows, torch.full_like(rows, draws))
+            p[scored] = score_levels(predict, images[rows], sample_ids[rows], grid[indices].float().unsqueeze(1),
+                                     draws=draws, level_keys=_level_keys(indices, config).unsqueeze(1),
+                                     seed=config.seed, chunk=config.chunk, device=device)[:, 0]
+        return p
 
     index, reached = bisect_first_crossing(evaluate, images.shape[0], grid.numel(), tau=config.tau,
                                            coarse_levels=config.coarse_levels)
-    return SigmaMinResult(grid[index], index, reached, float(forwards.double().mean()))
+    return _result(grid, index, reached, cap, float(forwards.double().mean()))
 
 
 # Exact sums for the sharded single mode. A float64 value is its leading term, fsum's correctly rounded sum; the
@@ -232,7 +265,7 @@ def all_reduce_sums(partial: torch.Tensor) -> torch.Tensor:
 
 def sigma_min_single(predict: Predict, images: torch.Tensor, sample_ids: torch.Tensor, *,
                      config: SigmaMinConfig = SigmaMinConfig(), device=None,
-                     reduce: ReduceSums | None = None) -> SigmaMinResult:
+                     reduce: ReduceSums | None = None, usable_from: float | None = None) -> SigmaMinResult:
     """One sigma_min for the whole corrupted set S_B (eq. 3.2): first level where the mean of p over S_B reaches
     tau, found by the same bracket + bisection on the averaged curve. Returns the level for every given sample.
 
@@ -244,6 +277,7 @@ def sigma_min_single(predict: Predict, images: torch.Tensor, sample_ids: torch.T
     classifier forwards per given sample (probed levels x draws).
     """
     grid = config.grid.sigmas()
+    cap = cap_index(grid, usable_from)
     count = images.shape[0]
     if count == 0 and reduce is None:
         raise ValueError("sigma_min_single needs at least one sample of S_B")
@@ -251,8 +285,11 @@ def sigma_min_single(predict: Predict, images: torch.Tensor, sample_ids: torch.T
 
     def evaluate(rows: torch.Tensor, indices: torch.Tensor, coarse: bool) -> torch.Tensor:
         means = []
-        probed.extend(indices.tolist())
         for index in indices.tolist():  # one curve (rows are all 0): p averaged over S_B at each probed level
+            if cap is not None and index >= cap:  # clean-like by the chance rule, no forward (same on every rank)
+                means.append(1.0)
+                continue
+            probed.append(index)
             p = score_levels(predict, images, sample_ids, grid[index].float().view(1),
                              draws=config.draws, level_keys=_level_keys(torch.tensor([index]), config),
                              seed=config.seed, chunk=config.chunk, device=device)
@@ -268,5 +305,7 @@ def sigma_min_single(predict: Predict, images: torch.Tensor, sample_ids: torch.T
 
     index, reached = bisect_first_crossing(evaluate, 1, grid.numel(), tau=config.tau,
                                            coarse_levels=config.coarse_levels)
-    return SigmaMinResult(grid[index].expand(count).clone(), index.expand(count).clone(),
-                          reached.expand(count).clone(), float(len(probed) * config.draws))
+    one = _result(grid, index, reached, cap, float(len(probed) * config.draws))
+    return SigmaMinResult(one.sigma_min.expand(count).clone(), one.index.expand(count).clone(),
+                          one.reached.expand(count).clone(), one.forwards_per_image,
+                          capped=one.capped.expand(count).clone())
