@@ -4,7 +4,7 @@ Semantics (DESIGN.md sections 1-2, paper Sections 3.1-3.2): sample i is usable a
 (as clean data through its crops, sigma_tn = 0) or s > b * sigma_min_i (as noisy data, sigma_tn = sigma_min_i, where
 the crops regime does not apply).
 Clean data: sigma_min = 0. Data that only helps at low noise (out of distribution): sigma_min = inf, sigma_max > 0.
-Unannotated data defaults to clean.
+Unannotated data is clean only when asked for (allow_missing): a file that does not cover its dataset is refused.
 
 File format: a safetensors file with tensors `sample_ids` (int64 [N]), `sigma_min`, `sigma_max` (float64 [N]),
 optional `quality` (float64 [N]) and `source` (int64 [N], an index into metadata["sources"]); its metadata holds
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,43 @@ FORMAT_VERSION = 1
 
 class AnnotationMismatchError(ValueError):
     """The annotations do not describe the dataset they are used with."""
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How an annotation file covers a dataset: what lines up, and what does not."""
+
+    total: int  # dataset samples that need a row (unreadable ones, never trained on, do not)
+    missing: tuple[int, ...]  # ids of those samples without a row
+    extra: tuple[int, ...]  # annotated ids the dataset lacks
+    keyless: bool  # the file has no keys although the dataset names its samples
+
+    @property
+    def annotated(self) -> int:
+        return self.total - len(self.missing)
+
+    @property
+    def complete(self) -> bool:
+        return not (self.missing or self.extra or self.keyless)
+
+    def line(self) -> str:
+        text = (f"annotations: annotated {self.annotated} of {self.total} samples ({len(self.missing)} missing -> "
+                f"clean, {len(self.extra)} extra ids ignored)")
+        return text + ("; the file has no keys: aligned by sample id alone" if self.keyless else "")
+
+    def refusal(self) -> str:
+        """One line: what does not match, and the two ways out."""
+        problems = []
+        if self.missing:
+            problems.append(f"{len(self.missing)} of {self.total} dataset samples have no annotation "
+                            f"(first ids: {list(self.missing[:5])})")
+        if self.extra:
+            problems.append(f"{len(self.extra)} annotated ids are not in the dataset (first ids: {list(self.extra[:5])})")
+        if self.keyless:
+            problems.append("the file has no keys, so its rows cannot be checked against the dataset's sample names")
+        return ("the annotations do not match the dataset: " + "; ".join(problems) + ". Annotate this dataset (or "
+                "`annotate merge` files that cover it), or pass --allow-missing (allow_missing=True in Python) to "
+                "train unannotated samples as clean and ignore the rest")
 
 
 @dataclass
@@ -119,22 +157,31 @@ class Annotations:
         )
 
     # ------------------------------------------------------------------------------------------- alignment
-    def aligned_to(self, sample_ids, keys: list[str] | None = None, *, allow_missing: bool = False) -> Annotations:
+    def coverage(self, sample_ids, keys: list[str] | None = None, *, needed=None) -> Coverage:
+        """How this table covers a dataset's sample_ids (keys: the dataset's sample names, None when it has none;
+        needed: bool mask of the samples that must have a row, default all)."""
+        ids = torch.as_tensor(sample_ids, dtype=torch.int64).reshape(-1).tolist()
+        needed = [True] * len(ids) if needed is None else torch.as_tensor(needed, dtype=torch.bool).reshape(-1).tolist()
+        annotated, in_dataset = set(self.sample_ids.tolist()), set(ids)
+        missing = tuple(i for i, need in zip(ids, needed) if need and i not in annotated)
+        extra = tuple(sorted(annotated - in_dataset))
+        return Coverage(sum(needed), missing, extra, keyless=keys is not None and self.keys is None)
+
+    def aligned_to(self, sample_ids, keys: list[str] | None = None, *, allow_missing: bool = False, needed=None,
+                   report: Callable[[str], None] | None = None) -> Annotations:
         """The rows for a dataset's samples, in the dataset's order.
 
-        Every dataset id must be annotated (unless allow_missing, which makes missing samples clean); where both
-        sides have keys they must agree, so a re-ordered or replaced file is caught instead of misaligned.
+        Refused (AnnotationMismatchError) when the table does not cover the dataset: a needed sample without a
+        row, an annotated id the dataset lacks, or no keys although the dataset names its samples; allow_missing
+        accepts that (missing samples become clean, extra rows are ignored). Where both sides have keys they must
+        agree, so a re-ordered or replaced file is caught instead of misaligned. report: gets the coverage line.
         """
+        coverage = self.coverage(sample_ids, keys, needed=needed)
+        if not coverage.complete and not allow_missing:
+            raise AnnotationMismatchError(coverage.refusal())
         ids = torch.as_tensor(sample_ids, dtype=torch.int64).reshape(-1)
         position = {int(sample_id): row for row, sample_id in enumerate(self.sample_ids.tolist())}
         rows = [position.get(int(sample_id), -1) for sample_id in ids.tolist()]
-        missing = [int(ids[i]) for i, row in enumerate(rows) if row < 0]
-        if missing and not allow_missing:
-            raise AnnotationMismatchError(
-                f"{len(missing)} of {ids.numel()} dataset samples have no annotation (first ids: {missing[:5]}); "
-                f"the annotation file has {len(self)} rows. Annotate this dataset, or pass allow_missing=True to "
-                "treat unannotated samples as clean."
-            )
         if keys is not None and self.keys is not None:
             if len(keys) != ids.numel():
                 raise ValueError(f"keys has {len(keys)} entries for {ids.numel()} sample ids")
@@ -144,6 +191,8 @@ class Annotations:
                         f"sample id {int(ids[i])} is {keys[i]!r} in the dataset but {self.keys[row]!r} in the "
                         "annotation file: the dataset changed since it was annotated"
                     )
+        if report is not None:
+            report(coverage.line())
         index = torch.tensor([max(row, 0) for row in rows], dtype=torch.int64)
         present = torch.tensor([row >= 0 for row in rows], dtype=torch.bool)
 

@@ -34,15 +34,50 @@ def test_round_trip(tmp_path):
 
 
 def test_alignment_reorders_and_checks_keys():
-    aligned = example().aligned_to([13, 10], keys=["d.png", "a.png"])
-    assert aligned.sample_ids.tolist() == [13, 10]
-    assert aligned.sigma_min.tolist() == [1.2, 0.0]
+    aligned = example().aligned_to([13, 10, 12, 11], keys=["d.png", "a.png", "c.png", "b.png"])
+    assert aligned.sample_ids.tolist() == [13, 10, 12, 11]
+    assert aligned.sigma_min.tolist() == [1.2, 0.0, math.inf, 0.4]
     with pytest.raises(AnnotationMismatchError, match="dataset changed since it was annotated"):
-        example().aligned_to([13, 10], keys=["a.png", "d.png"])
-    with pytest.raises(AnnotationMismatchError, match="1 of 2 dataset samples have no annotation"):
-        example().aligned_to([10, 99])
+        example().aligned_to([13, 10, 12, 11], keys=["a.png", "d.png", "c.png", "b.png"])
+    with pytest.raises(AnnotationMismatchError, match="1 of 5 dataset samples have no annotation"):
+        example().aligned_to([10, 11, 12, 13, 99])
     relaxed = example().aligned_to([10, 99], allow_missing=True)
     assert relaxed.sigma_min.tolist() == [0.0, 0.0] and relaxed.sigma_max.tolist() == [0.0, 0.0]
+
+
+ALL_IDS, ALL_KEYS = [10, 11, 12, 13], ["a.png", "b.png", "c.png", "d.png"]
+
+
+def test_extra_ids_are_refused_unless_allowed():
+    # The dataset lacks id 13 (and id 12): the file describes other data, or the dataset lost files.
+    with pytest.raises(AnnotationMismatchError, match=r"2 annotated ids are not in the dataset \(first ids: \[12, 13\]\).*allow-missing"):
+        example().aligned_to([10, 11], keys=["a.png", "b.png"])
+    relaxed = example().aligned_to([10, 11], keys=["a.png", "b.png"], allow_missing=True)
+    assert relaxed.sample_ids.tolist() == [10, 11] and relaxed.sigma_min.tolist() == [0.0, 0.4]
+
+
+def test_a_file_without_keys_is_refused_when_the_dataset_names_its_samples():
+    keyless = example()
+    keyless.keys = None
+    with pytest.raises(AnnotationMismatchError, match="no keys"):
+        keyless.aligned_to(ALL_IDS, keys=ALL_KEYS)
+    assert keyless.aligned_to(ALL_IDS, keys=ALL_KEYS, allow_missing=True).keys == ALL_KEYS
+    assert keyless.aligned_to(ALL_IDS).keys is None  # a dataset without names: ids are all there is to check
+
+
+def test_coverage_line_counts_missing_and_extra_samples():
+    lines = []
+    example().aligned_to([10, 11, 99], keys=["a.png", "b.png", "z.png"], allow_missing=True, report=lines.append)
+    assert lines == ["annotations: annotated 2 of 3 samples (1 missing -> clean, 2 extra ids ignored)"]
+    lines.clear()
+    example().aligned_to(ALL_IDS, keys=ALL_KEYS, report=lines.append)
+    assert lines == ["annotations: annotated 4 of 4 samples (0 missing -> clean, 0 extra ids ignored)"]
+
+
+def test_samples_that_are_never_trained_on_need_no_row():
+    # needed=False: an unreadable file is excluded from training, and `annotate` writes no row for it.
+    aligned = example().aligned_to([10, 11, 12, 13, 14], needed=torch.tensor([True, True, True, True, False]))
+    assert aligned.sample_ids.tolist() == [10, 11, 12, 13, 14]
 
 
 def test_usable_follows_the_donut():

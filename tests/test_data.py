@@ -76,13 +76,37 @@ def test_annotation_join_by_id_and_key(tmp_path):
     dataset = TensorDataset(images, keys=[f"k{i}" for i in range(5)])
     table = Annotations(torch.tensor([3, 1]), torch.tensor([0.7, 0.2], dtype=torch.float64), torch.zeros(2), keys=["k3", "k1"])
     table.save(tmp_path / "ann.safetensors")
-    aligned = dataset.annotations(tmp_path / "ann.safetensors")
-    assert aligned.sigma_min.tolist() == [0.0, 0.2, 0.0, 0.7, 0.0]  # unannotated samples are clean
+    with pytest.raises(AnnotationMismatchError, match=r"ann.safetensors: .*3 of 5 dataset samples have no annotation"):
+        dataset.annotations(tmp_path / "ann.safetensors")  # never silently clean
+    lines = []
+    aligned = dataset.annotations(tmp_path / "ann.safetensors", allow_missing=True, report=lines.append)
+    assert aligned.sigma_min.tolist() == [0.0, 0.2, 0.0, 0.7, 0.0]  # unannotated samples are clean when allowed
+    assert lines == ["annotations: annotated 2 of 5 samples (3 missing -> clean, 0 extra ids ignored)"]
     wrong = Annotations(torch.tensor([3]), torch.tensor([0.7]), torch.zeros(1), keys=["other"])
     with pytest.raises(AnnotationMismatchError, match="k3"):
-        dataset.annotations(wrong)
+        dataset.annotations(wrong, allow_missing=True)
     with pytest.raises(AnnotationMismatchError, match="no annotation"):
-        dataset.annotations(wrong, allow_missing=False)
+        dataset.annotations(wrong)
+
+
+def test_keyless_annotations_and_named_samples(tmp_path):
+    images = torch.rand(3, 3, 4, 4) * 2 - 1
+    keyless = Annotations(torch.arange(3), torch.tensor([0.0, 0.5, 0.0]), torch.zeros(3))
+    with pytest.raises(AnnotationMismatchError, match="no keys"):
+        TensorDataset(images, keys=["a", "b", "c"]).annotations(keyless)  # named samples: keys are required
+    assert TensorDataset(images).annotations(keyless).sigma_min.tolist() == [0.0, 0.5, 0.0]  # positions only
+
+
+def test_unreadable_samples_need_no_annotation_row(tmp_path):
+    names = write_images(tmp_path, labels=False)
+    (tmp_path / names[2]).write_bytes(b"broken")
+    with pytest.warns(UserWarning, match=names[2]):
+        dataset = FileDataset(tmp_path, on_error="skip")
+    readable = [i for i in range(6) if i != 2]  # what `annotate` writes: no row for the unreadable file
+    table = Annotations(torch.tensor(readable), torch.full((5,), 0.3, dtype=torch.float64), torch.zeros(5),
+                        keys=[names[i] for i in readable])
+    aligned = dataset.annotations(table)
+    assert aligned.sigma_min[2] == float("inf") and aligned.sigma_min[0] == 0.3
 
 
 def test_encode_writes_mean_and_std_latents(tmp_path):

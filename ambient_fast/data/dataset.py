@@ -6,7 +6,8 @@ Every item is a dict:
   label      int64 class index (0 when the dataset has no labels)
   sample_id  int64: the item's index in sorted file order, stable across runs, ranks and worker counts; the
              annotations (sigma_min, sigma_max) and the fixed noise n_i are keyed by it
-  key        the file's relative name (POSIX), checked against the annotation file's keys
+  key        the file's relative name (POSIX), checked against the annotation file's keys (an in-memory dataset
+             built without keys gets placeholders from the positions, which name nothing and are not checked)
 
 A file that cannot be read is never skipped silently: with on_error="raise" (default) reading it raises
 CorruptSampleError naming the file; with on_error="skip", construction verifies every file, warns once per bad
@@ -35,12 +36,13 @@ class CorruptSampleError(RuntimeError):
 class ArrayDataset(torch.utils.data.Dataset):
     """Common part: ids, keys, labels, exclusions, validation of decoded values and the annotation join."""
 
-    def __init__(self, keys: list[str], labels: np.ndarray | None, *, on_error: str = "raise"):
+    def __init__(self, keys: list[str], labels: np.ndarray | None, *, on_error: str = "raise", named: bool = True):
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         if not keys:
             raise ValueError("the dataset is empty")
         self.keys = list(keys)
+        self.named = named  # the keys name the samples (files, given keys); False: placeholders from positions
         self.labels = np.zeros(len(keys), np.int64) if labels is None else np.asarray(labels, np.int64)
         self.label_dim = int(self.labels.max()) + 1 if labels is not None else 0
         self.on_error = on_error
@@ -103,17 +105,27 @@ class ArrayDataset(torch.utils.data.Dataset):
             raise CorruptSampleError("no readable sample in the dataset")
         return bad
 
-    def annotations(self, source=None, *, allow_missing: bool = True):
+    def annotations(self, source=None, *, allow_missing: bool = False, report=None):
         """Annotations aligned to this dataset by sample id and key (Annotations.aligned_to). source: a path, an
-        Annotations, or None (everything clean). Unannotated samples are clean (allow_missing); excluded samples
-        get sigma_min = inf, sigma_max = 0, i.e. never usable."""
-        from ..annotations import Annotations
+        Annotations, or None (everything clean). A table that leaves a readable sample without a row, holds ids
+        this dataset lacks, or has no keys although the samples are named, is refused (AnnotationMismatchError)
+        unless allow_missing (unannotated samples are then clean). Excluded (unreadable) samples need no row and
+        get sigma_min = inf, sigma_max = 0, i.e. never usable. report: gets the coverage line."""
+        from ..annotations import AnnotationMismatchError, Annotations
 
         if source is None:
             table = Annotations.clean(self.sample_ids, keys=self.keys)
+            if report is not None:
+                report(f"annotations: none, all {len(self)} samples clean")
         else:
             table = source if isinstance(source, Annotations) else Annotations.load(source)
-            table = table.aligned_to(self.sample_ids, self.keys, allow_missing=allow_missing)
+            try:
+                table = table.aligned_to(self.sample_ids, self.keys if self.named else None,
+                                         allow_missing=allow_missing, needed=torch.from_numpy(~self.excluded),
+                                         report=report)
+            except AnnotationMismatchError as error:  # name the file: the message alone does not say which
+                where = "the given annotations" if isinstance(source, Annotations) else str(source)
+                raise AnnotationMismatchError(f"{where}: {error}") from None
         if self.excluded.any():
             excluded = torch.from_numpy(self.excluded)
             table.sigma_min = torch.where(excluded, torch.tensor(float("inf"), dtype=torch.float64), table.sigma_min)
@@ -127,10 +139,12 @@ class TensorDataset(ArrayDataset):
     def __init__(self, images: torch.Tensor, labels=None, keys: list[str] | None = None, *, on_error: str = "raise"):
         if images.dim() != 4:
             raise ValueError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
-        keys = keys if keys is not None else [f"{i:08d}" for i in range(images.shape[0])]
+        named = keys is not None
+        keys = keys if named else [f"{i:08d}" for i in range(images.shape[0])]
         if len(keys) != images.shape[0]:
             raise ValueError(f"{len(keys)} keys for {images.shape[0]} images")
-        super().__init__(keys, None if labels is None else torch.as_tensor(labels).cpu().numpy(), on_error=on_error)
+        super().__init__(keys, None if labels is None else torch.as_tensor(labels).cpu().numpy(), on_error=on_error,
+                         named=named)
         self.images = images
 
     def _load(self, index: int) -> torch.Tensor:

@@ -5,12 +5,17 @@ import json
 
 import torch
 
+from ..annotations import AnnotationMismatchError
+
 
 def register(subparsers) -> None:
     train = subparsers.add_parser("train", help="train a diffusion model with the ambient loss (resumes when rerun)")
     train.add_argument("--preset", default="tiny-cpu", help="row of ambient_fast.train.config.PRESETS")
     train.add_argument("--data", required=True, help="dataset directory or zip (EDM2 format, images or .npy latents)")
     train.add_argument("--annotations", default=None, help="annotation file (safetensors); default: all clean")
+    train.add_argument("--allow-missing", action="store_true",
+                       help="accept an annotation file that misses samples (they train as clean), holds ids the "
+                            "dataset lacks or has no keys (default: refuse it); the coverage line counts them")
     train.add_argument("--run-dir", required=True, help="checkpoints, EMA snapshots and metrics.jsonl go here")
     train.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when CUDA is available, else cpu")
     train.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -47,6 +52,8 @@ def register(subparsers) -> None:
     info = dataset.add_parser("info", help="size, shape, labels, unreadable files, annotation coverage")
     info.add_argument("source")
     info.add_argument("--annotations", default=None)
+    info.add_argument("--allow-missing", action="store_true",
+                      help="accept an annotation file that does not cover the dataset (missing samples are clean)")
     info.add_argument("--verify", action="store_true", help="decode every file and list the unreadable ones")
     info.set_defaults(func=_info)
 
@@ -64,6 +71,8 @@ def _train(args) -> int:
     from .loop import train
 
     overrides = {"data": args.data, "annotations": args.annotations}
+    if args.allow_missing:  # only when given: --set allow_missing=... and presets stay in charge otherwise
+        overrides["allow_missing"] = True
     for item in args.set:
         if "=" not in item:
             raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
@@ -72,6 +81,8 @@ def _train(args) -> int:
     config = preset(args.preset, **overrides)
     try:
         train(config, run_dir=args.run_dir, device=args.device)
+    except AnnotationMismatchError as error:  # a user error: one line, no traceback
+        raise SystemExit(f"error: {error}") from None
     finally:
         distributed.shutdown()
     return 0
@@ -125,7 +136,10 @@ def _info(args) -> int:
           f"{'latents' if dataset.is_latent else 'images'}, {dataset.label_dim or 'no'} classes")
     if args.verify:
         print(f"unreadable: {int(dataset.excluded.sum())}" + "".join(f"\n  {k}" for k, bad in zip(dataset.keys, dataset.excluded) if bad))
-    table = dataset.annotations(args.annotations)
+    try:
+        table = dataset.annotations(args.annotations, allow_missing=args.allow_missing, report=print)
+    except AnnotationMismatchError as error:
+        raise SystemExit(f"error: {error}") from None
     for sigma in (0.002, 0.02, 0.2, 2.0, 20.0):
         print(f"  usable at sigma {sigma:g}: {float(table.usable(sigma).double().mean()):.3f}")
     return 0

@@ -33,6 +33,8 @@ class TrainConfig:
     # data
     data: str = ""  # dataset directory or zip (EDM2 format, image folder, or .npy latents)
     annotations: str | None = None  # annotation file (safetensors, ambient_fast.annotations); None = all clean
+    allow_missing: bool = False  # accept an annotation file that misses samples (trained as clean), holds ids the
+    # dataset lacks (ignored) or has no keys; otherwise such a file is refused. The coverage line counts both.
     on_corrupt: str = "raise"  # "raise" or "skip" (verify every file, warn by name, never train on it)
     latent_mean: tuple[float, ...] = SD_VAE_LATENT_MEAN  # latents only: per-channel mean (`dataset encode` prints that of the posterior means)
     latent_std: tuple[float, ...] = SD_VAE_LATENT_STD  # latents only: per-channel std; x0 = (z - mean) / std * 0.5

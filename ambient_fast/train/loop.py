@@ -26,8 +26,9 @@ from .phema import PowerEMA
 from .schedule import learning_rate
 
 # Fields that may change between a run and its resumption (they do not change what is computed).
+# allow_missing only permits: what the run trains on is guarded by the annotations digest.
 RESUMABLE_CHANGES = {"total_steps", "log_every", "num_workers", "tensorboard", "checkpoint_every", "keep_checkpoints",
-                     "snapshot_every", "cpu_threads"}
+                     "snapshot_every", "cpu_threads", "allow_missing"}
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -100,7 +101,9 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
     if dataset is None and not config.data:
         raise ValueError("no data: set config.data (a dataset directory or zip) or pass dataset=")
     dataset = dataset if dataset is not None else open_dataset(config.data, on_error=config.on_corrupt)
-    table = dataset.annotations(config.annotations) if config.ambient else dataset.annotations(None)
+    coverage = []  # the "annotations: annotated N of M samples ..." line, printed with the plan below
+    table = dataset.annotations(config.annotations if config.ambient else None, allow_missing=config.allow_missing,
+                                report=coverage.append)
     annotations_digest = table.digest()  # stored with every checkpoint: resuming needs the same annotations
     sampler = AmbientSampler(table.sigma_min, table.sigma_max, batch_size=config.batch_size, p_mean=config.p_mean,
                              p_std=config.p_std, max_weight=config.max_weight, seed=config.seed)
@@ -156,6 +159,7 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
         f"  data: {len(dataset)} samples {tuple(dataset.shape)} ({'latents' if is_latent else 'pixels'}), labels: {label_dim or 'none'}, "
         f"annotations: {config.annotations if config.ambient and config.annotations else 'none (all clean)'}"
         f"{'' if config.ambient else ' [ambient off: plain EDM loss]'}\n"
+        f"  {coverage[0]}\n"
         f"  usable fraction at sigma " + ", ".join(f"{s:g}: {f:.2f}" for s, f in usable.items()) + "\n"
         f"  network: {config.network.arch if network is None else type(network).__name__}, {parameter_count(net) / 1e6:.2f}M parameters\n"
         f"  batch {config.batch_size} = {dist_info.world_size} rank(s) x {rounds} round(s) x {batch_gpu}, device {device}, "
