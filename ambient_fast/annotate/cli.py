@@ -15,13 +15,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from ..annotations import Annotations
+from ..annotations import AnnotationMismatchError, Annotations
 from .images import eprint, load_images
 
 
@@ -161,16 +162,25 @@ def _join_process_group(shard) -> bool:
     return True
 
 
-def _with_base(base, data, *, sigma_min=None, sigma_max=None, provenance: dict) -> Annotations:
-    """New annotations for `data`, keeping the other column from an existing file when --base is given."""
+def _with_base(base, data, *, sigma_min=None, sigma_max=None, provenance: dict,
+               allow_missing: bool = False) -> Annotations:
+    """New annotations for `data`: the column computed now, the other one from --base when given. A base that does
+    not cover `data` is refused unless allow_missing (its missing samples are then clean). Without a base an image
+    annotated by sigma-max alone is out-of-distribution data: sigma_min = inf, usable only below sigma_max
+    (Section 3.2); one annotated by sigma-min alone has no crops annotation (sigma_max = 0)."""
     if base:
-        previous = Annotations.load(base).aligned_to(data.sample_ids, data.keys, allow_missing=True)
+        try:
+            previous = Annotations.load(base).aligned_to(data.sample_ids, data.keys, allow_missing=allow_missing,
+                                                         report=eprint)
+        except AnnotationMismatchError as error:
+            raise SystemExit(f"error: --base {base}: {error}") from None
         sigma_min = previous.sigma_min if sigma_min is None else sigma_min
         sigma_max = previous.sigma_max if sigma_max is None else sigma_max
         provenance = {**previous.provenance, **provenance}
-    zeros = torch.zeros(len(data.keys), dtype=torch.float64)
-    return Annotations(data.sample_ids, zeros if sigma_min is None else sigma_min,
-                       zeros if sigma_max is None else sigma_max, keys=data.keys, provenance=provenance)
+    count = len(data.keys)
+    sigma_min = torch.full((count,), math.inf, dtype=torch.float64) if sigma_min is None else sigma_min
+    sigma_max = torch.zeros(count, dtype=torch.float64) if sigma_max is None else sigma_max
+    return Annotations(data.sample_ids, sigma_min, sigma_max, keys=data.keys, provenance=provenance)
 
 
 # ------------------------------------------------------------------------------------------ crops + sigma-max
@@ -205,7 +215,8 @@ def _sigma_max(args) -> int:
     provenance = {"sigma_max": {"method": "crops-classifier", "classifier": str(args.classifier), "tau": args.tau,
                                 "crop_table": asdict(table),
                                 "mean_p_target": {str(k): float(v.mean()) for k, v in scores.items()}}}
-    _with_base(args.base, data, sigma_max=sigma_max, provenance=provenance).save(args.out)
+    _with_base(args.base, data, sigma_max=sigma_max, provenance=provenance, allow_missing=args.allow_missing
+               ).save(args.out)
     eprint(f"wrote {args.out}: mean sigma_max {float(sigma_max.mean()):.4g}; mean P(target) per crop size "
            + ", ".join(f"{k}: {float(v.mean()):.3f}" for k, v in scores.items()))
     return 0
@@ -361,7 +372,10 @@ def register(subparsers) -> None:
     p.add_argument("--classifier", required=True)
     p.add_argument("--crop-table", required=True, help='JSON {"sigma": [...], "crop": [...]}')
     p.add_argument("--out", required=True)
-    p.add_argument("--base", help="existing annotation file whose sigma_min is kept")
+    p.add_argument("--base", help="existing annotation file whose sigma_min is kept (default: sigma_min = inf, "
+                                  "the images are used only below their sigma_max, Section 3.2)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="accept a --base file that does not cover the images (its missing samples are clean)")
     p.add_argument("--tau", type=float, default=0.45)
     p.add_argument("--chunk", type=int, default=4096)
     _common(p)

@@ -1,0 +1,77 @@
+"""`annotate sigma-max` without and with --base (Section 3.2: out-of-distribution images get sigma_min = inf; a base
+file that does not cover the images is refused unless --allow-missing), and `annotate merge`."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from ambient_fast import cli
+from ambient_fast.annotate.synthetic import random_fields
+from ambient_fast.annotations import Annotations
+
+SIZE = 8
+
+
+def write_pngs(folder, images: torch.Tensor) -> None:
+    folder.mkdir(parents=True)
+    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for i, array in enumerate(pixels):
+        Image.fromarray(array).save(folder / f"{i:04d}.png")
+
+
+@pytest.fixture(scope="module")
+def crops_workspace(tmp_path_factory):
+    """Target and other images, a briefly trained crops classifier and a crop(sigma) table."""
+    root = tmp_path_factory.mktemp("sigma_max")
+    write_pngs(root / "target", random_fields(torch.arange(16), resolution=SIZE))
+    write_pngs(root / "other", random_fields(torch.arange(16, 32), resolution=SIZE).flip(-1) * 0.5)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    assert cli.main(["annotate", "train-crops", "--target", str(root / "target"), "--other", str(root / "other"),
+                     "--out", str(root / "crops.safetensors"), "--crop-sizes", "2,4", "--steps", "4",
+                     "--batch-size", "8", "--model-channels", "4", "--channel-mult", "1"]) == 0
+    (root / "table.json").write_text(json.dumps({"sigma": [0.1, 0.5], "crop": [2, 4]}))
+    yield root
+    torch.set_num_threads(threads)
+
+
+def sigma_max_args(root, out, *extra):
+    return ["annotate", "sigma-max", "--images", str(root / "other"), "--classifier", str(root / "crops.safetensors"),
+            "--crop-table", str(root / "table.json"), "--tau", "0.0", "--out", str(out), *extra]
+
+
+def test_sigma_max_without_base_makes_the_images_usable_only_below_sigma_max(crops_workspace):
+    out = crops_workspace / "ood.safetensors"
+    assert cli.main(sigma_max_args(crops_workspace, out)) == 0
+    annotations = Annotations.load(out)
+    # Section 3.2: out-of-distribution images are never noisy data (sigma_min = inf), only crops below sigma_max.
+    assert torch.isinf(annotations.sigma_min).all()
+    assert (annotations.sigma_max == 0.5).all()  # tau = 0: every crop size passes
+    assert not annotations.usable(1.0).any() and annotations.usable(0.05).all()
+
+
+def test_sigma_max_keeps_the_base_sigma_min(crops_workspace, tmp_path):
+    keys = [f"{i:04d}.png" for i in range(16)]
+    base = Annotations(torch.arange(16), torch.linspace(0, 1.5, 16, dtype=torch.float64), torch.zeros(16), keys=keys)
+    base.save(tmp_path / "base.safetensors")
+    out = tmp_path / "both.safetensors"
+    assert cli.main(sigma_max_args(crops_workspace, out, "--base", str(tmp_path / "base.safetensors"))) == 0
+    assert torch.equal(Annotations.load(out).sigma_min, base.sigma_min)
+
+
+def test_a_base_that_misses_images_is_refused_unless_allowed(crops_workspace, tmp_path, capsys):
+    keys = [f"{i:04d}.png" for i in range(16)]
+    partial = Annotations(torch.arange(8), torch.full((8,), 0.4, dtype=torch.float64), torch.zeros(8), keys=keys[:8])
+    partial.save(tmp_path / "partial.safetensors")
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(SystemExit, match=r"8 of 16 dataset samples have no annotation.*--allow-missing"):
+        cli.main(sigma_max_args(crops_workspace, out, "--base", str(tmp_path / "partial.safetensors")))
+    assert not out.exists()
+    assert cli.main(sigma_max_args(crops_workspace, out, "--base", str(tmp_path / "partial.safetensors"),
+                                   "--allow-missing")) == 0
+    assert "annotations: annotated 8 of 16 samples (8 missing -> clean, 0 extra ids ignored)" in capsys.readouterr().err
+    assert Annotations.load(out).sigma_min.tolist() == [0.4] * 8 + [0.0] * 8  # the missing ones are clean
