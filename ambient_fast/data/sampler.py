@@ -107,8 +107,9 @@ class AmbientSampler:
         sigma_t = self.levels(self.step)
         indices = np.array([self._next_usable(s) for s in sigma_t.tolist()], np.int64)
         # The one rule that decides sigma_tn (noisy data or clean crops, Section 3.2), so the two never disagree.
-        sigma_tn = select_sigma_tn(torch.from_numpy(sigma_t), torch.from_numpy(self.sigma_min[indices]),
-                                   torch.from_numpy(self.sigma_max[indices]), max_weight=self.max_weight).sigma_tn.numpy()
+        selection = select_sigma_tn(torch.from_numpy(sigma_t), torch.from_numpy(self.sigma_min[indices]),
+                                    torch.from_numpy(self.sigma_max[indices]), max_weight=self.max_weight)
+        sigma_tn = selection.sigma_tn.numpy()
         batch = Batch(indices, sigma_t, sigma_tn, self.step, 0)
         self.step += 1
         return batch
