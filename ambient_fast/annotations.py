@@ -17,13 +17,15 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 FORMAT_VERSION = 1
+UNSPECIFIED_SOURCE = "unspecified"  # the source of merged rows whose file had no source column
 
 
 class AnnotationMismatchError(ValueError):
@@ -59,7 +61,8 @@ class Coverage:
             problems.append(f"{len(self.missing)} of {self.total} dataset samples have no annotation "
                             f"(first ids: {list(self.missing[:5])})")
         if self.extra:
-            problems.append(f"{len(self.extra)} annotated ids are not in the dataset (first ids: {list(self.extra[:5])})")
+            problems.append(f"{len(self.extra)} annotated ids are not in the dataset "
+                            f"(first ids: {list(self.extra[:5])})")
         if self.keyless:
             problems.append("the file has no keys, so its rows cannot be checked against the dataset's sample names")
         return ("the annotations do not match the dataset: " + "; ".join(problems) + ". Annotate this dataset (or "
@@ -207,12 +210,92 @@ class Annotations:
             sources=list(self.sources), provenance=dict(self.provenance),
         )
 
+    # --------------------------------------------------------------------------------------------- merging
+    @classmethod
+    def merge(cls, tables: Sequence[Annotations], names: Sequence[str] | None = None) -> Annotations:
+        """One table from several that annotate disjoint samples of one dataset (per-source or per-step files).
+
+        Rows are sorted by sample id; keys, quality and source are carried (sources unified by name; rows of a
+        table without a source column get UNSPECIFIED_SOURCE when others have one; unknown quality is NaN); the
+        provenance is {"merged": [each table's]}. An id in two tables is refused unless both rows are identical,
+        keys must be in every table or in none, and a key may name one sample id only. names: for the messages.
+        """
+        if not tables:
+            raise ValueError("nothing to merge: give at least one annotation table")
+        names = [f"table {i}" for i in range(len(tables))] if names is None else list(names)
+        if len({table.keys is None for table in tables}) > 1:
+            keyless = [name for table, name in zip(tables, names) if table.keys is None]
+            raise ValueError(f"keys in some files but not in others (none in {', '.join(keyless)}); merge files "
+                             "made for the same dataset, all with keys")
+        with_source = any(table.source is not None for table in tables)
+        rows: dict[int, tuple[_Row, str]] = {}
+        for table, name in zip(tables, names):
+            for row in _rows(table, with_source):
+                first = rows.setdefault(row.sample_id, (row, name))
+                if first[0] != row:
+                    raise ValueError(f"sample id {row.sample_id} is annotated differently in {first[1]} and {name}: "
+                                     f"{first[0].describe()} vs {row.describe()}; merge files with disjoint ids")
+        ordered = [rows[sample_id][0] for sample_id in sorted(rows)]
+        _check_one_id_per_key(ordered)
+        return cls._from_rows(ordered, tables, with_source)
+
+    @classmethod
+    def _from_rows(cls, rows: list[_Row], tables: Sequence[Annotations], with_source: bool) -> Annotations:
+        # The inputs' source lists in order, one entry per name; then UNSPECIFIED_SOURCE if some rows need it.
+        listed = [name for table in tables if table.source is not None for name in table.sources]
+        sources = list(dict.fromkeys(listed + [row.source for row in rows])) if with_source else []
+        has_quality = any(table.quality is not None for table in tables)
+        return cls(
+            [row.sample_id for row in rows], [row.sigma_min for row in rows], [row.sigma_max for row in rows],
+            keys=None if rows[0].key is None else [row.key for row in rows],
+            quality=[math.nan if row.quality is None else row.quality for row in rows] if has_quality else None,
+            source=[sources.index(row.source) for row in rows] if with_source else None, sources=sources,
+            provenance={"merged": [table.provenance for table in tables]},
+        )
+
     def usable(self, sigma: float, *, max_weight: float = 4.0) -> torch.Tensor:
         """Bool [N]: which samples may be trained on at level sigma (Section 3.2 with the eq. D.2 buffer)."""
         from .buffer import select_sigma_tn
 
         levels = torch.full_like(self.sigma_min, float(sigma))
         return select_sigma_tn(levels, self.sigma_min, self.sigma_max, max_weight=max_weight).usable
+
+
+class _Row(NamedTuple):
+    """One sample's annotation, comparable across files (quality None = unknown, source by name)."""
+
+    sample_id: int
+    sigma_min: float
+    sigma_max: float
+    key: str | None
+    quality: float | None
+    source: str | None
+
+    def describe(self) -> str:
+        return f"(sigma_min {self.sigma_min:g}, sigma_max {self.sigma_max:g}, key {self.key!r}, source {self.source!r})"
+
+
+def _rows(table: Annotations, with_source: bool) -> list[_Row]:
+    """The table's rows; with_source: name every row's source (UNSPECIFIED_SOURCE where the table has none)."""
+    count = len(table)
+    keys = table.keys if table.keys is not None else [None] * count
+    quality = [None] * count if table.quality is None else [None if math.isnan(q) else q
+                                                            for q in table.quality.tolist()]
+    if table.source is not None:
+        sources = [table.sources[index] for index in table.source.tolist()]
+    else:
+        sources = [UNSPECIFIED_SOURCE if with_source else None] * count
+    return [_Row(*row) for row in zip(table.sample_ids.tolist(), table.sigma_min.tolist(), table.sigma_max.tolist(),
+                                      keys, quality, sources)]
+
+
+def _check_one_id_per_key(rows: list[_Row]) -> None:
+    """Two ids under one key: the files number the same samples differently (another dataset or ordering)."""
+    owner: dict[str, int] = {}
+    for row in rows:
+        if row.key is not None and owner.setdefault(row.key, row.sample_id) != row.sample_id:
+            raise ValueError(f"key {row.key!r} names sample id {owner[row.key]} in one file and sample id "
+                             f"{row.sample_id} in another: the files were made for different datasets")
 
 
 def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

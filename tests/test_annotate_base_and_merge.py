@@ -75,3 +75,25 @@ def test_a_base_that_misses_images_is_refused_unless_allowed(crops_workspace, tm
                                    "--allow-missing")) == 0
     assert "annotations: annotated 8 of 16 samples (8 missing -> clean, 0 extra ids ignored)" in capsys.readouterr().err
     assert Annotations.load(out).sigma_min.tolist() == [0.4] * 8 + [0.0] * 8  # the missing ones are clean
+
+
+def test_merge_command(tmp_path, capsys):
+    first = Annotations([0, 2], [0.0, 0.5], [0.0, 0.0], keys=["a", "c"])
+    second = Annotations([1], [2.0], [0.0], keys=["b"], source=[0], sources=["synthetic"])
+    first.save(tmp_path / "first.safetensors")
+    second.save(tmp_path / "second.safetensors")
+    out = tmp_path / "merged.safetensors"
+    args = ["annotate", "merge", str(tmp_path / "first.safetensors"), str(tmp_path / "second.safetensors"),
+            "--out", str(out)]
+    assert cli.main(args) == 0
+    assert "merged 2 files: 3 samples" in capsys.readouterr().out
+    merged = Annotations.load(out)
+    assert merged.sample_ids.tolist() == [0, 1, 2] and merged.sigma_min.tolist() == [0.0, 2.0, 0.5]
+    with pytest.raises(SystemExit, match="exists.*--force"):
+        cli.main(args)
+    assert cli.main([*args, "--force"]) == 0
+    Annotations([2], [0.9], [0.0], keys=["c"]).save(tmp_path / "clash.safetensors")
+    with pytest.raises(SystemExit, match="sample id 2"):
+        cli.main(["annotate", "merge", str(tmp_path / "first.safetensors"), str(tmp_path / "clash.safetensors"),
+                  "--out", str(tmp_path / "never.safetensors")])
+    assert not (tmp_path / "never.safetensors").exists() and math.isfinite(merged.sigma_min.sum())

@@ -50,7 +50,8 @@ ALL_IDS, ALL_KEYS = [10, 11, 12, 13], ["a.png", "b.png", "c.png", "d.png"]
 
 def test_extra_ids_are_refused_unless_allowed():
     # The dataset lacks id 13 (and id 12): the file describes other data, or the dataset lost files.
-    with pytest.raises(AnnotationMismatchError, match=r"2 annotated ids are not in the dataset \(first ids: \[12, 13\]\).*allow-missing"):
+    with pytest.raises(AnnotationMismatchError,
+                       match=r"2 annotated ids are not in the dataset \(first ids: \[12, 13\]\).*allow-missing"):
         example().aligned_to([10, 11], keys=["a.png", "b.png"])
     relaxed = example().aligned_to([10, 11], keys=["a.png", "b.png"], allow_missing=True)
     assert relaxed.sample_ids.tolist() == [10, 11] and relaxed.sigma_min.tolist() == [0.0, 0.4]
@@ -114,3 +115,34 @@ def test_bad_files_are_named(tmp_path):
     (tmp_path / "truncated.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="not a readable annotation file"):
         Annotations.load(tmp_path / "truncated.safetensors")
+
+
+def part(ids, sigma_min, keys, **extra) -> Annotations:
+    return Annotations(ids, sigma_min, [0.0] * len(ids), keys=keys, **extra)
+
+
+def test_merge_joins_disjoint_tables_sorted_by_id():
+    classified = part([3, 0], [0.5, 0.0], ["d", "a"], quality=[0.1, 0.9], provenance={"method": "classifier"})
+    synthetic = part([1, 2], [2.0, 2.0], ["b", "c"], source=[0, 0], sources=["synthetic"],
+                     provenance={"method": "source-level"})
+    photos = part([4], [0.0], ["e"], source=[0], sources=["photos"])
+    merged = Annotations.merge([classified, synthetic, photos])
+    assert merged.sample_ids.tolist() == [0, 1, 2, 3, 4] and merged.keys == ["a", "b", "c", "d", "e"]
+    assert merged.sigma_min.tolist() == [0.0, 2.0, 2.0, 0.5, 0.0]
+    assert merged.quality[[0, 3]].tolist() == [0.9, 0.1] and merged.quality[[1, 2, 4]].isnan().all()
+    names = [merged.sources[i] for i in merged.source.tolist()]
+    assert names == ["unspecified", "synthetic", "synthetic", "unspecified", "photos"]  # unified by name
+    assert merged.provenance == {"merged": [{"method": "classifier"}, {"method": "source-level"}, {}]}
+
+
+def test_merge_refuses_overlaps_and_inconsistent_keys():
+    a = part([0, 1], [0.0, 0.3], ["a", "b"])
+    assert Annotations.merge([a, part([1], [0.3], ["b"])]).sample_ids.tolist() == [0, 1]  # identical rows: fine
+    with pytest.raises(ValueError, match=r"sample id 1 .* differently in first and second"):
+        Annotations.merge([a, part([1], [0.7], ["b"])], names=["first", "second"])
+    with pytest.raises(ValueError, match="keys in some files but not in others"):
+        Annotations.merge([a, part([2], [0.0], None)])
+    with pytest.raises(ValueError, match="key 'b' names sample id 1 .* and sample id 2"):
+        Annotations.merge([a, part([2], [0.0], ["b"])])
+    with pytest.raises(ValueError, match="nothing to merge"):
+        Annotations.merge([])

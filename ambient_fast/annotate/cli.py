@@ -9,6 +9,7 @@
   from-quality       fixed sigma_min from quality scores (file or built-in metric) or one level for a whole source
   measure-crop-size  crop(sigma) table from a trained denoiser (Figures 11-14)
   show               summary + PNG of usable samples per level and the sigma_min histogram (Figure 10)
+  merge              files with disjoint sample ids (per source, per step) into one
 """
 from __future__ import annotations
 
@@ -310,6 +311,22 @@ def _show(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ merge
+def _merge(args) -> int:
+    """Files annotating disjoint samples of one dataset (per source, per step) -> one file (Annotations.merge)."""
+    output = Path(args.out)
+    if output.exists() and not args.force:
+        raise SystemExit(f"error: {output} exists; pass --force to overwrite it")
+    try:
+        merged = Annotations.merge([Annotations.load(path) for path in args.files], names=[str(p) for p in args.files])
+    except (ValueError, FileNotFoundError) as error:  # overlapping ids, inconsistent keys, missing or unreadable
+        # files: one line, no traceback
+        raise SystemExit(f"error: {error}") from None
+    merged.save(output)
+    print(f"merged {len(args.files)} files: {len(merged)} samples -> {output}")
+    return 0
+
+
 def register(subparsers) -> None:
     annotate = subparsers.add_parser("annotate", help="annotate training samples with (sigma_min, sigma_max)")
     steps = annotate.add_subparsers(dest="annotate_command", metavar="STEP", required=True)
@@ -414,3 +431,9 @@ def register(subparsers) -> None:
     p.add_argument("--sigma-hi", type=float, default=80.0)
     p.add_argument("--max-weight", type=float, default=4.0, help="buffer of eq. D.2")
     p.set_defaults(func=_show)
+
+    p = steps.add_parser("merge", help="merge annotation files with disjoint sample ids into one")
+    p.add_argument("files", nargs="+", help="annotation files (.safetensors) of one dataset")
+    p.add_argument("--out", required=True, help="merged annotation file")
+    p.add_argument("--force", action="store_true", help="overwrite --out when it exists")
+    p.set_defaults(func=_merge)
