@@ -53,17 +53,20 @@ def heun_sample(denoise, noise: torch.Tensor, *, class_labels=None, num_steps: i
     return x.float()
 
 
-def load_denoiser(source: str | Path, *, ema_std: float | None = None, device: str | torch.device = "cpu"):
+TRACKED_EMA = "tracked"  # the run's first tracked EMA (config.ema_stds[0]): what EDM / EDM2 sample
+RAW_WEIGHTS = "raw"  # the optimizer's weights, no averaging
+
+
+def load_denoiser(source: str | Path, *, ema_std: float | str | None = TRACKED_EMA,
+                  device: str | torch.device = "cpu"):
     """(Precond denoiser, metadata) from a run directory or a checkpoint / EMA snapshot file.
 
-    ema_std: None = the newest checkpoint's raw weights; a tracked std (e.g. 0.10) = that EMA; any other std in
-    (0, 0.289) = post-hoc reconstruction from the run's stored snapshots (EDM2 Section 3).
+    ema_std: "tracked" (default) = the run's first tracked EMA, as EDM / EDM2 sample; "raw" or None = the newest
+    checkpoint's raw weights; a tracked std (e.g. 0.10) = that EMA; any other std in (0, 0.289) = post-hoc
+    reconstruction from the run's stored snapshots (EDM2 Section 3). metadata["weights"] says which was loaded.
     """
-    from .networks import Precond
     from .train import checkpoint
-    from .train.build import build_network
     from .train.config import TrainConfig
-    from .train.phema import reconstruct
 
     source = Path(source)
     if source.is_dir():
@@ -77,26 +80,49 @@ def load_denoiser(source: str | Path, *, ema_std: float | None = None, device: s
         raise ValueError(f"{source} was trained with the user network {meta['network']}; build it yourself, load the "
                          "checkpoint's 'net.*' tensors (train.checkpoint.load + split) and sample with Precond(net)")
     config = TrainConfig.from_dict(meta["config"])
-    tracked = [float(s) for s in config.ema_stds]
-    if ema_std is None:
+    state, weights = _weights(source, tensors, [float(s) for s in config.ema_stds], ema_std)
+    return _denoiser(config, meta, state, device), {**meta, "weights": weights}
+
+
+def _weights(source: Path, tensors: dict, tracked: list[float], ema_std) -> tuple[dict, str]:
+    """(state dict, description) of the requested weights: raw, a tracked EMA, or a post-hoc reconstruction."""
+    from .train import checkpoint
+    from .train.phema import reconstruct
+
+    if ema_std is None or ema_std == RAW_WEIGHTS:
         state = checkpoint.split(tensors, "net")
-    elif any(math.isclose(ema_std, s, rel_tol=1e-6) for s in tracked):
-        state = checkpoint.split(tensors, f"ema{ema_std:.4f}")
-    else:
-        if not source.is_dir():
-            raise ValueError("post-hoc EMA reconstruction needs the run directory (it reads every snapshot)")
-        snapshots = []
-        for _, path in checkpoint.list_checkpoints(source, "phema"):
-            snap_tensors, snap_meta = checkpoint.load(path)
-            snapshots += [(float(s), snap_meta["step"], checkpoint.split(snap_tensors, f"ema{float(s):.4f}")) for s in snap_meta["stds"]]
-        if not snapshots:
-            raise FileNotFoundError(f"{source} has no EMA snapshots (phema-*.safetensors) to reconstruct std {ema_std}")
-        state = reconstruct(snapshots, ema_std)
+        if not state:
+            raise ValueError(f"{source} holds EMA weights only (a snapshot); pass an EMA std or a training checkpoint")
+        return state, "raw weights"
+    if ema_std == TRACKED_EMA:
+        if not tracked:
+            raise ValueError(f"{source} tracks no EMA (ema_stds is empty); pass ema_std='raw' (--ema raw)")
+        return checkpoint.split(tensors, f"ema{tracked[0]:.4f}"), (
+            f"EMA std {tracked[0]:g} (the run's first tracked EMA; --ema raw for the raw weights)")
+    ema_std = float(ema_std)
+    if any(math.isclose(ema_std, s, rel_tol=1e-6) for s in tracked):
+        return checkpoint.split(tensors, f"ema{ema_std:.4f}"), f"EMA std {ema_std:g} (tracked)"
+    if not source.is_dir():
+        raise ValueError("post-hoc EMA reconstruction needs the run directory (it reads every snapshot)")
+    snapshots = []
+    for _, path in checkpoint.list_checkpoints(source, "phema"):
+        snap_tensors, snap_meta = checkpoint.load(path)
+        snapshots += [(float(s), snap_meta["step"], checkpoint.split(snap_tensors, f"ema{float(s):.4f}"))
+                      for s in snap_meta["stds"]]
+    if not snapshots:
+        raise FileNotFoundError(f"{source} has no EMA snapshots (phema-*.safetensors) to reconstruct std {ema_std}")
+    return reconstruct(snapshots, ema_std), f"EMA std {ema_std:g} (post hoc, from {len(snapshots)} snapshots)"
+
+
+def _denoiser(config, meta: dict, state: dict, device):
+    """The builtin network of the run's config with `state` loaded, wrapped in EDM preconditioning."""
+    from .networks import Precond
+    from .train.build import build_network
+
     net = build_network(config.network, img_channels=meta["img_channels"], img_resolution=meta["img_resolution"],
                         label_dim=meta["label_dim"], seed=0)
     net.load_state_dict(state)
-    denoiser = Precond(net, sigma_data=config.sigma_data, label_dim=meta["label_dim"]).to(device).eval()
-    return denoiser, meta
+    return Precond(net, sigma_data=config.sigma_data, label_dim=meta["label_dim"]).to(device).eval()
 
 
 def image_grid(images: torch.Tensor) -> np.ndarray:

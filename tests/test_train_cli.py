@@ -87,3 +87,39 @@ def test_dataset_info_prints_coverage_and_refuses_a_partial_file(tmp_path, capsy
     assert "annotations: annotated 8 of 16 samples (8 missing -> clean, 0 extra ids ignored)" in capsys.readouterr().out
     assert cli.main(["dataset", "info", str(data)]) == 0
     assert "annotations: none, all 16 samples clean" in capsys.readouterr().out
+
+
+def test_generate_samples_the_first_tracked_ema_by_default(tmp_path, capsys):
+    """EDM / EDM2 sample the EMA: `generate` without --ema takes the run's first tracked EMA; --ema raw the raw
+    weights; the message says which."""
+    import torch
+
+    from test_train_resume import write_png_dataset
+
+    from ambient_fast.sampling import load_denoiser
+    from ambient_fast.train import checkpoint
+
+    data = write_png_dataset(tmp_path / "data", n=16, size=8)
+    run = tmp_path / "run"
+    # a wide EMA (std 0.2) first, so that after 3 steps it is far from the raw weights
+    assert cli.main(tiny_train_args(data, run, "--set", "total_steps=3", "--set", "ema_stds=[0.2,0.05]")) == 0
+    _, tensors, _ = checkpoint.load_latest(run)
+    default, meta = load_denoiser(run)
+    state = default.net.state_dict()
+    ema = checkpoint.split(tensors, "ema0.2000")
+    assert all(torch.equal(state[name], ema[name]) for name in ema) and "0.2" in meta["weights"]
+    raw_state = load_denoiser(run, ema_std="raw")[0].net.state_dict()
+    assert not all(torch.equal(raw_state[name], state[name]) for name in state)
+
+    capsys.readouterr()
+    outputs = {}
+    for name, extra in {"default": [], "ema": ["--ema", "0.2"], "raw": ["--ema", "raw"]}.items():
+        npz = tmp_path / f"{name}.npz"
+        assert cli.main(["generate", str(run), "--num", "2", "--steps", "2", "--png", str(tmp_path / f"{name}.png"),
+                         "--npz", str(npz), "--device", "cpu", *extra]) == 0
+        outputs[name] = np.load(npz)["samples"]
+    printed = capsys.readouterr().out
+    assert "EMA std 0.2 (the run's first tracked EMA; --ema raw for the raw weights)" in printed
+    assert "raw weights" in printed
+    np.testing.assert_array_equal(outputs["default"], outputs["ema"])
+    assert not np.array_equal(outputs["default"], outputs["raw"])

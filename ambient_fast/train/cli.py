@@ -1,6 +1,7 @@
 """`ambient-fast train`, `ambient-fast generate`, `ambient-fast dataset encode|info`."""
 from __future__ import annotations
 
+import argparse
 import json
 
 import torch
@@ -24,7 +25,9 @@ def register(subparsers) -> None:
 
     generate = subparsers.add_parser("generate", help="sample with the EDM Heun sampler; writes a PNG grid and an npz")
     generate.add_argument("source", help="run directory or checkpoint file")
-    generate.add_argument("--ema", type=float, default=None, help="EMA std (tracked or post-hoc); default raw weights")
+    generate.add_argument("--ema", type=_ema_choice, default="tracked",
+                          help="EMA std (tracked, or reconstructed post hoc from the snapshots); 'raw' for the raw "
+                               "weights; default: the run's first tracked EMA (EDM / EDM2 sample the EMA)")
     generate.add_argument("--num", type=int, default=64, help="number of samples")
     generate.add_argument("--steps", type=int, default=32, help="Heun steps (2 * steps - 1 network evaluations)")
     generate.add_argument("--batch", type=int, default=64, help="samples per network call")
@@ -56,6 +59,16 @@ def register(subparsers) -> None:
                       help="accept an annotation file that does not cover the dataset (missing samples are clean)")
     info.add_argument("--verify", action="store_true", help="decode every file and list the unreadable ones")
     info.set_defaults(func=_info)
+
+
+def _ema_choice(text: str) -> float | str:
+    """--ema: 'raw', 'tracked' or an EMA std."""
+    if text in ("raw", "tracked"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an EMA std (e.g. 0.10), 'tracked' or 'raw', got {text!r}") from None
 
 
 def _parse_value(text: str):
@@ -96,10 +109,14 @@ def _generate(args) -> int:
         print(f"setting torch.set_num_threads({args.cpu_threads}) for this command")
         torch.set_num_threads(args.cpu_threads)
     denoiser, meta = load_denoiser(args.source, ema_std=args.ema, device=device)
-    guide = load_denoiser(args.guide, device=device)[0] if args.guide else None
+    print(f"sampling {args.source}: {meta['weights']}")
+    guide = None
+    if args.guide:
+        guide, guide_meta = load_denoiser(args.guide, device=device)
+        print(f"guiding with {args.guide}: {guide_meta['weights']}")
     shape = (meta["img_channels"], meta["img_resolution"], meta["img_resolution"])
-    print(f"generating {args.num} samples {shape} from {args.source} (EMA {args.ema or 'none'}), {args.steps} Heun "
-          f"steps, seed {args.seed}, guidance {args.guidance}, on {device} -> {args.png}, {args.npz}")
+    print(f"generating {args.num} samples {shape}, {args.steps} Heun steps, seed {args.seed}, guidance "
+          f"{args.guidance}, on {device} -> {args.png}, {args.npz}")
     generator = torch.Generator().manual_seed(args.seed)
     label_dim = meta["label_dim"]
     samples, labels = [], []
