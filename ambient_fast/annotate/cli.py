@@ -1,14 +1,16 @@
 """`ambient-fast annotate ...`: every step of the annotation pipeline from the command line.
 
-  train-classifier   high-noise classifier on clean vs corrupted images (eq. 3.1)
-  sigma-min          per-sample sigma_min, --mode dense | fast | single (eq. 3.2); torchrun-sharded (dense, fast:
-                     resumable, the last rank merges; single: ranks score slices and pool each probed level's
-                     mean over a gloo group, rank 0 writes)
+  train-classifier   cross-fitted noise classifiers on clean vs corrupted images (eq. 3.1) with their held-out
+                     report per level (classifier_cli.py)
+  sigma-min          per-sample sigma_min, --mode dense | fast | single (eq. 3.2), out of fold and calibrated;
+                     torchrun-sharded (dense, fast: resumable, the last rank merges; single: ranks score slices
+                     and pool each probed level's mean over a gloo group, rank 0 writes)
   train-crops        crops classifier on target vs other images (Section 3.2)
   sigma-max          per-sample sigma_max from the crops classifier and a crop(sigma) table (eq. 3.4)
   from-quality       fixed sigma_min from quality scores (file or built-in metric) or one level for a whole source
   measure-crop-size  crop(sigma) table from a trained denoiser (Figures 11-14)
-  show               summary + PNG of usable samples per level and the sigma_min histogram (Figure 10)
+  show               an annotation file: summary + PNG of usable samples per level and the sigma_min histogram
+                     (Figure 10); a classifier checkpoint: its held-out report + figure
   merge              files with disjoint sample ids (per source, per step) into one
 """
 from __future__ import annotations
@@ -65,89 +67,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return device
-
-
-# ------------------------------------------------------------------------------------------ train-classifier
-def _train_classifier(args) -> int:
-    from .classifier import ClassifierConfig, TrainConfig, save_classifier, train_classifier
-
-    device = _setup(args)
-    clean, corrupted = load_images(args.clean, report=eprint), load_images(args.corrupted, report=eprint)
-    config = ClassifierConfig(img_channels=clean.images.shape[1], img_resolution=clean.images.shape[2],
-                              model_channels=args.model_channels, channel_mult=args.channel_mult,
-                              num_blocks=args.num_blocks)
-    train = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, p_mean=args.p_mean,
-                        p_std=args.p_std, seed=args.seed, log_every=max(1, args.steps // 20))
-    eprint(f"classifier: {len(clean.keys)} clean, {len(corrupted.keys)} corrupted images, balanced batches")
-    model, history = train_classifier(clean.images, corrupted.images, config=config, train=train, device=device,
-                                      progress=_progress(args.steps, "train-classifier"))
-    save_classifier(model, args.out, train=train, provenance={
-        "clean": str(args.clean), "corrupted": str(args.corrupted), "final_loss": history.loss[-1],
-        "final_accuracy": history.accuracy[-1], "seconds": history.seconds})
-    eprint(f"wrote {args.out} (accuracy over the last steps {history.accuracy[-1]:.3f}, {history.seconds:.0f} s)")
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------- sigma-min
-def _sigma_min(args) -> int:
-    from .classifier import checkpoint_provenance, load_classifier
-    from .resume import Shard, clear_parts, run_resumable
-    from .sigma_min import (LevelGrid, SigmaMinConfig, all_reduce_sums, sigma_min_dense, sigma_min_fast,
-                            sigma_min_single)
-
-    device = _setup(args)
-    data = load_images(args.images, report=eprint)
-    model = load_classifier(args.classifier, device=device)
-    if tuple(data.images.shape[1:]) != (model.config.img_channels, model.config.img_resolution,
-                                        model.config.img_resolution):
-        raise SystemExit(f"error: images are {tuple(data.images.shape[1:])} but the classifier expects "
-                         f"({model.config.img_channels}, {model.config.img_resolution}, {model.config.img_resolution})")
-    config = SigmaMinConfig(grid=LevelGrid(args.sigma_lo, args.sigma_hi, args.levels), draws=args.draws, eps=args.eps,
-                            smooth_window=args.smooth_window, coarse_levels=args.coarse_levels,
-                            coarse_draws=args.coarse_draws, noise=args.noise, seed=args.seed, chunk=args.chunk)
-    provenance = {"method": f"classifier-{args.mode}", "classifier": checkpoint_provenance(args.classifier),
-                  "images": str(args.images), **config.provenance()}
-    output = Path(args.out)
-    if args.mode == "single":  # one level for the whole set: nothing to resume; ranks score slices, pool means
-        shard = Shard.from_environment()
-        joined = _join_process_group(shard)
-        try:
-            positions = shard.positions(len(data.sample_ids))
-            result = sigma_min_single(model.probability, data.images[positions], data.sample_ids[positions],
-                                      config=config, device=device, reduce=all_reduce_sums)
-        finally:
-            if joined:
-                torch.distributed.destroy_process_group()
-        if shard.rank != 0:
-            eprint(f"rank {shard.rank} is done (every rank found the same level); rank 0 writes the file")
-            return 0
-        count = len(data.keys)  # this rank's slice was scored; the level is the whole set's
-        columns = {"sigma_min": config.grid.sigmas()[result.index[:1]].expand(count).clone(),
-                   "reached": result.reached[:1].expand(count).double()}
-    else:
-        method = sigma_min_dense if args.mode == "dense" else sigma_min_fast
-
-        def annotate_unit(positions: torch.Tensor) -> dict[str, torch.Tensor]:
-            result = method(model.probability, data.images[positions], data.sample_ids[positions], config=config,
-                            device=device)
-            return {"sigma_min": result.sigma_min, "reached": result.reached.double(),
-                    "forwards": torch.full((len(positions),), result.forwards_per_image, dtype=torch.float64)}
-
-        fingerprint = {k: v for k, v in provenance.items() if k != "classifier"} | {"checkpoint": str(args.classifier)}
-        columns = run_resumable(output, data.sample_ids, annotate_unit, unit=args.unit,
-                                shard=Shard.from_environment(), fingerprint=fingerprint, report=eprint)
-        if columns is None:
-            eprint("this rank is done; the last rank to finish writes the merged file")
-            return 0
-        provenance["forwards_per_image"] = float(columns["forwards"].mean())
-    annotations = _with_base(args.base, data, sigma_min=columns["sigma_min"], provenance={"sigma_min": provenance})
-    annotations.save(output)
-    if args.mode != "single":
-        clear_parts(output)
-    reached = columns["reached"].bool()
-    eprint(f"wrote {output}: {len(data.keys)} samples, mean sigma_min {float(columns['sigma_min'].mean()):.4g}, "
-           f"{int((~reached).sum())} never reached tau (given the largest level)")
-    return 0
 
 
 def _join_process_group(shard) -> bool:
@@ -300,15 +219,44 @@ def _measure_crop_size(args) -> int:
 
 # ------------------------------------------------------------------------------------------------ show
 def _show(args) -> int:
+    from .report import ClassifierReport, plot_report
     from .show import plot, summary
 
+    if _is_classifier_checkpoint(args.annotations):  # a noise classifier: its held-out report
+        from .crossfit import load_classifier_set
+
+        classifiers = load_classifier_set(args.annotations)
+        print(f"{args.annotations}: {classifiers.folds} noise classifier(s), {classifiers.config}")
+        if classifiers.report is None:
+            print("no held-out report (one classifier trained on everything, by an older ambient_fast)")
+            return 0
+        print(classifiers.report.table())
+        if args.png:
+            print(f"wrote {', '.join(plot_report(classifiers.report, args.png))}")
+        return 0
     annotations = Annotations.load(args.annotations)
     print(summary(annotations))
+    report = annotations.provenance.get("sigma_min", {}).get("report")
+    if report:
+        print(ClassifierReport.from_dict(report).table())
     if args.png:
         if plot(annotations, args.png, sigma_lo=args.sigma_lo, sigma_hi=args.sigma_hi, max_weight=args.max_weight,
                 report=eprint):
             print(f"wrote {args.png}")
     return 0
+
+
+def _is_classifier_checkpoint(path: str) -> bool:
+    """True for a noise classifier checkpoint (its metadata only is read); False for anything else."""
+    from safetensors import safe_open
+
+    from .classifier import CHECKPOINT_FORMAT
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return (handle.metadata() or {}).get("format") == CHECKPOINT_FORMAT
+    except Exception:  # not a safetensors file: Annotations.load says what is wrong with it
+        return False
 
 
 # ------------------------------------------------------------------------------------------------ merge
@@ -331,44 +279,9 @@ def register(subparsers) -> None:
     annotate = subparsers.add_parser("annotate", help="annotate training samples with (sigma_min, sigma_max)")
     steps = annotate.add_subparsers(dest="annotate_command", metavar="STEP", required=True)
 
-    p = steps.add_parser("train-classifier", help="train the high-noise classifier (clean vs corrupted)")
-    p.add_argument("--clean", required=True, help="folder of images or .npz (S_G)")
-    p.add_argument("--corrupted", required=True, help="folder of images or .npz (S_B)")
-    p.add_argument("--out", required=True, help="checkpoint (.safetensors)")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--p-mean", type=float, default=-1.0, help="training levels: ln sigma ~ N(p_mean, p_std^2)")
-    p.add_argument("--p-std", type=float, default=1.4)
-    p.add_argument("--model-channels", type=int, default=16)
-    p.add_argument("--channel-mult", type=_ints, default=(1, 2, 2))
-    p.add_argument("--num-blocks", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    _common(p)
-    p.set_defaults(func=_train_classifier)
+    from .classifier_cli import register as register_classifier_steps
 
-    p = steps.add_parser("sigma-min", help="per-sample sigma_min from the classifier (dense | fast | single)")
-    p.add_argument("--images", required=True)
-    p.add_argument("--classifier", required=True)
-    p.add_argument("--out", required=True, help="annotation file (.safetensors)")
-    p.add_argument("--mode", choices=("dense", "fast", "single"), default="fast",
-                   help="dense | fast: per sample, resumable, sharded by RANK / WORLD_SIZE (last rank merges); "
-                        "single: one level for the set, sharded under torchrun (rank 0 writes)")
-    p.add_argument("--base", help="existing annotation file whose sigma_max is kept")
-    p.add_argument("--levels", type=int, default=256, help="grid levels between --sigma-lo and --sigma-hi")
-    p.add_argument("--sigma-lo", type=float, default=0.005)
-    p.add_argument("--sigma-hi", type=float, default=40.0)
-    p.add_argument("--draws", type=int, default=4, help="noise draws per level")
-    p.add_argument("--eps", type=float, default=0.05, help="tau = 0.5 - eps")
-    p.add_argument("--smooth-window", type=int, default=5, help="dense: moving average over this many levels")
-    p.add_argument("--coarse-levels", type=int, default=5, help="fast: levels of the first bracket")
-    p.add_argument("--coarse-draws", type=int, default=None, help="fast: draws per coarse level (default --draws)")
-    p.add_argument("--noise", choices=("shared", "independent"), default="shared")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--chunk", type=int, default=4096, help="most classifier rows per forward (memory bound)")
-    p.add_argument("--unit", type=int, default=64, help="samples per resumable unit of work")
-    _common(p)
-    p.set_defaults(func=_sigma_min)
+    register_classifier_steps(steps)  # train-classifier, sigma-min
 
     p = steps.add_parser("train-crops", help="train the crops classifier (target vs other crops)")
     p.add_argument("--target", required=True)
@@ -424,8 +337,9 @@ def register(subparsers) -> None:
     _common(p)
     p.set_defaults(func=_measure_crop_size)
 
-    p = steps.add_parser("show", help="summary and a PNG of usable samples per level + sigma_min histogram")
-    p.add_argument("annotations")
+    p = steps.add_parser("show", help="an annotation file: summary, the classifier's report and a PNG of usable "
+                         "samples per level + sigma_min histogram; a classifier checkpoint: its held-out report")
+    p.add_argument("annotations", help="annotation file or noise classifier checkpoint (.safetensors)")
     p.add_argument("--png", help="write the figure here")
     p.add_argument("--sigma-lo", type=float, default=0.002)
     p.add_argument("--sigma-hi", type=float, default=80.0)

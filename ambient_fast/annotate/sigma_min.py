@@ -102,6 +102,7 @@ class SigmaMinResult:
     forwards_per_image: float  # classifier forwards spent per image
     p: torch.Tensor | None = None  # dense: float64 [B, levels], smoothed
     capped: torch.Tensor | None = None  # bool [B]: sigma_min set by usable_from (p had not reached tau yet)
+    level: float | None = None  # single: the set's sigma_min (inf: never reached), also when B = 0 on this rank
 
 
 def cap_index(grid: torch.Tensor, usable_from: float | None) -> int | None:
@@ -308,4 +309,4 @@ def sigma_min_single(predict: Predict, images: torch.Tensor, sample_ids: torch.T
     one = _result(grid, index, reached, cap, float(len(probed) * config.draws))
     return SigmaMinResult(one.sigma_min.expand(count).clone(), one.index.expand(count).clone(),
                           one.reached.expand(count).clone(), one.forwards_per_image,
-                          capped=one.capped.expand(count).clone())
+                          capped=one.capped.expand(count).clone(), level=float(one.sigma_min[0]))

@@ -21,6 +21,10 @@ import torch
 import torch.nn.functional as F
 
 PHOTOGRAPHS = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle")
+# A second dataset from the same wheel, with other statistics: three grayscale texture photographs (brick wall,
+# grass, gravel), used as 3-channel gray images. Stationary and rich in fine detail, unlike the photographs' mix
+# of smooth regions and edges.
+TEXTURES = ("brick", "grass", "gravel")
 SCIKIT_IMAGE_PIN = "scikit-image==0.26.0"
 
 
@@ -33,6 +37,7 @@ class EmbeddedDataConfig:
     block_px: int = 128  # split unit, in full-size pixels
     test_block_fraction: float = 0.2
     seed: int = 0
+    photographs: tuple[str, ...] = PHOTOGRAPHS  # scikit-image images to crop (PHOTOGRAPHS or TEXTURES)
 
 
 @dataclass
@@ -46,17 +51,19 @@ class EmbeddedDataset:
     test_labels: torch.Tensor | None = None
 
 
-def load_photographs() -> dict[str, torch.Tensor]:
-    """The photographs as float [1, 3, H, W] in [-1, 1], read from scikit-image's package data (offline)."""
+def load_photographs(names: tuple[str, ...] = PHOTOGRAPHS) -> dict[str, torch.Tensor]:
+    """The photographs as float [1, 3, H, W] in [-1, 1], read from scikit-image's package data (offline);
+    grayscale ones are repeated over 3 channels."""
     try:
         import skimage.data
     except ImportError as error:
         raise ImportError(f"the embedded dataset reads photographs shipped with scikit-image: pip install "
                           f"{SCIKIT_IMAGE_PIN} (make install does)") from error
     photographs = {}
-    for name in PHOTOGRAPHS:
+    for name in names:
         array = getattr(skimage.data, name)()
         array = array[0] if name == "stereo_motorcycle" else array  # (left, right, disparity): the left view
+        array = array[..., None].repeat(3, axis=-1) if array.ndim == 2 else array
         photographs[name] = torch.from_numpy(array[..., :3].copy()).permute(2, 0, 1).float()[None] / 127.5 - 1
     return photographs
 
@@ -101,7 +108,7 @@ def _sample_crops(pool: list[tuple], count: int, size: int, generator: torch.Gen
 def load_embedded_dataset(config: EmbeddedDataConfig = EmbeddedDataConfig()) -> EmbeddedDataset:
     if not 0 < config.test_block_fraction < 1:
         raise ValueError(f"test_block_fraction must be in (0, 1), got {config.test_block_fraction}")
-    photographs = load_photographs()
+    photographs = load_photographs(config.photographs)
     generator = torch.Generator().manual_seed(config.seed)
     train_pool = _crop_pool(photographs, config, test=False)
     test_pool = _crop_pool(photographs, config, test=True)
