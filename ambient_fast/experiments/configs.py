@@ -86,6 +86,15 @@ class ClassifierSetting:
     levels: int = 256
     p_mean: float = -1.0  # training levels: ln sigma ~ N(p_mean, p_std^2) (annotate.classifier.TrainConfig)
     p_std: float = 1.4
+    uniform_fraction: float = 0.5  # of the levels log-uniform over the annotation grid (TrainConfig)
+    # Cross-fitting (annotate.crossfit): k classifiers, each annotating the fold it did not train on and reporting
+    # on it; the calibrated rule capped at the chance level, or the paper's raw rule; what to do when the held-out
+    # AUC is at chance at low noise ("single": one level for S_B, eq. 3.2; "per-sample": go on regardless).
+    folds: int = 3
+    rule: str = "calibrated"
+    scoring: str = "out-of-fold"
+    if_uninformative: str = "single"
+    report_samples: int = 512
     # CPU threads while the classifier trains and annotates (0: torch's default). The float summation order
     # depends on the thread count and 2000 steps of a small classifier diverge from it (held-out accuracy 0.75 vs
     # 0.68 for the same seed), so a fixed count makes the annotation the same on every machine.

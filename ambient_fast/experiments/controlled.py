@@ -39,14 +39,14 @@ USABLE_LEVELS = torch.logspace(math.log10(0.002), math.log10(80.0), 97, dtype=to
 
 @dataclass
 class ClassifierAnnotation:
-    sigma_min: torch.Tensor  # float64 [N_corrupted]: per sample (sample-adaptive eq. 3.2)
+    sigma_min: torch.Tensor  # float64 [N_corrupted]: per sample (sample-adaptive eq. 3.2); inf = never clean-like
     single: float  # eq. 3.2 on the mean over S_B: one level for every corrupted sample
-    reached: float  # fraction of S_B whose p reached tau (the rest got the largest level)
-    final_accuracy: float  # training accuracy of the last logging window (noisy inputs at all levels)
+    reached: float  # fraction of S_B that became clean-like (p reached tau, or the chance cap); the rest are inf
     seconds: float
-    # level -> accuracy on held-out test images vs their corrupted copies (a classifier at chance annotates
-    # everything as clean); empty when not measured
-    heldout_accuracy: dict[float, float] = field(default_factory=dict)
+    # the cross-fitted classifiers' held-out report (annotate.report.ClassifierReport as a dict); empty when absent
+    report: dict = field(default_factory=dict)
+    capped: float = 0.0  # fraction of S_B whose sigma_min is the chance cap
+    fallback: str | None = None  # "single" when the classifier was at chance at low noise (per-sample replaced)
 
 
 @dataclass
@@ -175,62 +175,53 @@ def cpu_threads(count: int, device):
         torch.set_num_threads(previous)
 
 
-HELDOUT_LEVELS = (0.01, 0.05, 0.2, 1.0)
-
-
-@torch.no_grad()
-def heldout_accuracy(probability, clean: torch.Tensor, corruption, *, seed: int, device,
-                     levels: tuple[float, ...] = HELDOUT_LEVELS, count: int = 500) -> dict[float, float]:
-    """Balanced accuracy of P(clean | x_s, s) on `count` held-out clean images and their corrupted copies at each
-    level (fresh noise from a local generator): does the classifier tell the corruption apart where it should?"""
-    clean = clean[:count].float()
-    ids = torch.arange(clean.shape[0]) + 2**40  # ids no training sample has: the copies' corruption is fresh
-    corrupted = corruption.apply(clean, sample_ids=ids, seed=seed).float()
-    generator = torch.Generator().manual_seed(seed + 7)
-    result = {}
-    for sigma in levels:
-        level = torch.full((clean.shape[0],), sigma)
-        p_clean = probability((clean + sigma * torch.randn(clean.shape, generator=generator)).to(device), level.to(device))
-        p_corrupted = probability((corrupted + sigma * torch.randn(clean.shape, generator=generator)).to(device),
-                                  level.to(device))
-        result[sigma] = 0.5 * float((p_clean.cpu() > 0.5).double().mean() + (p_corrupted.cpu() <= 0.5).double().mean())
-    return result
-
-
-def annotate_with_classifier(mixed: MixedDataset, experiment: Experiment, *, seed: int, device, log=print,
-                             heldout: torch.Tensor | None = None) -> ClassifierAnnotation:
-    """The noise classifier (eq. 3.1) on S_G vs S_B, then sigma_min per sample and for the set (eq. 3.2); with
-    `heldout` clean images, also its accuracy on them and their corrupted copies (heldout_accuracy)."""
-    from ..annotate.classifier import ClassifierConfig, train_classifier
+def annotate_with_classifier(mixed: MixedDataset, experiment: Experiment, *, seed: int, device,
+                             log=print) -> ClassifierAnnotation:
+    """Cross-fitted noise classifiers (eq. 3.1) on S_G vs S_B with their held-out report, then sigma_min per sample,
+    each scored out of fold (annotate.crossfit), and one level for the set (eq. 3.2), with the setting's rule.
+    A classifier at chance at low noise gets the setting's if_uninformative policy (the report says so)."""
+    from ..annotate.classifier import ClassifierConfig
     from ..annotate.classifier import TrainConfig as ClassifierTrainConfig
+    from ..annotate.crossfit import train_crossfit
     from ..annotate.sigma_min import LevelGrid, SigmaMinConfig, sigma_min_fast, sigma_min_single
 
     setting = experiment.classifier
     start = time.perf_counter()
     channels, resolution = mixed.images.shape[1], mixed.images.shape[-1]
     corrupted_ids = mixed.sample_ids[~mixed.is_clean]
-    config = SigmaMinConfig(grid=LevelGrid(levels=setting.levels), draws=setting.draws, eps=setting.eps, seed=seed)
+    grid = LevelGrid(levels=setting.levels)
+    config = SigmaMinConfig(grid=grid, draws=setting.draws, eps=setting.eps, seed=seed)
     with cpu_threads(setting.cpu_threads, device):
         with torch.random.fork_rng(devices=[]):  # whatever the classifier draws, our generator state is unchanged
-            model, history = train_classifier(
-                mixed.clean_images, mixed.corrupted_images,
+            classifiers = train_crossfit(
+                mixed.clean_images, mixed.corrupted_images, folds=setting.folds,
                 config=ClassifierConfig(img_channels=channels, img_resolution=resolution,
                                         model_channels=setting.model_channels),
                 train=ClassifierTrainConfig(steps=setting.steps, batch_size=setting.batch_size, lr=setting.lr,
                                             seed=seed, log_every=max(1, setting.steps // 5), p_mean=setting.p_mean,
-                                            p_std=setting.p_std),
-                device=device, progress=lambda step, loss, accuracy: log(
-                    f"    classifier step {step}: BCE {loss:.3f}, accuracy {accuracy:.3f}"))
-        per_sample = sigma_min_fast(model.probability, mixed.corrupted_images, corrupted_ids, config=config,
-                                    device=device)
-        single = sigma_min_single(model.probability, mixed.corrupted_images, corrupted_ids, config=config,
-                                  device=device)
-        accuracy = {} if heldout is None else heldout_accuracy(model.probability, heldout, mixed.corruption,
-                                                               seed=seed, device=device)
-    return ClassifierAnnotation(sigma_min=per_sample.sigma_min.double(), single=float(single.sigma_min[0]),
+                                            p_std=setting.p_std, uniform_fraction=setting.uniform_fraction,
+                                            sigma_lo=grid.sigma_lo, sigma_hi=grid.sigma_hi),
+                grid=grid, report_draws=2, report_samples=setting.report_samples, device=device,
+                progress=lambda fold, step, loss, accuracy: log(
+                    f"    classifier {fold + 1}/{setting.folds} step {step}: BCE {loss:.3f}, accuracy {accuracy:.3f}"))
+        report = classifiers.report
+        calibrated = setting.rule == "calibrated"
+        routing = classifiers.route(mixed.corrupted_images, scoring=setting.scoring)
+        router = classifiers.router(routing, corrupted_ids, calibrated=calibrated)
+        usable_from = report.chance_from if calibrated else None
+        single = sigma_min_single(router, mixed.corrupted_images, corrupted_ids, config=config, device=device,
+                                  usable_from=usable_from)
+        fallback = None
+        if not report.informative and setting.if_uninformative == "single":
+            log(f"    WARNING: {report.warnings()[0]}: every corrupted sample gets the single level")
+            per_sample, fallback = single, "single"
+        else:
+            per_sample = sigma_min_fast(router, mixed.corrupted_images, corrupted_ids, config=config, device=device,
+                                        usable_from=usable_from)
+    return ClassifierAnnotation(sigma_min=per_sample.sigma_min.double(), single=single.level,
                                 reached=float(per_sample.reached.double().mean()),
-                                final_accuracy=history.accuracy[-1] if history.accuracy else float("nan"),
-                                seconds=time.perf_counter() - start, heldout_accuracy=accuracy)
+                                seconds=time.perf_counter() - start, report=report.to_dict(),
+                                capped=float(per_sample.capped.double().mean()), fallback=fallback)
 
 
 def crop_table_for(experiment: Experiment, *, denoiser_run: Path, images: torch.Tensor, seed: int,
@@ -294,15 +285,15 @@ def cached_annotation(path: Path, experiment: Experiment, *, seed: int, make) ->
             meta = handle.metadata() or {}
             if meta.get("key") == key:
                 return ClassifierAnnotation(sigma_min=handle.get_tensor("sigma_min"), single=float(meta["single"]),
-                                            reached=float(meta["reached"]), final_accuracy=float(meta["accuracy"]),
-                                            seconds=float(meta["seconds"]), heldout_accuracy={
-                                                float(k): v for k, v in json.loads(meta.get("heldout", "{}")).items()})
+                                            reached=float(meta["reached"]), seconds=float(meta["seconds"]),
+                                            report=json.loads(meta["report"]), capped=float(meta["capped"]),
+                                            fallback=json.loads(meta["fallback"]))
     annotation = make()
     temporary = path.with_name(path.name + ".tmp")
     save_file({"sigma_min": annotation.sigma_min.contiguous()}, str(temporary),
               metadata={"key": key, "single": repr(annotation.single), "reached": repr(annotation.reached),
-                        "accuracy": repr(annotation.final_accuracy), "seconds": repr(annotation.seconds),
-                        "heldout": json.dumps(annotation.heldout_accuracy)})
+                        "seconds": repr(annotation.seconds), "report": json.dumps(annotation.report),
+                        "capped": repr(annotation.capped), "fallback": json.dumps(annotation.fallback)})
     temporary.replace(path)
     return annotation
 
@@ -441,12 +432,11 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
             log(f"  seed {seed}: noise classifier (eq. 3.1) and sigma_min (eq. 3.2)")
             annotation = cached_annotation(out_dir / f"annotation-seed{seed}.safetensors", experiment, seed=seed,
                                            make=lambda: annotate_with_classifier(mixed, experiment, seed=seed,
-                                                                                 device=device, log=log,
-                                                                                 heldout=test_images))
+                                                                                 device=device, log=log))
             annotations[seed] = annotation
-            log(f"    per-sample sigma_min: mean {annotation.sigma_min.mean():.3f}, median "
-                f"{annotation.sigma_min.median():.3f}; single (eq. 3.2 over S_B) {annotation.single:.3f}; "
-                f"{annotation.seconds:.0f} s")
+            log(f"    per-sample sigma_min: median {annotation.sigma_min.median():.3f}, "
+                f"{100 * (1 - annotation.reached):.1f}% never clean-like (inf); single (eq. 3.2 over S_B) "
+                f"{annotation.single:.3f}; {annotation.seconds:.0f} s")
         # The crops arm needs crop(sigma), measured with another arm's denoiser: train that arm first.
         order = sorted(experiment.arms, key=lambda arm: arm.name != experiment.crops.denoiser_arm)
         crops = None
@@ -495,6 +485,11 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
     return result
 
 
+def _finite_mean(values: torch.Tensor) -> float | None:
+    finite = values[torch.isfinite(values)]
+    return float(finite.mean()) if finite.numel() else None
+
+
 def _write_outputs(result: ExperimentResult) -> None:
     from .plots import line_chart, line_chart_log_x
 
@@ -518,9 +513,9 @@ def _write_outputs(result: ExperimentResult) -> None:
                      y_label="usable samples")
     summary = {
         "experiment": result.experiment.name, "seconds": result.seconds,
-        "annotations": {seed: {"mean": float(a.sigma_min.mean()), "median": float(a.sigma_min.median()),
-                               "single": a.single, "reached": a.reached, "classifier_accuracy": a.final_accuracy,
-                               "heldout_accuracy": a.heldout_accuracy}
+        "annotations": {seed: {"mean_finite": _finite_mean(a.sigma_min), "median": float(a.sigma_min.median()),
+                               "single": a.single, "reached": a.reached, "capped": a.capped,
+                               "fallback": a.fallback, "classifier_report": a.report}
                         for seed, a in result.annotations.items()},
         "arms": [{"arm": r.arm, "seed": r.seed, "metrics": r.metrics, "seconds": r.seconds} for r in result.arms],
         "crops_annotations": {seed: {"sigma_max_mean": float(a.sigma_max.mean()),

@@ -7,6 +7,7 @@ import statistics
 
 import torch
 
+from ..annotate.report import ClassifierReport
 from .controlled import ExperimentResult, usable_per_level
 
 # (reference, metric, header, orientation): lower is better for all, |x| for the signed spectrum error.
@@ -67,16 +68,20 @@ def metric_table(result: ExperimentResult) -> list[str]:
 def annotation_lines(result: ExperimentResult) -> list[str]:
     lines = []
     for seed, annotation in result.annotations.items():
-        q = annotation.sigma_min.quantile(torch.tensor((0.1, 0.25, 0.5, 0.75, 0.9), dtype=torch.float64)).tolist()
-        lines.append(f"seed {seed}: per-sample sigma_min over S_B: mean {annotation.sigma_min.mean():.3f}, quantiles "
-                     f"10/25/50/75/90% {' / '.join(f'{v:.3f}' for v in q)}; single annotation (eq. 3.2) "
-                     f"{annotation.single:.3f}; p reached tau for {100 * annotation.reached:.1f}%; classifier "
-                     f"accuracy {annotation.final_accuracy:.3f}")
-        if annotation.heldout_accuracy:
-            chance = max(annotation.heldout_accuracy.values()) < 0.6
-            lines.append(f"seed {seed}: held-out accuracy (test images vs their corrupted copies) at " + ", ".join(
-                f"s={level:g}: {value:.3f}" for level, value in sorted(annotation.heldout_accuracy.items()))
-                + ("  <- near chance: this annotation carries little information" if chance else ""))
+        finite = annotation.sigma_min[torch.isfinite(annotation.sigma_min)]
+        q = finite.quantile(torch.tensor((0.1, 0.25, 0.5, 0.75, 0.9), dtype=torch.float64)).tolist() if finite.numel() else []
+        lines.append(f"seed {seed}: per-sample sigma_min over S_B: quantiles 10/25/50/75/90% "
+                     f"{' / '.join(f'{v:.3f}' for v in q) or '-'}; never clean-like (inf) "
+                     f"{100 * (1 - annotation.reached):.1f}%, capped at the chance level {100 * annotation.capped:.1f}%; "
+                     f"single annotation (eq. 3.2) {annotation.single:.3f}"
+                     + (f"; FALLBACK {annotation.fallback}: the classifier is at chance at low noise" if annotation.fallback
+                        else ""))
+        if annotation.report:
+            report = ClassifierReport.from_dict(annotation.report)
+            lines.append(f"seed {seed}: classifier held-out AUC ({report.folds} folds, out of fold) at " + ", ".join(
+                f"s={s:.3g}: {a:.3f}" for s, a in zip(report.sigmas, report.auc) if s in _report_points(report))
+                + f"; at chance from s={report.chance_from if report.chance_from is not None else float('inf'):.3g}"
+                + ("" if report.informative else "  <- at chance at low noise: this annotation carries no information"))
     for seed, crops in result.crops_annotations.items():
         table = ", ".join(f"{sigma:g}: {crop}" for sigma, crop in zip(crops.table.sigmas, crops.table.crops))
         lines.append(f"seed {seed}: crop(sigma) in px {{{table}}} ("
@@ -90,6 +95,12 @@ def annotation_lines(result: ExperimentResult) -> list[str]:
                      f"sigma_max mean {float(crops.sigma_max.mean()):.4f}, images per value {{{spread}}}; "
                      f"classifier accuracy {crops.final_accuracy:.3f}")
     return lines
+
+
+def _report_points(report: ClassifierReport, count: int = 6) -> set[float]:
+    """A few of the report's levels (every k-th) for a one-line summary."""
+    step = max(1, len(report.sigmas) // count)
+    return set(report.sigmas[::step])
 
 
 def usable_lines(result: ExperimentResult) -> list[str]:
