@@ -54,20 +54,22 @@ def mixed_data(dataset: str, blur: float | None):
 
 
 def run_case(name: str, *, dataset: str = "photographs", blur: float | None = 1.0, levels: str = "lognormal(-1.0,1.4)",
-             folds: int = 2, steps: int = 2000, annotate: bool = True, seed: int = 0) -> dict:
+             folds: int = 2, steps: int = 2000, annotate: bool = True, seed: int = 0, augment: str = "none",
+             lr: float = 2e-3) -> dict:
     path = OUT / f"{name}.json"
     if path.is_file():
         return json.loads(path.read_text())
     torch.set_num_threads(1)
     p_mean, p_std, uniform = LEVELS[levels]
     clean, corrupted = mixed_data(dataset, blur)
-    train = TrainConfig(steps=steps, p_mean=p_mean, p_std=p_std, uniform_fraction=uniform, seed=seed,
-                        log_every=steps)
+    train = TrainConfig(steps=steps, lr=lr, p_mean=p_mean, p_std=p_std, uniform_fraction=uniform, seed=seed,
+                        augment=augment, log_every=steps)
     start = time.perf_counter()
     classifiers = train_crossfit(clean, corrupted, folds=folds, config=ClassifierConfig(), train=train,
                                  report_draws=2, log=print)
     seconds = time.perf_counter() - start
     result = {"name": name, "dataset": dataset, "blur": blur, "levels": levels, "folds": folds, "steps": steps,
+              "augment": augment, "lr": lr,
               "seed": seed, "train": asdict(train), "seconds_train_and_report": seconds,
               "report": classifiers.report.to_dict(), "informative": classifiers.report.informative,
               "chance_from": classifiers.report.chance_from}
@@ -135,13 +137,18 @@ def table(results: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("levels", "folds", "blur", "same", "table"))
+    parser.add_argument("what", choices=("levels", "recipe", "folds", "blur", "same", "table"))
     parser.add_argument("--only", help="run only the case with this name")
     args = parser.parse_args()
     cases = []
     if args.what in ("levels", "table"):
         cases += [dict(name=f"levels {blur} {levels}", blur=blur, levels=levels, annotate=False)
                   for blur in (1.0, 0.6) for levels in LEVELS]
+    if args.what in ("recipe", "table"):  # memorisation of the small clean set: augmentation, training length
+        cases += [dict(name=f"recipe {blur} {levels} {augment} {steps}", blur=blur, levels=levels, augment=augment,
+                       steps=steps, annotate=False)
+                  for blur in (1.0, 0.6) for levels in ("lognormal(-2.0,1.5)", "half lognormal(-2.0,1.5) + half loguniform")
+                  for augment, steps in (("dihedral", 2000), ("none", 500))]
     for case in cases:
         if args.only is None or args.only == case["name"]:
             if args.what != "table":

@@ -218,3 +218,29 @@ def test_bare_cuda_means_this_ranks_gpu_under_torchrun(monkeypatch):
     assert resolve_device("cuda") == torch.device("cuda", 3)
     assert resolve_device("cuda:1") == torch.device("cuda", 1)  # an explicit index is kept
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_a_retrained_classifier_under_the_same_path_does_not_mix_with_old_parts(workspace, tmp_path, monkeypatch):
+    """The resume fingerprint names the classifier by its content digest, not its path."""
+    import shutil
+
+    classifier = tmp_path / "c.safetensors"
+    shutil.copy(workspace / "c.safetensors", classifier)
+    out = tmp_path / "out.safetensors"
+    args = [*sigma_min_args(workspace, out, "--mode", "fast")]
+    args[args.index("--classifier") + 1] = str(classifier)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli.main(args) == 0 and not out.exists()  # rank 0's half is done, parts kept
+    assert cli.main(["annotate", "train-classifier", "--clean", str(workspace / "clean"), "--corrupted",
+                     str(workspace / "corrupted"), "--out", str(classifier), "--force", "--steps", "5", "--folds", "2",
+                     "--model-channels", "8", "--channel-mult", "1,2", "--batch-size", "16", "--no-figure"]) == 0
+    with pytest.raises(ValueError, match="different run"):
+        cli.main(args)
+
+
+def test_paper_rule_and_in_sample_scoring_are_kept_for_comparison(workspace, tmp_path):
+    out = tmp_path / "paper.safetensors"
+    assert cli.main(sigma_min_args(workspace, out, "--mode", "fast", "--rule", "paper", "--scoring", "in-sample")) == 0
+    provenance = Annotations.load(out).provenance["sigma_min"]
+    assert provenance["rule"] == "paper" and provenance["scoring"] == "in-sample" and provenance["usable_from"] is None
