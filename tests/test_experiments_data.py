@@ -131,6 +131,8 @@ def test_corrupt_and_eval_commands(tmp_path, embedded, capsys):
                      "--param", "length_px=5", "--param", "angle_deg=-1", "--clean-fraction", "0.5", "--seed", "2"]) == 0
     meta = json.loads((out / "corruption.json").read_text())
     assert meta["clean_count"] == 30 and len(meta["samples"]) == 60
+    trusted = (out / "trusted.txt").read_text().split()  # the clean files, for annotate train-classifier --trusted
+    assert trusted == [s["file"] for s in meta["samples"] if s["clean"]] and len(trusted) == 30
     first = next(s for s in meta["samples"] if not s["clean"])
     assert 0 <= first["corruption"]["angle_deg"] < 180
     images = load_images(out)

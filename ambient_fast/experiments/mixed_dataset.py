@@ -5,8 +5,8 @@ The clean subset is chosen by a hash of (seed, sample id), so it does not depend
 ground truth is for evaluation and for forming the labelled sets S_G / S_B the paper's setting assumes (Section
 3); the corruption parameters are never shown to the annotation or training.
 
-On disk: an EDM2-style folder (`00000/img00000000.png` ..., dataset.json with the source's class labels or null)
-and corruption.json: {"clean_fraction", "seed", "corruption": parameters, "samples": [{"file", "sample_id",
+On disk: an EDM2-style folder (`00000/img00000000.png` ..., dataset.json with the source's class labels or null),
+trusted.txt (the clean files, one per line: `annotate train-classifier --trusted`) and corruption.json: {"clean_fraction", "seed", "corruption": parameters, "samples": [{"file", "sample_id",
 "clean", "corruption": null or per-sample parameters}]}. Sample ids are positions in sorted file order, as
 `ambient_fast.data.FileDataset` numbers them.
 """
@@ -124,6 +124,8 @@ def save_mixed_dataset(mixed: MixedDataset, out_dir: str | Path) -> Path:
             "corruption": None if mixed.corruption is None else mixed.corruption.parameters(),
             "clean_count": int(mixed.is_clean.sum()), "samples": samples}
     (out_dir / "corruption.json").write_text(json.dumps(meta, indent=1))
+    # The clean files, one name per line: the list a user would trust (annotate train-classifier --trusted).
+    (out_dir / "trusted.txt").write_text("".join(f"{sample['file']}\n" for sample in samples if sample["clean"]))
     return out_dir
 
 
