@@ -7,7 +7,8 @@ import torch
 from torch.nn import functional as F
 
 from ambient_fast.annotate.classifier import TrainConfig
-from ambient_fast.annotate.crop_size import CropTable, measure_crop_size
+from ambient_fast.annotate.crop_size import (PAPER_EPS, CropMeasurement, CropTable, crop_table_from_losses,
+                                             measure_crop_size)
 from ambient_fast.annotate.crops import (CropsClassifierConfig, annotate_sigma_max, load_crops_classifier,
                                          random_crops, save_crops_classifier, sigma_max_from_scores,
                                          train_crops_classifier)
@@ -114,11 +115,31 @@ def box_denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 
 def test_measured_crop_size_is_the_receptive_field():
-    images = random_fields(torch.arange(64), resolution=24, alpha=2.0)  # smooth: averaging more pixels helps
-    measurement = measure_crop_size(box_denoiser, images, sigmas=[0.4, 1.0, 2.0], patch=2, eps=0.0)
+    """At the paper's eps = 1e-3 (the default), and at any eps from float rounding up to 1e-2. Smooth fields
+    without discs: a disc's sharp edge makes a wider average worse, and with discs the window's outer ring was
+    worth only 2e-4 of the loss at sigma = 2 (below 1e-3 and its standard error 0.04); here 9% +- 2.5%."""
+    images = random_fields(torch.arange(256), resolution=24, alpha=3.0, discs=0)  # averaging more pixels helps
+    measurement = measure_crop_size(box_denoiser, images, sigmas=[0.4, 1.0, 2.0], patch=2)
     expected = [2 + 2 * 1, 2 + 2 * 2, 2 + 2 * 4]  # patch + 2 r, r = ceil(2 sigma)
+    assert measurement.eps == PAPER_EPS == 1e-3
     assert list(measurement.table.crops) == expected, measurement.losses
+    for eps in (1e-6, 1e-2):  # not 0: windows past the receptive field differ by the convolution's rounding
+        assert list(measurement.table_at(eps).crops) == expected, eps
+    assert measurement.noise_decided_sigmas() == [], measurement.gap_standard_error
     assert measurement.contexts[-1] == 24
+
+
+def test_a_tolerance_below_the_monte_carlo_noise_is_flagged():
+    """Relative gaps 0.2 and 5e-4 with standard error 0.01: eps = 1e-3 picks the second context by chance, eps =
+    0.05 by a margin of several standard errors."""
+    losses = torch.tensor([[1.2, 1.0005, 1.0]], dtype=torch.float64)
+    errors = torch.tensor([[0.01, 0.01, 0.0]], dtype=torch.float64)
+    measurement = CropMeasurement(crop_table_from_losses(losses, [2, 4, 6], [0.1], 1e-3), [2, 4, 6], losses, 1e-3,
+                                  errors)
+    assert measurement.table.crops == (4,) and measurement.table_at(0.0).crops == (6,)
+    assert measurement.noise_decided_sigmas() == [0.1]
+    assert measurement.noise_decided_sigmas(0.05) == []
+    assert measurement.summary()["noise_decided_sigmas"] == [0.1]
 
 
 def test_measure_rejects_bad_contexts():
