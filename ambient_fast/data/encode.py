@@ -2,7 +2,7 @@
 
 Each image becomes one .npy file holding the VAE posterior's mean and standard deviation stacked along channels
 (8 channels for the SD VAE: 4 mean + 4 std), as EDM2 stores them; training draws a latent mean + std * eps from
-it each time and standardises it (train/latents.py). The output keeps the input's relative names (extension
+it each time and standardises it (data/latents.py). The output keeps the input's relative names (extension
 .npy) and its dataset.json labels, so sample ids and keys match the image dataset's.
 
 Resumable. The destination holds a manifest, encode.json (source path, VAE directory, sha256 of the VAE's
