@@ -196,3 +196,62 @@ def test_two_samples_of_one_distribution_give_no_per_sample_spread():
     assert in_sample.unique().numel() >= 3 and float(in_sample.median()) > 0.1  # memorisation read as quality
     out_of_fold = annotate("out-of-fold", calibrated=True)
     assert out_of_fold.unique().numel() == 1 and float(out_of_fold[0]) == pytest.approx(0.002)
+
+
+# ------------------------------------------------------------------------------------- killed and resumed
+def test_classifier_training_resumes_bit_identically(tmp_path):
+    from ambient_fast.annotate.classifier import Resume, train_classifier
+
+    clean = random_fields(torch.arange(40), resolution=8)
+    corrupted = blurred(random_fields(torch.arange(40, 80), resolution=8), 1.0)
+    train = TrainConfig(steps=30, batch_size=16, lr=3e-3, uniform_fraction=0.5, augment="dihedral", log_every=5)
+    whole, whole_history = train_classifier(clean, corrupted, config=CONFIG, train=train)
+    resume = Resume(tmp_path / "state.pt", every=10, fingerprint="run")
+
+    def killed_at_step_17(step, loss, accuracy):
+        if step == 15:  # after the save at step 10, inside the next interval
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(clean, corrupted, config=CONFIG, train=train, resume=resume, progress=killed_at_step_17)
+    resumed, history = train_classifier(clean, corrupted, config=CONFIG, train=train, resume=resume)
+    for name, value in whole.state_dict().items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+    assert history.loss == whole_history.loss and history.steps == whole_history.steps
+    with pytest.raises(ValueError, match="different classifier training"):
+        train_classifier(clean, corrupted, config=CONFIG, train=train,
+                         resume=Resume(tmp_path / "state.pt", every=10, fingerprint="another run"))
+
+
+def test_crossfit_keeps_finished_folds_and_refuses_changed_settings(tmp_path, monkeypatch):
+    from ambient_fast.annotate import crossfit
+
+    clean = random_fields(torch.arange(30), resolution=8)
+    corrupted = blurred(random_fields(torch.arange(30, 60), resolution=8), 1.0)
+    keywords = dict(folds=3, config=CONFIG, grid=LevelGrid(levels=16), report_draws=1, report_samples=8,
+                    train=TrainConfig(steps=12, batch_size=16, lr=3e-3))
+    whole = train_crossfit(clean, corrupted, **keywords)
+    real, calls = crossfit.train_classifier, []
+
+    def crashing(*args, **kwargs):
+        calls.append(kwargs["train"].seed)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed while training the second fold
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(crossfit, "train_classifier", crashing)
+    work = tmp_path / "clf.parts"
+    with pytest.raises(KeyboardInterrupt):
+        train_crossfit(clean, corrupted, work_dir=work, **keywords)
+    assert (work / "fold0.safetensors").is_file() and not (work / "fold1.safetensors").exists()
+    calls.clear()
+    monkeypatch.setattr(crossfit, "train_classifier", lambda *a, **k: (calls.append(k["train"].seed), real(*a, **k))[1])
+    resumed = train_crossfit(clean, corrupted, work_dir=work, **keywords)
+    assert calls == [1, 2]  # fold 0 was not trained again
+    assert resumed.report == whole.report and resumed.calibration == whole.calibration
+    for a, b in zip(whole.models, resumed.models):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(ValueError, match="different classifier training"):
+        train_crossfit(clean, corrupted, work_dir=work, **{**keywords, "report_samples": 4})
+    crossfit.remove_work_dir(work)
+    assert not work.exists()

@@ -143,3 +143,34 @@ def test_train_classifier_errors_before_any_work(tmp_path):
     with pytest.raises(SystemExit, match="exists; pass --force"):
         cli.main(["annotate", "train-classifier", "--images", str(data), "--trusted", "good", "--out",
                   str(tmp_path / "c.safetensors")])
+
+
+def test_train_classifier_resumes_after_a_kill_and_cleans_up(tmp_path, monkeypatch):
+    from ambient_fast.annotate import crossfit
+
+    data = tmp_path / "data"
+    write_pngs(data / "good", random_fields(torch.arange(12), resolution=SIZE))
+    write_pngs(data / "web", blurred(random_fields(torch.arange(12, 24), resolution=SIZE), 1.0))
+    out = tmp_path / "clf.safetensors"
+    args = ["annotate", "train-classifier", "--images", str(data), "--trusted", "good", "--out", str(out),
+            "--steps", "6", "--folds", "2", "--model-channels", "8", "--channel-mult", "1,2", "--batch-size", "8",
+            "--levels", "16", "--checkpoint-every", "2", "--no-figure"]
+    real, calls = crossfit.train_classifier, []
+
+    def killed_in_the_second_fold(*a, **k):
+        calls.append(k["train"].seed)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(crossfit, "train_classifier", killed_in_the_second_fold)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(args)
+    assert not out.exists() and (tmp_path / "clf.safetensors.parts" / "fold0.safetensors").is_file()
+    monkeypatch.setattr(crossfit, "train_classifier", real)
+    assert cli.main(args) == 0
+    assert out.is_file() and not (tmp_path / "clf.safetensors.parts").exists()
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    with pytest.raises(SystemExit, match="cannot write"):
+        cli.main([*args[:7], str(blocked / "clf.safetensors"), *args[8:]])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -137,10 +138,42 @@ class TrainHistory:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class Resume:
+    """Where a classifier's training keeps its state, every `every` steps (model, Adam, data-order generator,
+    step, running statistics), so that a killed run continues bit-identically. `fingerprint` names the run: a
+    state written under another fingerprint is refused instead of continued."""
+
+    path: Path
+    every: int = 200
+    fingerprint: str = ""
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)  # tensors and numbers only
+        except Exception as error:  # a truncated file: one line, what to do
+            raise ValueError(f"cannot resume from {self.path} ({type(error).__name__}); delete it to start over"
+                             ) from None
+        if state.get("fingerprint") != self.fingerprint:
+            raise ValueError(f"{self.path} holds the state of a different classifier training (settings or data "
+                             "changed); delete it to start over")
+        return state
+
+    def save(self, state: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        torch.save({**state, "fingerprint": self.fingerprint}, temporary)
+        temporary.replace(self.path)
+
+
 def fit_balanced_bce(model: nn.Module, balanced_logits: Callable[[torch.Generator], torch.Tensor], *,
-                     train: TrainConfig, device: torch.device, progress=None) -> TrainHistory:
+                     train: TrainConfig, device: torch.device, progress=None, resume: Resume | None = None
+                     ) -> TrainHistory:
     """The training loop both classifiers share: balanced_logits(generator) returns the logits of one batch whose
-    first half is class 1 and second half class 0; binary cross-entropy (eq. 3.1), Adam, running loss/accuracy."""
+    first half is class 1 and second half class 0; binary cross-entropy (eq. 3.1), Adam, running loss/accuracy.
+    With `resume`, the state is saved every resume.every steps and a rerun continues from the last save."""
     if train.batch_size < 2 or train.batch_size % 2:
         raise ValueError(f"batch_size must be even and >= 2 (half per class); got {train.batch_size}")
     optimizer = torch.optim.Adam(model.parameters(), lr=train.lr)
@@ -148,23 +181,35 @@ def fit_balanced_bce(model: nn.Module, balanced_logits: Callable[[torch.Generato
     half = train.batch_size // 2
     labels = torch.cat([torch.ones(half), torch.zeros(half)]).to(device)
     history, start = TrainHistory(), time.time()
-    running_loss, running_correct, running_count = 0.0, 0, 0
-    for step in range(1, train.steps + 1):
+    running = {"loss": 0.0, "correct": 0, "count": 0}
+    first_step = 1
+    state = resume.load() if resume is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        history = TrainHistory(**state["history"])
+        running, first_step = state["running"], state["step"] + 1
+    for step in range(first_step, train.steps + 1):
         logits = balanced_logits(generator)
         loss = F.binary_cross_entropy_with_logits(logits, labels)  # eq. 3.1
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        running_loss += float(loss.detach()) * train.batch_size
-        running_correct += int(((logits > 0).float() == labels).sum())
-        running_count += train.batch_size
+        running["loss"] += float(loss.detach()) * train.batch_size
+        running["correct"] += int(((logits > 0).float() == labels).sum())
+        running["count"] += train.batch_size
         if step % train.log_every == 0 or step == train.steps:
             history.steps.append(step)
-            history.loss.append(running_loss / running_count)
-            history.accuracy.append(running_correct / running_count)
+            history.loss.append(running["loss"] / running["count"])
+            history.accuracy.append(running["correct"] / running["count"])
             if progress is not None:
                 progress(step, history.loss[-1], history.accuracy[-1])
-            running_loss, running_correct, running_count = 0.0, 0, 0
+            running = {"loss": 0.0, "correct": 0, "count": 0}
+        if resume is not None and (step % resume.every == 0 or step == train.steps):
+            resume.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "generator": generator.get_state(), "step": step, "running": dict(running),
+                         "history": asdict(history)})
     history.seconds = time.time() - start
     model.eval()
     return history
@@ -177,7 +222,7 @@ def balanced_pick(images: torch.Tensor, half: int, generator: torch.Generator) -
 
 def train_classifier(clean: torch.Tensor, corrupted: torch.Tensor, *, config: ClassifierConfig = ClassifierConfig(),
                      train: TrainConfig = TrainConfig(), device: torch.device | str = "cpu",
-                     progress=None) -> tuple[NoiseClassifier, TrainHistory]:
+                     progress=None, resume: Resume | None = None) -> tuple[NoiseClassifier, TrainHistory]:
     """Train c on S_G = clean and S_B = corrupted ([N, C, H, W] in [-1, 1]) with the BCE of eq. 3.1.
 
     Batches are balanced (batch_size / 2 of each class drawn uniformly with replacement), so the classifier's prior
@@ -201,7 +246,8 @@ def train_classifier(clean: torch.Tensor, corrupted: torch.Tensor, *, config: Cl
         noise = torch.randn(x0.shape, generator=generator).to(device)
         return model(x0 + sigma.view(-1, 1, 1, 1) * noise, sigma)
 
-    return model, fit_balanced_bce(model, balanced_logits, train=train, device=device, progress=progress)
+    return model, fit_balanced_bce(model, balanced_logits, train=train, device=device, progress=progress,
+                                   resume=resume)
 
 
 def save_classifier(model: NoiseClassifier, path: str | Path, *, train: TrainConfig | None = None,

@@ -36,13 +36,13 @@ def _fresh_output(path: str | Path, force: bool) -> Path:
     path = Path(path)
     if path.exists() and not force:
         raise UserError(f"{path} exists; pass --force to overwrite it or choose another --out")
-    path.parent.mkdir(parents=True, exist_ok=True)
     probe = path.with_name(f".{path.name}.writable")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
-        raise UserError(f"cannot write {path}: {error.strerror}") from None
+        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
     return path
 
 
@@ -93,7 +93,7 @@ def _training_sets(args):
 
 def _train_classifier(args) -> int:
     from .classifier import ClassifierConfig, TrainConfig
-    from .crossfit import save_classifier_set, train_crossfit
+    from .crossfit import remove_work_dir, save_classifier_set, train_crossfit
     from .report import plot_report
     from .sigma_min import LevelGrid
 
@@ -112,13 +112,16 @@ def _train_classifier(args) -> int:
     eprint(f"classifier: {clean.shape[0]} clean (trusted) vs {corrupted.shape[0]} corrupted images, "
            f"{args.folds} folds (each classifier leaves one out), {args.steps} steps each")
     start = time.time()
+    work_dir = output.with_name(output.name + ".parts")  # finished folds and the fold in progress: a rerun resumes
     try:
         classifiers = train_crossfit(clean, corrupted, folds=args.folds, config=config, train=train, grid=grid,
                                      report_draws=args.report_draws, report_samples=args.report_samples,
-                                     device=device, progress=_steps_progress(args.folds, args.steps))
+                                     device=device, progress=_steps_progress(args.folds, args.steps), log=eprint,
+                                     work_dir=work_dir, checkpoint_every=args.checkpoint_every)
     except ValueError as error:
         raise UserError(str(error)) from None
     save_classifier_set(classifiers, output, provenance={**sources, "seconds": time.time() - start})
+    remove_work_dir(work_dir)
     print(classifiers.report.table())
     if not args.no_figure:
         written = plot_report(classifiers.report, output.with_suffix(".report.png"))
@@ -312,6 +315,8 @@ def register(steps) -> None:
     p.add_argument("--channel-mult", type=_ints, default=(1, 2, 2))
     p.add_argument("--num-blocks", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=200,
+                   help="steps between saves of the fold in training (OUT.parts/); a rerun resumes from there")
     p.add_argument("--no-figure", action="store_true", help="do not draw OUT.report.png / .svg")
     _common(p)
     p.set_defaults(func=_train_classifier)

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from ..annotations import write_safetensors
+from ..annotations import read_safetensors, write_safetensors
 from .calibration import CalibratedPredict, Calibration, fit_platt
-from .classifier import (CHECKPOINT_FORMAT, ClassifierConfig, NoiseClassifier, TrainConfig, read_checkpoint,
-                         train_classifier)
+from .classifier import (CHECKPOINT_FORMAT, ClassifierConfig, NoiseClassifier, Resume, TrainConfig,
+                         read_checkpoint, train_classifier)
 from .report import ClassifierReport, build_report, report_indices
 from .scoring import FoldRouter, score_levels
 from .sigma_min import LevelGrid
@@ -162,39 +162,56 @@ def _subsample(count: int, limit: int, digests: torch.Tensor, seed: int) -> torc
 def train_crossfit(clean: torch.Tensor, corrupted: torch.Tensor, *, folds: int = 3,
                    config: ClassifierConfig = ClassifierConfig(), train: TrainConfig = TrainConfig(),
                    grid: LevelGrid = LevelGrid(), report_draws: int = 4, report_samples: int = 512,
-                   device: torch.device | str = "cpu", progress=None, log=None) -> ClassifierSet:
+                   device: torch.device | str = "cpu", progress=None, log=None, work_dir: str | Path | None = None,
+                   checkpoint_every: int = 200) -> ClassifierSet:
     """Train `folds` classifiers on S_G = clean vs S_B = corrupted ([N, C, H, W] in [-1, 1]), each without one
     fold; calibrate and report each on its held-out fold (at most `report_samples` images per class per fold,
     `report_draws` noise draws per level, the report levels of `grid`). Classifier j uses seed train.seed + j.
-    progress(fold, step, loss, accuracy) is called every train.log_every steps."""
+    progress(fold, step, loss, accuracy) is called every train.log_every steps.
+
+    work_dir: resumable training. Each finished fold is kept there (weights and held-out logits), a fold in
+    progress saves its state every `checkpoint_every` steps, and a rerun with the same data and settings continues
+    where the last one stopped, bit-identically; other data or settings are refused. The caller removes the
+    folder once the set is saved (remove_work_dir)."""
     if folds < 2:
         raise ValueError(f"cross-fitting needs folds >= 2 (each classifier leaves one out); got {folds}")
     for name, images in (("clean", clean), ("corrupted", corrupted)):
         if images.shape[0] < folds:
             raise ValueError(f"{images.shape[0]} {name} images cannot fill {folds} folds: need at least {folds}")
-    digests_clean, digests_corrupted = content_digests(clean), content_digests(corrupted)
-    table = FoldTable.deal(digests_clean, digests_corrupted, folds, seed=train.seed)
-    fold_clean, fold_corrupted = table.folds[:clean.shape[0]], table.folds[clean.shape[0]:]
+    digests = {"clean": content_digests(clean), "corrupted": content_digests(corrupted)}
+    table = FoldTable.deal(digests["clean"], digests["corrupted"], folds, seed=train.seed)
+    fold_of = {"clean": table.folds[:clean.shape[0]], "corrupted": table.folds[clean.shape[0]:]}
+    images = {"clean": clean, "corrupted": corrupted}
     sigmas = grid.sigmas()[report_indices(grid.levels)]
+    work = _WorkDir(Path(work_dir), _fingerprint(table, config, train, grid, report_draws, report_samples)
+                    ) if work_dir is not None else None
     models, a, b = [], [], []
     held = {"clean": [], "corrupted": [], "clean_calibrated": [], "corrupted_calibrated": []}
     for j in range(folds):
-        if log is not None:
-            log(f"fold {j + 1}/{folds}: training on {int((fold_clean != j).sum())} clean / "
-                f"{int((fold_corrupted != j).sum())} corrupted images")
-        model, _ = train_classifier(
-            clean[fold_clean != j], corrupted[fold_corrupted != j], config=config,
-            train=dataclasses.replace(train, seed=train.seed + j), device=device,
-            progress=None if progress is None else (lambda step, loss, acc, j=j: progress(j, step, loss, acc)))
+        finished = work.finished_fold(j, config) if work is not None else None
+        if finished is not None:
+            model, logits = finished
+            if log is not None:
+                log(f"fold {j + 1}/{folds}: finished earlier, kept in {work.path}")
+        else:
+            if log is not None:
+                log(f"fold {j + 1}/{folds}: training on {int((fold_of['clean'] != j).sum())} clean / "
+                    f"{int((fold_of['corrupted'] != j).sum())} corrupted images")
+            resume = work.resume(j, checkpoint_every) if work is not None else None
+            model, _ = train_classifier(
+                clean[fold_of["clean"] != j], corrupted[fold_of["corrupted"] != j], config=config,
+                train=dataclasses.replace(train, seed=train.seed + j), device=device, resume=resume,
+                progress=None if progress is None else (lambda step, loss, acc, j=j: progress(j, step, loss, acc)))
+            logits = {}
+            for name in ("clean", "corrupted"):
+                rows = torch.nonzero(fold_of[name] == j).flatten()
+                rows = rows[_subsample(rows.numel(), report_samples, digests[name][rows], train.seed)]
+                # [n, levels, draws]: the raw logits of the held-out fold (noise keyed by digest)
+                logits[name] = score_levels(model, images[name][rows], digests[name][rows], sigmas.float(),
+                                            draws=report_draws, device=device, reduce=False)
+            if work is not None:
+                work.keep_fold(j, model, logits)
         models.append(model)
-        logits = {}
-        for name, images, digests, fold in (("clean", clean, digests_clean, fold_clean),
-                                            ("corrupted", corrupted, digests_corrupted, fold_corrupted)):
-            rows = torch.nonzero(fold == j).flatten()
-            rows = rows[_subsample(rows.numel(), report_samples, digests[rows], train.seed)]
-            # [n, levels, draws]: the raw logits of the held-out fold (noise keyed by digest)
-            logits[name] = score_levels(model, images[rows], digests[rows], sigmas.float(), draws=report_draws,
-                                        device=device, reduce=False)
         coefficients = [fit_platt(logits["clean"][:, level], logits["corrupted"][:, level])
                         for level in range(sigmas.numel())]
         a.append([c[0] for c in coefficients])
@@ -209,6 +226,67 @@ def train_crossfit(clean: torch.Tensor, corrupted: torch.Tensor, *, folds: int =
                           p_corrupted_calibrated=torch.cat(held["corrupted_calibrated"]),
                           draws=report_draws, folds=folds, sigma_data=config.sigma_data)
     return ClassifierSet(models, table, grid, train, Calibration(sigmas.tolist(), a, b), report)
+
+
+def _fingerprint(table: FoldTable, config, train, grid, report_draws: int, report_samples: int) -> str:
+    """A digest of everything a fold's result depends on: the images (their digests, classes and folds) and the
+    settings."""
+    hasher = hashlib.sha256()
+    for column in (table.digests, table.folds, table.clean.to(torch.int64)):
+        hasher.update(column.contiguous().numpy().tobytes())
+    hasher.update(json.dumps([asdict(config), asdict(train), asdict(grid), report_draws, report_samples],
+                             sort_keys=True).encode())
+    return hasher.hexdigest()[:32]
+
+
+@dataclass
+class _WorkDir:
+    """The folder of a resumable cross-fitting run: fold{j}.safetensors (a finished fold: weights and held-out
+    logits), fold{j}.state.pt (a fold in progress) and run.json (the run's fingerprint)."""
+
+    path: Path
+    fingerprint: str
+
+    def __post_init__(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        stamp = self.path / "run.json"
+        text = json.dumps({"fingerprint": self.fingerprint})
+        if stamp.is_file() and stamp.read_text() != text:
+            raise ValueError(f"{self.path} holds partial results of a different classifier training (data or settings "
+                             "changed); delete that folder to start over")
+        stamp.write_text(text)
+
+    def resume(self, fold: int, every: int) -> Resume:
+        return Resume(self.path / f"fold{fold}.state.pt", every=every, fingerprint=f"{self.fingerprint}/{fold}")
+
+    def finished_fold(self, fold: int, config: ClassifierConfig):
+        """(model, held-out logits) of a finished fold, or None."""
+        path = self.path / f"fold{fold}.safetensors"
+        if not path.is_file():
+            return None
+        tensors, _ = read_safetensors(path, "finished fold")
+        model = NoiseClassifier(config)
+        model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+        return model.eval(), {"clean": tensors["logits.clean"], "corrupted": tensors["logits.corrupted"]}
+
+    def keep_fold(self, fold: int, model: NoiseClassifier, logits: dict) -> None:
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        tensors |= {f"logits.{name}": value for name, value in logits.items()}
+        write_safetensors(self.path / f"fold{fold}.safetensors", tensors, {"fingerprint": self.fingerprint})
+        (self.path / f"fold{fold}.state.pt").unlink(missing_ok=True)
+
+
+def remove_work_dir(path: str | Path) -> None:
+    """Delete a finished run's work folder (its files only; a foreign file keeps the folder)."""
+    path = Path(path)
+    if not path.is_dir():
+        return
+    for file in [path / "run.json", *path.glob("fold*.safetensors"), *path.glob("fold*.state.pt")]:
+        file.unlink(missing_ok=True)
+    try:
+        path.rmdir()
+    except OSError:
+        pass
 
 
 # ------------------------------------------------------------------------------------------------- files
@@ -266,4 +344,4 @@ def file_digest(path: str | Path) -> str:
 
 
 __all__ = ["ClassifierSet", "FoldTable", "Routing", "SCORING_MODES", "content_digests", "file_digest",
-           "load_classifier_set", "save_classifier_set", "train_crossfit"]
+           "load_classifier_set", "remove_work_dir", "save_classifier_set", "train_crossfit"]
