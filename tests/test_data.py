@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 
 import numpy as np
@@ -150,3 +151,15 @@ def test_dataset_info_command(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "6 samples, shape (3, 8, 8), images, 3 classes" in out and "unreadable: 1" in out and names[1] in out
     assert "usable at sigma 0.2: 0.833" in out  # the unreadable sample is never usable
+
+
+@pytest.mark.parametrize("member", ["../../escaped.png", "/abs/absolute.png", "a/../../b.png", "..\\..\\c.png", "C:/d.png"])
+def test_zip_members_that_would_leave_a_folder_are_refused_by_name(tmp_path, member):
+    from ambient_fast.data.dataset import UnsafeNameError
+
+    names = write_images(tmp_path / "images", n=1, labels=False)
+    with zipfile.ZipFile(tmp_path / "data.zip", "w") as archive:
+        archive.writestr("ok.png", (tmp_path / "images" / names[0]).read_bytes())
+        archive.writestr(member, (tmp_path / "images" / names[0]).read_bytes())
+    with pytest.raises(UnsafeNameError, match=re.escape(f"member {member!r}")):
+        FileDataset(tmp_path / "data.zip")

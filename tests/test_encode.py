@@ -182,3 +182,32 @@ def test_encode_command_writes_a_zip(setup, tmp_path, capsys):
                      "--batch-size", "2", "--device", "cpu"]) == 0
     assert FileDataset(tmp_path / "l.zip").keys == FileDataset(reference).keys
     assert json.dumps(reference_stats["latent_mean"]) in capsys.readouterr().out
+
+
+def test_encode_never_writes_outside_the_destination(setup, tmp_path, monkeypatch, capsys):
+    """A zip whose members are named ../../escaped.png or /abs/path.png is refused by `dataset encode` (one line
+    naming the member) before anything is written; the encoder's own containment check holds even when the
+    dataset's name check is bypassed."""
+    from ambient_fast import cli
+    from ambient_fast.data import dataset as dataset_module
+
+    root, vae, _, _ = setup
+    image = (root / "images" / "00000" / "img00000000.png").read_bytes()
+    source = tmp_path / "evil.zip"
+    with zipfile.ZipFile(source, "w") as archive:
+        archive.writestr("ok.png", image)
+        archive.writestr("../../escaped.png", image)
+        archive.writestr(str(tmp_path / "abs" / "absolute.png"), image)
+    destination = tmp_path / "d1" / "d2" / "out"
+
+    def written_outside():
+        return sorted(str(p) for p in tmp_path.rglob("*.npy*") if destination not in p.parents)
+
+    with pytest.raises(SystemExit, match=r"^error: .*member '\.\./\.\./escaped\.png'.*relative names"):
+        cli.main(["dataset", "encode", str(source), str(destination), "--vae", str(vae), "--device", "cpu"])
+    assert written_outside() == [] and not destination.exists()
+
+    monkeypatch.setattr(dataset_module, "unsafe_name", lambda name: False)  # a dataset that lets them through
+    with pytest.raises(dataset_module.UnsafeNameError, match=r"\.\./\.\./escaped\.npy.*outside"):
+        encode_dataset(source, destination, vae_dir=vae, **quiet)
+    assert written_outside() == []

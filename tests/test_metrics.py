@@ -113,7 +113,8 @@ def test_torchscript_features_and_missing_weights(tmp_path, monkeypatch):
 
     path = tmp_path / "net.pt"
     torch.jit.script(Pool()).save(str(path))
-    extractor = TorchScriptFeatures(path=str(path), name="pool", resolution_px=8, input_range="uint8")
+    extractor = TorchScriptFeatures(path=str(path), name="pool", resolution_px=8, input_range="uint8",
+                                    trust_torchscript=True)
     images = torch.zeros(3, 3, 16, 16)
     torch.testing.assert_close(extractor(images), torch.full((3, 3), 127.5, dtype=torch.float64))
     assert PixelFeatures()(images).shape == (3, 768)
@@ -127,4 +128,46 @@ def test_torchscript_features_and_missing_weights(tmp_path, monkeypatch):
     with pytest.raises(WeightsNotFoundError, match="DINOv2"):
         dinov2_features(str(tmp_path / "nothing.pt"))
     monkeypatch.setenv(features_module.INCEPTION_ENV, str(path))
-    assert inception_features().name == "inception"
+    assert inception_features(trust_torchscript=True).name == "inception"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_torchscript_weights_run_only_with_an_explicit_opt_in(tmp_path, monkeypatch, capsys):
+    """torch.jit.load runs code stored in the file: without trust_torchscript=True (CLI --trust-torchscript, or
+    ${AMBIENT_FAST_TRUST_TORCHSCRIPT}=1) the file is refused before it is opened, with the risk stated."""
+    from ambient_fast import cli
+    from ambient_fast.metrics.features import TRUST_ENV, UntrustedWeightsError
+
+    class Pool(torch.nn.Module):
+        def forward(self, x, return_features: bool = False):
+            return x.mean(dim=(2, 3))
+
+    path = tmp_path / "net.pt"
+    torch.jit.script(Pool()).save(str(path))
+    monkeypatch.delenv(TRUST_ENV, raising=False)
+    original_load = torch.jit.load
+
+    def refuse_load(*args, **kwargs):
+        raise AssertionError("torch.jit.load was called without the opt-in")
+
+    monkeypatch.setattr(torch.jit, "load", refuse_load)
+    for make in (lambda **kw: TorchScriptFeatures(path=str(path), name="pool", resolution_px=8, **kw),
+                 lambda **kw: inception_features(str(path), **kw), lambda **kw: dinov2_features(str(path), **kw)):
+        with pytest.raises(UntrustedWeightsError, match=r"runs the code stored in it.*trust_torchscript=True.*--trust-torchscript"):
+            make()
+    monkeypatch.setattr(torch.jit, "load", original_load)
+    assert inception_features(str(path), trust_torchscript=True).name == "inception"
+    monkeypatch.setenv(TRUST_ENV, "1")
+    assert dinov2_features(str(path)).name == "dinov2"
+    monkeypatch.delenv(TRUST_ENV)
+
+    images = tmp_path / "images.npz"
+    np.savez(images, samples=np.random.default_rng(0).uniform(-1, 1, (8, 3, 16, 16)).astype(np.float32))
+    command = ["eval", "--generated", str(images), "--test", str(images), "--inception", str(path)]
+    with pytest.raises(SystemExit, match=r"^error: .*runs the code stored in it.*--trust-torchscript"):
+        cli.main(command)
+    assert cli.main(command + ["--trust-torchscript"]) == 0
+    assert "fd_inception=" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "--help"])
+    assert "runs code" in " ".join(capsys.readouterr().out.split())

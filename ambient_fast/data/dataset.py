@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -31,6 +32,17 @@ ON_ERROR = ("raise", "skip")
 
 class CorruptSampleError(RuntimeError):
     """A dataset file could not be decoded or holds invalid values."""
+
+
+class UnsafeNameError(ValueError):
+    """A zip member whose name, joined to a folder, would point outside it (absolute, or climbing with '..')."""
+
+
+def unsafe_name(name: str) -> bool:
+    """True for a member name that is absolute or climbs with '..', in POSIX or Windows spelling: keys become
+    output paths (`dataset encode` writes <destination>/<key>.npy), so such a name could write anywhere."""
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or ".." in parts or re.match(r"^[A-Za-z]:", name) is not None
 
 
 class ArrayDataset(torch.utils.data.Dataset):
@@ -182,7 +194,12 @@ class FileDataset(ArrayDataset):
             return [p.relative_to(self.path).as_posix() for p in self.path.rglob("*") if p.is_file()]
         if zipfile.is_zipfile(self.path):
             with zipfile.ZipFile(self.path) as archive:
-                return [n for n in archive.namelist() if not n.endswith("/")]
+                names = [n for n in archive.namelist() if not n.endswith("/")]
+            unsafe = [n for n in names if unsafe_name(n)]
+            if unsafe:  # a crafted archive: refuse it whole rather than guess what the member was meant to be
+                raise UnsafeNameError(f"{self.path}: member {unsafe[0]!r} (and {len(unsafe) - 1} more) has an absolute "
+                                      "path or climbs out with '..'; refusing the zip: rebuild it with relative names")
+            return names
         raise ValueError(f"{self.path} is neither a directory nor a zip file")
 
     def _read_bytes(self, name: str) -> bytes:

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .dataset import FileDataset, collate
+from .dataset import FileDataset, UnsafeNameError, collate
 
 MANIFEST = "encode.json"
 LABELS = "dataset.json"
@@ -68,6 +68,11 @@ def load_vae(vae_dir: str | Path, *, device: torch.device):
     vae_dir = Path(vae_dir)
     _check_vae_dir(vae_dir)
     return AutoencoderKL.from_pretrained(str(vae_dir), local_files_only=True).to(device).eval().requires_grad_(False)
+
+
+def _inside(folder: Path, name: str) -> bool:
+    """Whether folder / name stays inside folder, judged on the names alone (absolute names and '..' count)."""
+    return os.path.normpath(folder / name).startswith(os.path.normpath(folder) + os.sep)
 
 
 def _write_json_atomic(path: Path, value: dict) -> None:
@@ -252,6 +257,10 @@ def encode_dataset(source: str | Path, destination: str | Path, *, vae_dir: str 
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     npy_names = [Path(key).with_suffix(".npy").as_posix() for key in dataset.keys]
+    outside = [name for name in npy_names if not _inside(destination, name)]
+    if outside:  # FileDataset refuses such zip members already; this keeps every write under the destination
+        raise UnsafeNameError(f"{source}: {outside[0]!r} (and {len(outside) - 1} more) would be written outside "
+                              f"{destination}; refusing to encode: rebuild the source with relative names")
     if len(set(npy_names)) != len(npy_names):
         clash = sorted(name for name, n in Counter(npy_names).items() if n > 1)[:3]
         raise ValueError(f"{source} has images whose names differ only by extension (e.g. {clash}); they would "

@@ -51,11 +51,17 @@ def run_eval(args) -> int:
         references["train"] = load_images(args.train)
     if not references:
         raise SystemExit("eval needs at least one reference: --test and/or --train")
+    from ..metrics.features import UntrustedWeightsError, WeightsNotFoundError
+
     extractors = []
-    if args.inception is not None:
-        extractors.append(inception_features(args.inception or None))
-    if args.dinov2 is not None:
-        extractors.append(dinov2_features(args.dinov2 or None))
+    trust = args.trust_torchscript or None  # None: the environment variable decides (default: not trusted)
+    try:
+        if args.inception is not None:
+            extractors.append(inception_features(args.inception or None, trust_torchscript=trust))
+        if args.dinov2 is not None:
+            extractors.append(dinov2_features(args.dinov2 or None, trust_torchscript=trust))
+    except (UntrustedWeightsError, WeightsNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
     config = EvaluationConfig(swd=SWDConfig(seed=args.seed), feature_extractors=extractors, seed=args.seed)
     results = evaluate(generated, references=references, train=references.get("train"), test=references.get("test"),
                        config=config)
@@ -112,6 +118,10 @@ def register(subparsers) -> None:
     evaluate.add_argument("--inception", nargs="?", const="", default=None,
                           help="also FID: Inception weights file (or its env variable / cache when no path is given)")
     evaluate.add_argument("--dinov2", nargs="?", const="", default=None, help="also FD_DINOv2 from a TorchScript file")
+    evaluate.add_argument("--trust-torchscript", action="store_true",
+                          help="load TorchScript weights (--inception / --dinov2 .pt files): loading one runs code "
+                               "stored in the file, so give this only for files from a source you trust (default: "
+                               "refused; AMBIENT_FAST_TRUST_TORCHSCRIPT=1 does the same)")
     evaluate.add_argument("--json", help="write all results (per-band spectra included) to this file")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.set_defaults(func=run_eval)

@@ -3,7 +3,14 @@
 `PixelFeatures` needs no weights and runs anywhere (FD in pixel space). Inception-v3 (FID) and DINOv2 (FD_DINOv2)
 run only from weights already on disk: a path given by the user or an environment variable, or the cache that
 torch-fidelity / clean-fid filled. Nothing is downloaded at run time; their packages are imported lazily, and a
-missing file or package raises an error that says what to provide."""
+missing file or package raises an error that says what to provide.
+
+TorchScript files (clean-fid's / NVIDIA's Inception, a DINOv2 export) are programs: torch.jit.load runs the code
+stored in them, so a file from an untrusted source can do anything this process can. They are loaded only with an
+explicit opt-in: trust_torchscript=True, the CLI's `eval --trust-torchscript`, or ${AMBIENT_FAST_TRUST_TORCHSCRIPT}=1
+(for the `experiment` runner); otherwise the file is refused before it is opened. No safe alternative format is
+offered: it would need the Inception-v3 / ViT-L architectures re-implemented here and checked against the reference
+weights, which cannot be fetched on this machine. torch-fidelity's .pth goes through torch-fidelity's own loader."""
 from __future__ import annotations
 
 import os
@@ -15,6 +22,7 @@ import torch.nn.functional as F
 
 INCEPTION_ENV = "AMBIENT_FAST_INCEPTION_WEIGHTS"
 DINOV2_ENV = "AMBIENT_FAST_DINOV2_WEIGHTS"
+TRUST_ENV = "AMBIENT_FAST_TRUST_TORCHSCRIPT"  # "1": load TorchScript weights without trust_torchscript=True
 _TORCH_FIDELITY_CACHE = Path.home() / ".cache/torch/hub/checkpoints/weights-inception-2015-12-05-6726825d.pth"
 _CLEAN_FID_CACHE = Path(os.environ.get("TMPDIR", "/tmp")) / "inception-2015-12-05.pt"
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -23,6 +31,10 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class WeightsNotFoundError(FileNotFoundError):
     """A metric's network weights are not on this machine (they are never downloaded at run time)."""
+
+
+class UntrustedWeightsError(PermissionError):
+    """A TorchScript weights file was not explicitly trusted: loading it would run the code stored in it."""
 
 
 @dataclass
@@ -38,7 +50,10 @@ class PixelFeatures:
 @dataclass
 class TorchScriptFeatures:
     """A TorchScript feature network from a local file, fed at `resolution_px` (bilinear resize) in its range:
-    'uint8' = [0, 255] (NVIDIA's / clean-fid's Inception), 'imagenet' = ImageNet-normalised [0, 1] (DINOv2)."""
+    'uint8' = [0, 255] (NVIDIA's / clean-fid's Inception), 'imagenet' = ImageNet-normalised [0, 1] (DINOv2).
+
+    trust_torchscript: loading runs the code stored in the file, so it needs True (None: ${AMBIENT_FAST_TRUST_TORCHSCRIPT}
+    set to 1); otherwise UntrustedWeightsError is raised before the file is opened."""
 
     path: str
     name: str
@@ -47,12 +62,18 @@ class TorchScriptFeatures:
     return_features_kwarg: bool = False  # the Inception TorchScript takes return_features=True
     batch_size: int = 64
     device: str = "cpu"
+    trust_torchscript: bool | None = None
 
     def __post_init__(self) -> None:
         if not Path(self.path).is_file():
             raise WeightsNotFoundError(f"{self.name}: no weights file at {self.path}")
         if self.input_range not in ("uint8", "imagenet"):
             raise ValueError(f"input_range must be 'uint8' or 'imagenet', got {self.input_range!r}")
+        trusted = self.trust_torchscript if self.trust_torchscript is not None else os.environ.get(TRUST_ENV) == "1"
+        if not trusted:
+            raise UntrustedWeightsError(
+                f"{self.name}: {self.path} is TorchScript, and loading it runs the code stored in it; if you trust its "
+                f"source, pass trust_torchscript=True (CLI: --trust-torchscript; or set {TRUST_ENV}=1)")
         self._model = torch.jit.load(self.path, map_location=self.device).eval()
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -110,9 +131,10 @@ def _first_existing(*candidates) -> Path | None:
     return None
 
 
-def inception_features(weights_path: str | None = None, *, device: str = "cpu"):
+def inception_features(weights_path: str | None = None, *, device: str = "cpu", trust_torchscript: bool | None = None):
     """Inception-v3 pool3 features for FID: a TorchScript file (clean-fid's / NVIDIA's inception-2015-12-05.pt) or
-    torch-fidelity's .pth, from `weights_path`, ${AMBIENT_FAST_INCEPTION_WEIGHTS}, or those tools' caches."""
+    torch-fidelity's .pth, from `weights_path`, ${AMBIENT_FAST_INCEPTION_WEIGHTS}, or those tools' caches.
+    A TorchScript file runs code when loaded: it needs trust_torchscript=True (see TorchScriptFeatures)."""
     path = _first_existing(weights_path, os.environ.get(INCEPTION_ENV), _CLEAN_FID_CACHE, _TORCH_FIDELITY_CACHE)
     if path is None:
         raise WeightsNotFoundError(
@@ -122,15 +144,17 @@ def inception_features(weights_path: str | None = None, *, device: str = "cpu"):
     if path.name.startswith("weights-inception") and path.suffix == ".pth":
         return TorchFidelityInception(weights_path=str(path))
     return TorchScriptFeatures(path=str(path), name="inception", resolution_px=299, input_range="uint8",
-                               return_features_kwarg=True, device=device)
+                               return_features_kwarg=True, device=device, trust_torchscript=trust_torchscript)
 
 
-def dinov2_features(weights_path: str | None = None, *, device: str = "cpu"):
+def dinov2_features(weights_path: str | None = None, *, device: str = "cpu", trust_torchscript: bool | None = None):
     """DINOv2 features for FD_DINOv2 (EDM2's choice: ViT-L/14 at 224 px, ImageNet normalisation) from a TorchScript
-    export of the model at `weights_path` or ${AMBIENT_FAST_DINOV2_WEIGHTS}."""
+    export of the model at `weights_path` or ${AMBIENT_FAST_DINOV2_WEIGHTS}; it runs code when loaded, so it needs
+    trust_torchscript=True (see TorchScriptFeatures)."""
     path = _first_existing(weights_path, os.environ.get(DINOV2_ENV))
     if path is None:
         raise WeightsNotFoundError(
             f"DINOv2 weights not found (looked at {weights_path!r} and ${DINOV2_ENV}); they are never downloaded at "
             "run time: export the model with torch.jit.trace on a machine that has it and pass the file")
-    return TorchScriptFeatures(path=str(path), name="dinov2", resolution_px=224, input_range="imagenet", device=device)
+    return TorchScriptFeatures(path=str(path), name="dinov2", resolution_px=224, input_range="imagenet", device=device,
+                               trust_torchscript=trust_torchscript)

@@ -2,11 +2,24 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 
 import torch
 
 from ..annotations import AnnotationMismatchError
+from ..data.dataset import CorruptSampleError, UnsafeNameError
+
+# Errors that name a problem the user can fix (bad input, files, disk): shown as one "error: ..." line, no traceback.
+USER_ERRORS = (AnnotationMismatchError, CorruptSampleError, UnsafeNameError, OSError)
+
+
+@contextlib.contextmanager
+def _one_line(*errors):
+    try:
+        yield
+    except errors as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 def register(subparsers) -> None:
@@ -141,7 +154,8 @@ def _generate(args) -> int:
 def _encode(args) -> int:
     from ..data.encode import encode_dataset
 
-    encode_dataset(args.source, args.destination, vae_dir=args.vae, device=args.device, batch_size=args.batch_size)
+    with _one_line(*USER_ERRORS, ImportError):
+        encode_dataset(args.source, args.destination, vae_dir=args.vae, device=args.device, batch_size=args.batch_size)
     return 0
 
 
