@@ -41,7 +41,7 @@ def run_tiny_preset(tmp_path, capsys):
                          "--npz", str(npz), "--device", "cpu", "--cpu-threads", "1"]) == 0
         arrays = np.load(npz)
         assert arrays["samples"].shape == (9, 3, 16, 16) and np.isfinite(arrays["samples"]).all()
-        assert arrays["images"].dtype == np.uint8 and Image.open(png).size == (48, 48)
+        assert arrays["images"].dtype == np.uint8 and Image.open(png).size == (3 * 176 + 2 * 2,) * 2  # 3 x 3 grid, x11
         assert 0.05 < arrays["samples"].std() < 2.0  # neither collapsed nor exploded
 
 
@@ -123,3 +123,33 @@ def test_generate_samples_the_first_tracked_ema_by_default(tmp_path, capsys):
     assert "raw weights" in printed
     np.testing.assert_array_equal(outputs["default"], outputs["ema"])
     assert not np.array_equal(outputs["default"], outputs["raw"])
+
+
+def test_unreadable_checkpoints_stop_the_run_until_restart_is_asked(tmp_path):
+    """Every checkpoint of a run unreadable (zero bytes): the rerun stops before training, naming them, and leaves
+    them as they are; --restart starts over from step 0 with the old run's files moved aside, never deleted."""
+    from test_train_resume import write_png_dataset
+
+    from ambient_fast.train import checkpoint
+
+    data = write_png_dataset(tmp_path / "data", n=16, size=8)
+    run = tmp_path / "run"
+    args = tiny_train_args(data, run, "--set", "total_steps=4", "--set", "checkpoint_every=2", "--set", "snapshot_every=2")
+    assert cli.main(args) == 0
+    old = sorted(p.name for p in run.iterdir())
+    broken = sorted(run.glob("training-*.safetensors"))
+    assert [p.name for p in broken] == ["training-00000001.safetensors", "training-00000003.safetensors"]
+    for path in broken:
+        path.write_bytes(b"")
+    with pytest.raises(SystemExit, match=r"^error: none of the 2 checkpoints in .* can be read \(.*training-00000003"
+                                         r"\.safetensors.*training-00000001\.safetensors.*--restart"):
+        cli.main(args)
+    assert sorted(p.name for p in run.iterdir()) == old and all(p.read_bytes() == b"" for p in broken)
+
+    assert cli.main(args + ["--restart"]) == 0
+    aside = run / "before-restart-1"
+    assert sorted(p.name for p in aside.iterdir()) == sorted(name for name in old if name != "config.json")
+    assert all((aside / p.name).read_bytes() == b"" for p in broken)  # kept as they were
+    assert [s for s, _ in checkpoint.list_checkpoints(run)] == [1, 3]  # the new run's own
+    assert cli.main(args + ["--restart", "--set", "total_steps=6"]) == 0  # readable now: --restart resumes
+    assert not (run / "before-restart-2").exists() and [s for s, _ in checkpoint.list_checkpoints(run)][-1] == 5

@@ -2,7 +2,8 @@
 
 Written atomically (temporary file, fsync, rename), with a CRC-32 of every tensor's bytes in the metadata, so a
 truncated or corrupted file is detected on load; `load_latest` then warns with the file name and falls back to
-the previous checkpoint.
+the previous checkpoint. When none of them can be read it raises UnreadableCheckpointsError naming them all
+rather than report "no checkpoint": a caller that started over would overwrite them.
 """
 from __future__ import annotations
 
@@ -21,6 +22,10 @@ NAME = re.compile(r"^(?P<prefix>[a-z_]+)-(?P<step>\d{8})\.safetensors$")
 
 class CorruptCheckpointError(ValueError):
     pass
+
+
+class UnreadableCheckpointsError(CorruptCheckpointError):
+    """A directory holds checkpoints, and none of them can be read."""
 
 
 def _crc(tensors: dict[str, torch.Tensor]) -> str:
@@ -88,17 +93,39 @@ def list_checkpoints(directory: str | Path, prefix: str = "training") -> list[tu
 
 
 def load_latest(directory: str | Path, prefix: str = "training", *, log=print):
-    """The newest checkpoint that loads and verifies, as (step, tensors, meta); None when there is none.
-    Each unusable newer file is reported by name."""
-    for step, path in reversed(list_checkpoints(directory, prefix)):
+    """The newest checkpoint that loads and verifies, as (step, tensors, meta); None when there is no checkpoint
+    file. Each unusable newer file is reported by name; UnreadableCheckpointsError when none can be read."""
+    found = list_checkpoints(directory, prefix)
+    problems = []
+    for step, path in reversed(found):
         try:
             tensors, meta = load(path)
         except CorruptCheckpointError as error:
-            warnings.warn(f"skipping checkpoint: {error}", stacklevel=2)
-            log(f"WARNING: {error}; trying the previous checkpoint")
+            problems.append(str(error))
+            if len(problems) < len(found):
+                warnings.warn(f"skipping checkpoint: {error}", stacklevel=2)
+                log(f"WARNING: {error}; trying the previous checkpoint")
             continue
         return step, tensors, meta
+    if found:
+        raise UnreadableCheckpointsError(f"none of the {len(found)} checkpoints in {directory} can be read "
+                                         f"({'; '.join(problems)})")
     return None
+
+
+def set_aside(directory: str | Path) -> Path:
+    """Move a run's checkpoints, EMA snapshots and metrics.jsonl into directory/before-restart-N/ (the first free
+    N) and return that folder: a restarted run must neither overwrite nor mix with them."""
+    directory = Path(directory)
+    number = 1
+    while (directory / f"before-restart-{number}").exists():
+        number += 1
+    aside = directory / f"before-restart-{number}"
+    aside.mkdir()
+    for path in list(directory.iterdir()):
+        if NAME.match(path.name) or path.name == "metrics.jsonl":
+            path.rename(aside / path.name)
+    return aside
 
 
 def path_for(directory: str | Path, step: int, prefix: str = "training") -> Path:

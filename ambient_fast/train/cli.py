@@ -9,6 +9,7 @@ import torch
 
 from ..annotations import AnnotationMismatchError
 from ..data.dataset import CorruptSampleError, UnsafeNameError
+from .checkpoint import CorruptCheckpointError
 
 # Errors that name a problem the user can fix (bad input, files, disk): shown as one "error: ..." line, no traceback.
 USER_ERRORS = (AnnotationMismatchError, CorruptSampleError, UnsafeNameError, OSError)
@@ -32,6 +33,10 @@ def register(subparsers) -> None:
                             "dataset lacks or has no keys (default: refuse it); the coverage line counts them")
     train.add_argument("--run-dir", required=True, help="checkpoints, EMA snapshots and metrics.jsonl go here")
     train.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when CUDA is available, else cpu")
+    train.add_argument("--restart", action="store_true",
+                       help="when RUN_DIR holds checkpoints and none can be read, start over from step 0, moving the "
+                            "old run's files to RUN_DIR/before-restart-N/ (never deleted); default: stop and name "
+                            "them. A readable checkpoint is always resumed")
     train.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                        help="override a config field, e.g. --set total_steps=500 --set network.model_channels=64")
     train.set_defaults(func=_train)
@@ -106,9 +111,8 @@ def _train(args) -> int:
         overrides[name.strip()] = _parse_value(value)
     config = preset(args.preset, **overrides)
     try:
-        train(config, run_dir=args.run_dir, device=args.device)
-    except AnnotationMismatchError as error:  # a user error: one line, no traceback
-        raise SystemExit(f"error: {error}") from None
+        with _one_line(*USER_ERRORS, CorruptCheckpointError):
+            train(config, run_dir=args.run_dir, device=args.device, restart=args.restart)
     finally:
         distributed.shutdown()
     return 0

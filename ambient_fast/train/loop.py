@@ -1,7 +1,7 @@
 """The training loop: ambient sampler -> fused noising -> network -> fused ambient loss -> Adam -> power EMA.
 
 Resume by rerunning the same command: the newest checkpoint in run_dir that verifies is loaded (a corrupt one is
-reported and the previous one used), and training continues with the same samples, levels and noise as an
+reported and the previous one used; when none can be read the run stops, naming them, unless restart=True), and training continues with the same samples, levels and noise as an
 uninterrupted run, because every random choice is keyed by (seed, step, slice) rather than by a running
 generator.
 """
@@ -74,23 +74,26 @@ def _check_resumable(saved: dict, config: TrainConfig) -> None:
 
 
 def train(config: TrainConfig, *, run_dir: str | Path, device: str | torch.device | None = None,
-          network: torch.nn.Module | None = None, dataset=None, stop_after: int | None = None, log=print) -> dict:
+          network: torch.nn.Module | None = None, dataset=None, stop_after: int | None = None, restart: bool = False,
+          log=print) -> dict:
     """Train (or resume) the run in run_dir. network: a module following the protocol of networks/precond.py
     (default: built from config.network); dataset: an ArrayDataset (default: config.data). stop_after: return
-    after this many steps of this invocation (tests). Returns {"step": last step done, "losses": [...]}"""
+    after this many steps of this invocation (tests). restart: when run_dir holds checkpoints and none can be read,
+    start over from step 0 after moving the old run's files to run_dir/before-restart-N/ (default: refuse; a
+    readable checkpoint is always resumed). Returns {"step": last step done, "losses": [...]}"""
     previous, previous_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     try:
         if config.cpu_threads:
             log(f"setting torch.set_num_threads({config.cpu_threads}) for this run (process-wide; restored on return)")
             torch.set_num_threads(config.cpu_threads)
         return _train(config, run_dir=Path(run_dir), device=device, network=network, dataset=dataset,
-                      stop_after=stop_after, log=log)
+                      stop_after=stop_after, restart=restart, log=log)
     finally:  # the process-wide settings are restored on return
         torch.use_deterministic_algorithms(previous)
         torch.set_num_threads(previous_threads)
 
 
-def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop_after, log) -> dict:
+def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop_after, restart, log) -> dict:
     dist_info, device = distributed.init(device)
     say = log if dist_info.is_main else (lambda *_: None)
     if config.deterministic:
@@ -136,7 +139,17 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
 
     # ---- resume
     start_step, skipped, consecutive_bad = 0, 0, 0
-    latest = checkpoint.load_latest(run_dir, log=say)
+    try:
+        latest = checkpoint.load_latest(run_dir, log=say)
+    except checkpoint.UnreadableCheckpointsError as error:
+        if not restart:  # starting over would overwrite them: the user decides
+            raise checkpoint.UnreadableCheckpointsError(
+                f"{error}; nothing was changed: restore a checkpoint, or rerun with --restart (train(restart=True)) "
+                "to start over from step 0 with the old run's files moved aside") from None
+        latest = None
+        if dist_info.is_main:
+            say(f"restart: no checkpoint could be read; the old run's files are now in {checkpoint.set_aside(run_dir)}, "
+                "starting over from step 0")
     if latest is not None:
         saved_step, tensors, meta = latest
         _check_resumable(meta["config"], config)
