@@ -125,21 +125,44 @@ def _denoiser(config, meta: dict, state: dict, device):
     return Precond(net, sigma_data=config.sigma_data, label_dim=meta["label_dim"]).to(device).eval()
 
 
-def image_grid(images: torch.Tensor) -> np.ndarray:
-    """[B, C, H, W] in [-1, 1] -> uint8 [rows * H, cols * W, C], a near-square grid."""
+def image_grid(images: torch.Tensor, *, min_width: int = 512, separator: int = 2, background: int = 255) -> np.ndarray:
+    """[B, C, H, W] in [-1, 1] -> uint8 [rows * H * k + (rows - 1) * separator, cols * W * k + (cols - 1) *
+    separator, C]: a near-square grid, each image enlarged by the smallest integer factor k that makes the tiles
+    at least `min_width` pixels wide together (nearest neighbour: every sample pixel becomes a k x k block), with
+    `separator` pixels of `background` between tiles (and in the empty cells of the last row).
+    min_width=0, separator=0 give the plain grid at the samples' size."""
     b, c, h, w = images.shape
     cols = math.ceil(math.sqrt(b))
     rows = math.ceil(b / cols)
+    scale = max(1, math.ceil(min_width / (cols * w)))
     pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-    grid = torch.zeros(rows * h, cols * w, c, dtype=torch.uint8)
+    pixels = pixels.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+    th, tw = h * scale, w * scale
+    grid = torch.full((rows * th + (rows - 1) * separator, cols * tw + (cols - 1) * separator, c), background,
+                      dtype=torch.uint8)
     for i in range(b):
         r, q = divmod(i, cols)
-        grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = pixels[i].permute(1, 2, 0)
+        top, left = r * (th + separator), q * (tw + separator)
+        grid[top:top + th, left:left + tw] = pixels[i].permute(1, 2, 0)
     return grid.numpy()
 
 
+def save_image_grid(images: torch.Tensor, path: str | Path, **grid) -> Path:
+    """image_grid(images, **grid) written as a PNG (greyscale for one channel); returns the path."""
+    from PIL import Image
+
+    if images.shape[1] not in (1, 3):
+        raise ValueError(f"images have {images.shape[1]} channels (latents?); decode them before writing a PNG")
+    array = image_grid(images, **grid)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array).save(path)
+    return path
+
+
 def save_outputs(samples: torch.Tensor, labels: torch.Tensor | None, *, png: str | Path | None, npz: str | Path | None) -> None:
-    """The samples as an .npz (float32 'samples', uint8 'images' for pixel data, int64 'labels') and a PNG grid."""
+    """The samples as an .npz (float32 'samples', uint8 'images' for pixel data, int64 'labels') and a PNG grid
+    (image_grid: enlarged to at least 512 px wide, a thin separator between samples)."""
     arrays = {"samples": samples.cpu().numpy()}
     if labels is not None:
         arrays["labels"] = labels.cpu().numpy()
@@ -152,8 +175,4 @@ def save_outputs(samples: torch.Tensor, labels: torch.Tensor | None, *, png: str
     if png:
         if not is_pixels:
             raise ValueError(f"samples have {samples.shape[1]} channels (latents?); decode them before writing a PNG")
-        from PIL import Image
-
-        grid = image_grid(samples)
-        Path(png).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(grid[:, :, 0] if grid.shape[2] == 1 else grid).save(png)
+        save_image_grid(samples, png)

@@ -66,7 +66,8 @@ def test_outputs_png_grid_and_npz(tmp_path):
     save_outputs(samples, torch.arange(5), png=tmp_path / "grid.png", npz=tmp_path / "out.npz")
     data = np.load(tmp_path / "out.npz")
     assert data["images"].shape == (5, 4, 4, 3) and data["labels"].tolist() == [0, 1, 2, 3, 4]
-    assert image_grid(samples).shape == (8, 12, 3)  # 2 rows x 3 columns
+    assert image_grid(samples, min_width=0, separator=0).shape == (8, 12, 3)  # 2 rows x 3 columns
     from PIL import Image
 
-    assert Image.open(tmp_path / "grid.png").size == (12, 8)
+    # enlarged x43 to >= 512 px wide, 2 px separators (test_figures.py checks the pixels)
+    assert Image.open(tmp_path / "grid.png").size == (3 * 172 + 2 * 2, 2 * 172 + 2)

@@ -407,8 +407,7 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
                    seeds: tuple[int, ...] | None = None, device: str | torch.device | None = None,
                    log=print) -> ExperimentResult:
     from ..metrics import EvaluationConfig, evaluate
-    from ..sampling import image_grid
-    from PIL import Image
+    from ..sampling import save_image_grid
 
     start = time.perf_counter()
     out_dir = Path(out_dir).resolve()  # runs record their annotation path: the same folder must give the same one
@@ -423,7 +422,7 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
     log(f"[{experiment.name}] {mixed.images.shape[0]} training images ({int(mixed.is_clean.sum())} clean, "
         f"{int((~mixed.is_clean).sum())} {description}), {test_images.shape[0]} test")
     for name, images in (("clean", mixed.clean_images), (other, mixed.corrupted_images)):
-        Image.fromarray(image_grid(images[:64])).save(out_dir / f"data_{name}.png")
+        save_image_grid(images[:64], out_dir / f"data_{name}.png")
 
     results, annotations, reference_cache, selection, crops_annotations = [], {}, {}, {}, {}
     for seed in seeds or experiment.seeds:
@@ -464,7 +463,7 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
             tick = time.perf_counter()
             samples = generate(run_dir, count=experiment.generated_count, num_steps=experiment.sampler_steps,
                                seed=seed, ema_std=experiment.ema_std, device=device)
-            Image.fromarray(image_grid(samples[:64])).save(out_dir / f"samples_{arm.name}-seed{seed}.png")
+            save_image_grid(samples[:64], out_dir / f"samples_{arm.name}-seed{seed}.png")
             seconds["sample"] = time.perf_counter() - tick
             tick = time.perf_counter()
             metrics = evaluate(samples, references={"test": test_images, "train": train_images},
