@@ -1,11 +1,11 @@
-"""What an annotation file says: a text summary, and a PNG of how many samples are usable at each noise level
-(the donut of paper Figure 10, with the eq. D.2 buffer) beside the histogram of sigma_min.
+"""What an annotation file says: a text summary, and a figure (PNG + SVG) of the paper's Figure 10 view: how many
+samples are usable at each noise level, as clean / noisy / crops data with the eq. D.2 buffer; which samples those
+are (the donut of Section 3.2, per sample); and the histogram of sigma_min (and sigma_max) on a log axis.
 
-matplotlib is optional: without it the PNG is drawn with PIL; without either the plot is skipped with a message.
+matplotlib draws the figure (imported only by `plot`); without it the plot is skipped with a message.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -38,51 +38,59 @@ def summary(annotations: Annotations) -> str:
 
 
 def plot(annotations: Annotations, path: str | Path, *, sigma_lo: float = 0.002, sigma_hi: float = 80.0,
-         max_weight: float = 4.0, report=print) -> bool:
-    """Write the PNG; returns False (with a message) when neither matplotlib nor PIL is available."""
-    sigmas = torch.logspace(math.log10(sigma_lo), math.log10(sigma_hi), 200, dtype=torch.float64)
-    counts = usable_counts(annotations, sigmas, max_weight=max_weight)
-    finite = annotations.sigma_min[torch.isfinite(annotations.sigma_min) & (annotations.sigma_min > 0)]
-    try:
-        import matplotlib
+         max_weight: float = 4.0, report=print) -> list[str]:
+    """Write the figure to `path` (PNG) and beside it as SVG; returns the paths written, or [] (with a message
+    through `report`) when matplotlib is not installed."""
+    from .. import figures
+    from ..buffer import buffer_factor
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        plt = None
-    if plt is not None:
-        figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
-        left.semilogx(sigmas.numpy(), counts.numpy())
-        left.set(xlabel="noise level sigma", ylabel="usable samples", title="samples usable at each level")
-        if finite.numel():
-            right.hist(torch.log10(finite).numpy(), bins=40)
-        right.set(xlabel="log10 sigma_min (sigma_min > 0)", ylabel="samples", title="sigma_min histogram")
-        figure.tight_layout()
-        figure.savefig(path, dpi=100)
-        plt.close(figure)
-        return True
     try:
-        from PIL import Image, ImageDraw
+        figure, axes = figures.new_figure(16, 4.6, columns=3)
     except ImportError:
-        report("neither matplotlib nor PIL is installed: skipping the plot")
-        return False
-    width, height, margin = 800, 300, 30
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    half = width // 2
-    top = max(1, int(counts.max()))
-    points = [(margin + i * (half - 2 * margin) / (len(counts) - 1), height - margin - c * (height - 2 * margin) / top)
-              for i, c in enumerate(counts.tolist())]
-    draw.line(points, fill="blue", width=2)
-    draw.text((margin, 5), f"usable samples vs log sigma [{sigma_lo:g}, {sigma_hi:g}] (max {top})", fill="black")
-    if finite.numel():
-        hist = torch.histc(torch.log10(finite), bins=40)
-        tallest = max(1.0, float(hist.max()))
-        bar = (half - 2 * margin) / 40
-        for i, value in enumerate(hist.tolist()):
-            x0 = half + margin + i * bar
-            draw.rectangle([x0, height - margin - value * (height - 2 * margin) / tallest, x0 + bar - 1, height - margin],
-                           fill="gray")
-    draw.text((half + margin, 5), "log10 sigma_min histogram (sigma_min > 0)", fill="black")
-    image.save(path)
-    return True
+        report("matplotlib is not installed (pip install matplotlib): skipping the plot")
+        return []
+    levels = figures.log_levels(sigma_lo, sigma_hi)
+    s_min, s_max = annotations.sigma_min, annotations.sigma_max
+    total = len(annotations)
+    usable, donut, histogram = axes[0]
+    b = buffer_factor(max_weight)
+    figures.draw_usable(usable, levels, figures.usable_regimes(s_min, s_max, levels, max_weight=max_weight),
+                        total=total, title=f"usable data per level (paper Fig. 10), buffer b = {b:.3g} (L_max = {max_weight:g})")
+    figures.draw_donut_map(donut, levels, s_min, s_max, max_weight=max_weight,
+                           title="which samples: the donut per sample (Sec. 3.2)")
+    draw_histogram(histogram, s_min, s_max)
+    figures.regime_legend(figure)
+    figure.suptitle(f"{Path(path).stem}: {total} annotated samples")
+    return [str(p) for p in figures.save_figure(figure, path)]
+
+
+def draw_histogram(axis, sigma_min: torch.Tensor, sigma_max: torch.Tensor, *, bins: int = 40) -> None:
+    """Histograms of 0 < sigma_min < inf and of sigma_max > 0 on log-spaced bins (log axis); the samples at 0 and
+    inf, which a log axis cannot show, are counted in a box."""
+    from .. import figures
+
+    finite = sigma_min[torch.isfinite(sigma_min) & (sigma_min > 0)]
+    crops = sigma_max[sigma_max > 0]
+    values = torch.cat([finite, crops])
+    if values.numel():
+        lo, hi = float(values.min()), float(values.max())
+        lo, hi = (lo / 1.5, hi * 1.5) if hi <= lo * 1.01 else (lo, hi)
+        edges = figures.log_levels(lo, hi, bins + 1).numpy()
+        if finite.numel():
+            axis.hist(finite.numpy(), bins=edges, color="tab:orange", alpha=0.8, label="sigma_min (0 < sigma_min < inf)")
+        if crops.numel():
+            axis.hist(crops.numpy(), bins=edges, histtype="step", color="tab:green", linewidth=1.5,
+                      label="sigma_max (> 0)")
+        axis.legend(loc="upper right", fontsize=figures.LEGEND_SIZE)
+    else:
+        axis.text(0.5, 0.5, "no sample has 0 < sigma_min < inf or sigma_max > 0", transform=axis.transAxes,
+                  ha="center", va="center", fontsize=8)
+        axis.set_xlim(0.002, 80.0)
+    axis.set_xscale("log")
+    axis.set(xlabel="annotated level sigma (log)", ylabel="samples")
+    axis.set_title("sigma_min histogram (and sigma_max)", fontsize=figures.TITLE_SIZE)
+    axis.text(0.02, 0.97, f"sigma_min = 0 (clean): {int((sigma_min == 0).sum())}\n"
+              f"sigma_min = inf: {int(torch.isinf(sigma_min).sum())}\nsigma_max > 0: {int(crops.numel())}",
+              transform=axis.transAxes, va="top", ha="left", fontsize=figures.LEGEND_SIZE,
+              bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.9, "edgecolor": "lightgray"})
+    figures.grid(axis)

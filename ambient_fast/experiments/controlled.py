@@ -490,26 +490,19 @@ def _finite_mean(values: torch.Tensor) -> float | None:
 
 
 def _write_outputs(result: ExperimentResult) -> None:
-    from .plots import line_chart, line_chart_log_x
+    from . import plots
 
     for seed, crops in result.crops_annotations.items():  # the paper's Figures 11-14 for this run
-        if crops.measurement is None:
-            continue
-        series = {f"sigma {sigma:g}": (list(crops.contexts), [loss / row[-1] for loss in row])
-                  for sigma, row in zip(crops.table.sigmas, crops.measured_losses)}
-        line_chart(series, result.out_dir / f"crop_size-seed{seed}.png", title=f"{result.experiment.name}: centre-patch "
-                   f"denoising loss vs context, relative to the full image (crop(sigma): first within "
-                   f"{result.experiment.crops.measure_eps:g})", x_label="context (px)", y_label="loss / full-image loss",
-                   y_from_zero=False)
-
-    series = {}
-    for arm in result.experiment.arms:
+        if crops.measurement is not None:
+            plots.crop_size(crops.measurement, result.out_dir / f"crop_size-seed{seed}.png",
+                            title=f"{result.experiment.name}, seed {seed}: crop(sigma) measured with the "
+                                  f"{result.experiment.crops.denoiser_arm} arm's denoiser")
+    arms = {}
+    for arm in result.experiment.arms:  # the first seed's training set of each arm
         first = next(r for r in result.arms if r.arm == arm.name)
-        counts = usable_per_level(first.sigma_min, first.sigma_max)
-        series[arm.name] = (USABLE_LEVELS.tolist(), counts.double().tolist())
-    line_chart_log_x(series, result.out_dir / "usable_per_level.png", title=f"{result.experiment.name}: training "
-                     "samples usable at each noise level (buffer b = 2/sqrt(3))", x_label="noise level sigma",
-                     y_label="usable samples")
+        arms[arm.name] = (first.sigma_min, first.sigma_max)
+    plots.usable_per_level(arms, result.out_dir / "usable_per_level.png", levels=USABLE_LEVELS,
+                           title=f"{result.experiment.name}: training samples usable at each noise level")
     summary = {
         "experiment": result.experiment.name, "seconds": result.seconds,
         "annotations": {seed: {"mean_finite": _finite_mean(a.sigma_min), "median": float(a.sigma_min.median()),

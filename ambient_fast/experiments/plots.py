@@ -1,73 +1,92 @@
-"""A small line chart drawn with PIL (no plotting dependency): the usable-samples-per-level plot of the
-experiments (logarithmic level axis) and the crop(sigma) measurement (loss against context size, linear axis)."""
+"""The experiments' figures, drawn with matplotlib like `annotate show` (ambient_fast.figures); each is written as a
+PNG and an SVG beside it, and each function returns the paths written.
+
+- usable_per_level: the paper's Figure 10 view for every arm of a run (samples usable at each noise level as clean,
+  noisy and crops data, with the eq. D.2 buffer), one panel per arm on a shared count axis.
+- crop_size: the crop(sigma) measurement (Figures 11-14): the centre patch's denoising loss against the context it
+  sees, relative to the full image, per noise level; and the resulting map crop(sigma).
+"""
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+import torch
 
-COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))
-
-
-def line_chart_log_x(series: dict[str, tuple[list[float], list[float]]], path: str | Path, *, title: str,
-                     x_label: str, y_label: str, size_px: tuple[int, int] = (720, 420)) -> Path:
-    """series: name -> (x values > 0, y values); x on a log10 axis, y linear from 0. Writes a PNG."""
-    return line_chart(series, path, title=title, x_label=x_label, y_label=y_label, size_px=size_px, log_x=True)
+from .. import figures
+from ..buffer import DEFAULT_MAX_WEIGHT, buffer_factor
 
 
-def line_chart(series: dict[str, tuple[list[float], list[float]]], path: str | Path, *, title: str, x_label: str,
-               y_label: str, size_px: tuple[int, int] = (720, 420), log_x: bool = False,
-               y_from_zero: bool = True) -> Path:
-    """series: name -> (x values, y values); x linear or log10 (x > 0), y linear (from 0, or from the data's
-    minimum). Writes a PNG."""
-    width, height = size_px
-    left, right, top, bottom = 70, 170, 40, 50
-    xs = [x for values, _ in series.values() for x in values]
-    ys = [y for _, values in series.values() for y in values]
-    if not xs:
-        raise ValueError("line_chart needs at least one point")
-    if log_x and min(xs) <= 0:
-        raise ValueError("a log x axis needs positive x values")
-    scale = math.log10 if log_x else float
-    if log_x:
-        lo, hi = math.floor(math.log10(min(xs))), math.ceil(math.log10(max(xs)))
-        ticks = [(10.0**decade, f"1e{decade}") for decade in range(lo, hi + 1)]
-    else:
-        lo, hi = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
-        ticks = [(lo + (hi - lo) * k / 4, f"{lo + (hi - lo) * k / 4:.3g}") for k in range(5)]
-    y_bottom = 0.0 if y_from_zero else min(ys)
-    y_top = max(ys) * 1.05 if y_from_zero else max(ys) + 0.05 * (max(ys) - min(ys))
-    if y_top <= y_bottom:
-        y_top = y_bottom + 1.0
-    image = Image.new("RGB", size_px, "white")
-    draw = ImageDraw.Draw(image)
+def usable_per_level(arms: dict[str, tuple[torch.Tensor, torch.Tensor]], path: str | Path, *, levels: torch.Tensor,
+                     title: str, max_weight: float = DEFAULT_MAX_WEIGHT, columns: int = 3) -> list[Path]:
+    """arms: name -> (sigma_min, sigma_max) of the arm's training set. One Figure 10 panel per arm."""
+    if not arms:
+        raise ValueError("usable_per_level needs at least one arm")
+    columns = min(columns, len(arms))
+    rows = math.ceil(len(arms) / columns)
+    figure, axes = figures.new_figure(5.2 * columns, 3.6 * rows + 0.6, columns=columns, rows=rows)
+    regimes = {name: figures.usable_regimes(s_min, s_max, levels, max_weight=max_weight)
+               for name, (s_min, s_max) in arms.items()}
+    peak = max(max(int(sum(r.values()).max()), int(arms[name][0].numel())) for name, r in regimes.items())
+    for axis, (name, (s_min, _)) in zip(axes.flat, arms.items()):
+        figures.draw_usable(axis, levels, regimes[name], total=int(s_min.numel()), title=f"arm {name}",
+                            y_max=1.05 * max(peak, 1))
+    for axis in list(axes.flat)[len(arms):]:
+        axis.set_visible(False)
+    figures.regime_legend(figure, hole=False)
+    figure.suptitle(f"{title} (buffer b = {buffer_factor(max_weight):.3g}, L_max = {max_weight:g})")
+    return figures.save_figure(figure, path)
 
-    def to_pixel(x: float, y: float) -> tuple[float, float]:
-        u = (scale(x) - lo) / (hi - lo)
-        return (left + u * (width - left - right),
-                height - bottom - (y - y_bottom) / (y_top - y_bottom) * (height - top - bottom))
 
-    draw.rectangle([left, top, width - right, height - bottom], outline="black")
-    for x, label in ticks:
-        px, _ = to_pixel(x, y_bottom)
-        draw.line([px, height - bottom, px, height - bottom + 5], fill="black")
-        draw.text((px - 12, height - bottom + 8), label, fill="black")
-    for k in range(5):
-        value = y_bottom + (y_top - y_bottom) * k / 4
-        _, py = to_pixel(ticks[0][0], value)
-        draw.line([left - 5, py, left, py], fill="black")
-        draw.text((5, py - 6), f"{value:.3g}", fill="black")
-    for index, (name, (x_values, y_values)) in enumerate(series.items()):
-        colour = COLOURS[index % len(COLOURS)]
-        draw.line([to_pixel(x, y) for x, y in zip(x_values, y_values)], fill=colour, width=2)
-        draw.line([width - right + 10, top + 16 * index + 6, width - right + 30, top + 16 * index + 6], fill=colour, width=3)
-        draw.text((width - right + 35, top + 16 * index), name, fill="black")
-    draw.text((left, 12), title, fill="black")
-    draw.text(((width - right) // 2, height - 20), x_label, fill="black")
-    draw.text((5, top - 18), y_label, fill="black")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
-    return path
+def crop_size(measurement, path: str | Path, *, title: str) -> list[Path]:
+    """measurement: annotate.crop_size.CropMeasurement. Left: loss / full-image loss against the context size per
+    level (log y; bars: 2 standard errors of the relative gap), the 1 + eps line and the chosen crop(sigma) circled.
+    Right: crop(sigma) against sigma (log x), hollow where Monte-Carlo noise may have decided it."""
+    from matplotlib import colormaps
+    from matplotlib.colors import LogNorm
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+
+    sigmas = list(measurement.table.sigmas)
+    contexts = list(measurement.contexts)
+    ratio = (measurement.losses / measurement.losses[:, -1:]).tolist()
+    error = (2 * measurement.gap_standard_error).tolist()
+    chosen = list(measurement.table.crops)
+    figure, axes = figures.new_figure(11, 4.2, columns=2)
+    curves, table = axes[0]
+    norm = LogNorm(min(sigmas), max(sigmas) if max(sigmas) > min(sigmas) else min(sigmas) * 10)
+    colour_map = colormaps["viridis"]
+    for sigma, row, bars, crop in zip(sigmas, ratio, error, chosen):
+        colour = colour_map(norm(sigma))
+        curves.errorbar(contexts, row, yerr=bars, color=colour, marker=".", markersize=4, linewidth=1.2, capsize=2,
+                        label=f"sigma {sigma:g}")
+        if crop in contexts:
+            curves.plot([crop], [row[contexts.index(crop)]], marker="o", markersize=9, markerfacecolor="none",
+                        markeredgecolor=colour, linestyle="none")
+    curves.axhline(1 + measurement.eps, color="black", linestyle="--", linewidth=0.8,
+                   label=f"1 + eps (eps = {measurement.eps:g})")
+    curves.set_yscale("log")  # ratios near 1 and far above it both readable; ticks as plain numbers (1, 1.2, 2)
+    curves.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 1.2, 1.5, 2.0, 3.0, 5.0, 7.0)))
+    curves.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    curves.yaxis.set_minor_locator(NullLocator())
+    curves.set(xlabel="context around the centre patch (px)", ylabel="loss / full-image loss (log)")
+    curves.set_title("centre-patch denoising loss vs context (circled: crop(sigma))", fontsize=figures.TITLE_SIZE)
+    curves.legend(fontsize=figures.LEGEND_SIZE, ncol=2 if len(sigmas) > 6 else 1)
+    figures.grid(curves)
+
+    noisy = set(measurement.noise_decided_sigmas())
+    table.step(sigmas, chosen, where="post", color="tab:purple", linewidth=1.2)
+    for sigma, crop in zip(sigmas, chosen):
+        table.plot([sigma], [crop], marker="o", color="tab:purple", linestyle="none",
+                   markerfacecolor="none" if sigma in noisy else "tab:purple")
+    table.axhline(contexts[-1], color="gray", linestyle=":", linewidth=1.0, label=f"full image ({contexts[-1]} px)")
+    if noisy:
+        table.plot([], [], marker="o", color="tab:purple", markerfacecolor="none", linestyle="none",
+                   label="within 2 s.e. of eps: noise may have chosen it")
+    table.set_xscale("log")
+    table.set_ylim(0, contexts[-1] * 1.08)
+    table.set(xlabel="noise level sigma (log)", ylabel="crop(sigma) (px)")
+    table.set_title(f"crop(sigma): smallest context within eps = {measurement.eps:g}", fontsize=figures.TITLE_SIZE)
+    table.legend(fontsize=figures.LEGEND_SIZE, loc="upper left")
+    figures.grid(table)
+    figure.suptitle(title)
+    return figures.save_figure(figure, path)

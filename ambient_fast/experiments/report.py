@@ -161,6 +161,26 @@ def conclusion(result: ExperimentResult) -> list[str]:
     return lines
 
 
+def figure_lines(result: ExperimentResult) -> list[str]:
+    """The figures and image grids the run wrote (those on disk), relative to its output folder."""
+    out = result.out_dir
+    seeds = sorted({r.seed for r in result.arms})
+    groups = (
+        ("usable samples per level, the paper's Figure 10 view per arm", ["usable_per_level.png", "usable_per_level.svg"]),
+        ("crop(sigma) measurement (Figures 11-14)",
+         [f"crop_size-seed{seed}.{suffix}" for seed in sorted(result.crops_annotations) for suffix in ("png", "svg")]),
+        ("sample grids per arm and seed",
+         [f"samples_{arm.name}-seed{seed}.png" for seed in seeds for arm in result.experiment.arms]),
+        ("training data grids", sorted(path.name for path in out.glob("data_*.png"))),
+    )
+    lines = []
+    for what, names in groups:
+        present = [name for name in names if (out / name).is_file()]
+        if present:
+            lines.append(f"{what}: {', '.join(present)}")
+    return lines or ["(no figures found in the output folder)"]
+
+
 def format_report(result: ExperimentResult) -> str:
     experiment = result.experiment
     sections = [
@@ -175,5 +195,6 @@ def format_report(result: ExperimentResult) -> str:
         *selection_lines(result),
         "", "-- radial spectrum of the samples vs the test set, log10 power ratio per band", *spectrum_lines(result),
         "", "-- conclusion (computed from the numbers above)", *conclusion(result),
+        "", f"-- figures (PNG; SVG beside the plots) in {result.out_dir}", *figure_lines(result),
     ]
     return "\n".join(sections)
