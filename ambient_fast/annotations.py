@@ -298,16 +298,31 @@ def _check_one_id_per_key(rows: list[_Row]) -> None:
                              f"{row.sample_id} in another: the files were made for different datasets")
 
 
-def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+def write_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
+                      *, fsync: bool = False) -> None:
     """Write atomically (a per-process temp file + rename): a crash never leaves a half-written file, and two
-    processes writing the same file (two ranks merging) never interleave."""
+    processes writing the same file (two ranks merging) never interleave. fsync: flush the data to disk before the
+    rename (checkpoints). A failed write (disk full, no permission) raises OSError naming the path and the OS
+    reason, and leaves no temporary file; safetensors' own error names neither."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(temporary), metadata=metadata)
-    temporary.replace(path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(temporary), metadata=metadata)
+        if fsync:
+            with open(temporary, "rb+") as handle:
+                os.fsync(handle.fileno())
+        temporary.replace(path)
+    except (OSError, SafetensorError) as error:
+        temporary.unlink(missing_ok=True)
+        if isinstance(error, SafetensorError) and "I/O error" not in str(error):
+            raise  # not a file-system problem (e.g. a bad tensor): keep safetensors' own message
+        reason = (error.strerror or str(error)) if isinstance(error, OSError) else str(error).split("I/O error: ", 1)[1]
+        raise OSError(f"cannot write {path}: {reason}; check the free space and permissions there") from error
 
 
 def read_safetensors(path: str | Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -163,3 +163,44 @@ def test_zip_members_that_would_leave_a_folder_are_refused_by_name(tmp_path, mem
         archive.writestr(member, (tmp_path / "images" / names[0]).read_bytes())
     with pytest.raises(UnsafeNameError, match=re.escape(f"member {member!r}")):
         FileDataset(tmp_path / "data.zip")
+
+
+def test_unreadable_file_messages_name_the_file_not_a_buffer(tmp_path):
+    names = write_images(tmp_path, n=2, labels=False)
+    (tmp_path / names[1]).write_bytes(b"hello")
+    with pytest.raises(CorruptSampleError) as caught:
+        FileDataset(tmp_path)[1]
+    assert str(tmp_path / names[1]) in str(caught.value) and "BytesIO" not in str(caught.value)
+
+
+def test_grayscale_and_rgba_images_among_rgb_ones_are_converted(tmp_path):
+    """A colour dataset (its first file is colour) reads every image as RGB: grayscale replicated, alpha dropped."""
+    write_images(tmp_path, n=2, labels=False)
+    gray = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    Image.fromarray(gray).save(tmp_path / "00000" / "img_gray.png")
+    rgba = np.random.default_rng(1).integers(0, 256, (8, 8, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "00000" / "img_rgba.png")
+    dataset = FileDataset(tmp_path)
+    assert dataset.verify() == [] and dataset.shape == (3, 8, 8)
+    by_key = {dataset.keys[i]: dataset[i]["image"] for i in range(len(dataset))}
+    torch.testing.assert_close(by_key["00000/img_gray.png"], torch.from_numpy(gray).float().expand(3, 8, 8) / 127.5 - 1)
+    torch.testing.assert_close(by_key["00000/img_rgba.png"], torch.from_numpy(rgba[..., :3]).float().permute(2, 0, 1) / 127.5 - 1)
+
+
+def test_a_grayscale_dataset_stays_one_channel_and_refuses_colour_files_by_name(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / f"a{i}.png")
+    Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "b.png")
+    dataset = FileDataset(tmp_path)
+    assert dataset[0]["image"].shape == (1, 8, 8)
+    with pytest.raises(CorruptSampleError, match=r"1 of 4 samples cannot be used: .*b\.png: .*colour.*grayscale.*a0\.png"):
+        dataset.verify()
+
+
+def test_verify_names_every_bad_file_at_once(tmp_path):
+    names = write_images(tmp_path, labels=False)
+    (tmp_path / names[1]).write_bytes(b"hello")
+    (tmp_path / names[4]).write_bytes((tmp_path / names[4]).read_bytes()[:60])  # truncated after the header
+    with pytest.raises(CorruptSampleError, match=rf"^2 of 6 samples cannot be used: .*{names[1]}.*{names[4]}"):
+        FileDataset(tmp_path).verify()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -238,3 +239,54 @@ def test_generate_refuses_a_user_network_checkpoint_with_instructions(tmp_path):
     fresh.load_state_dict(checkpoint.split(tensors, "ema0.1000"))
     samples = heun_sample(Precond(fresh, label_dim=meta["label_dim"]).eval(), torch.randn(2, 3, 8, 8), num_steps=2)
     assert samples.shape == (2, 3, 8, 8) and torch.isfinite(samples).all()
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("total_steps", "abc", "an integer"), ("ref_lr", "fast", "a number"), ("ambient", 1, "true or false"),
+    ("ema_stds", 0.1, "a list of numbers"), ("adam_betas", [0.9], "a list of 2 numbers"),
+    ("annotations", 3, "a string or null"), ("network.channel_mult", [1, "a"], "a list of integers"),
+    ("batch_gpu", 1.5, "an integer or null"),
+])
+def test_config_overrides_of_the_wrong_type_name_field_value_and_type(field, value, expected):
+    """--set total_steps=abc used to fail inside the loop ("'<' not supported between str and int")."""
+    from ambient_fast.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"^config field {field} = {re.escape(repr(value))}: expected {expected}"):
+        preset("tiny-cpu", **{field: value})
+    config = preset("tiny-cpu", ref_lr=1, annotations=None, batch_gpu=None, ema_stds=[0.05])  # ints are numbers
+    assert config.ref_lr == 1 and config.ema_stds == (0.05,)
+
+
+def file_size_limit(limit: int):
+    """Writes beyond `limit` bytes fail with EFBIG, as a full disk fails them with ENOSPC (SIGXFSZ ignored)."""
+    import contextlib
+    import resource
+    import signal
+
+    @contextlib.contextmanager
+    def limited():
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, handler)
+
+    return limited()
+
+
+def test_failed_writes_name_the_file_and_the_os_reason(tmp_path):
+    """A full disk used to surface as a bare SafetensorError without the path."""
+    from ambient_fast.annotations import Annotations
+
+    big = {"w": torch.zeros(1 << 18)}  # 1 MiB
+    path = checkpoint.path_for(tmp_path, 7)
+    table = Annotations(torch.arange(1 << 17), torch.zeros(1 << 17, dtype=torch.float64), torch.zeros(1 << 17))
+    with file_size_limit(1 << 16):
+        with pytest.raises(OSError, match=rf"^cannot write {re.escape(str(path))}: File too large"):
+            checkpoint.save(path, big, {"step": 7})
+        with pytest.raises(OSError, match=rf"^cannot write {re.escape(str(tmp_path / 'a.safetensors'))}: File too large"):
+            table.save(tmp_path / "a.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporary file left behind

@@ -153,3 +153,50 @@ def test_unreadable_checkpoints_stop_the_run_until_restart_is_asked(tmp_path):
     assert [s for s, _ in checkpoint.list_checkpoints(run)] == [1, 3]  # the new run's own
     assert cli.main(args + ["--restart", "--set", "total_steps=6"]) == 0  # readable now: --restart resumes
     assert not (run / "before-restart-2").exists() and [s for s, _ in checkpoint.list_checkpoints(run)][-1] == 5
+
+
+def test_wrong_config_types_and_sample_counts_are_one_line_errors(tmp_path, capsys):
+    from test_train_resume import write_png_dataset
+
+    data = write_png_dataset(tmp_path / "data", n=16, size=8)
+    with pytest.raises(SystemExit, match=r"^error: config field total_steps = 'abc': expected an integer"):
+        cli.main(tiny_train_args(data, tmp_path / "run", "--set", "total_steps=abc"))
+    assert not (tmp_path / "run").exists()
+    assert cli.main(tiny_train_args(data, tmp_path / "run")) == 0
+    for option in ("--num", "--steps", "--batch"):
+        with pytest.raises(SystemExit) as caught:
+            cli.main(["generate", str(tmp_path / "run"), option, "0", "--device", "cpu"])
+        assert caught.value.code == 2 and f"argument {option}: expected a positive integer, got '0'" in capsys.readouterr().err
+
+
+def test_bad_files_stop_training_before_the_first_step_naming_each(tmp_path):
+    """With on_corrupt=raise (default) every file is decoded before the first step: a garbage file, a truncated
+    one, and a colour image in a grayscale dataset are all named at once, and nothing is written."""
+    from test_train_resume import write_png_dataset
+
+    data = write_png_dataset(tmp_path / "data", n=16, size=8)
+    (data / "img00000003.png").write_bytes(b"hello")
+    (data / "img00000011.png").write_bytes((data / "img00000011.png").read_bytes()[:60])
+    with pytest.raises(SystemExit, match=r"^error: 2 of 16 samples cannot be used: .*img00000003\.png.*"
+                                         r"img00000011\.png.*on_corrupt=skip"):
+        cli.main(tiny_train_args(data, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+    assert cli.main(tiny_train_args(data, tmp_path / "run", "--set", "on_corrupt=skip")) == 0
+
+
+def test_a_full_disk_is_one_line_naming_the_checkpoint(tmp_path):
+    import subprocess
+    import sys
+
+    from test_train_resume import write_png_dataset
+
+    data = write_png_dataset(tmp_path / "data", n=16, size=8)
+    script = ("import resource, signal, sys\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 14, resource.RLIM_INFINITY))\n"
+              "from ambient_fast import cli\n"
+              f"sys.exit(cli.main({tiny_train_args(data, tmp_path / 'run')!r}))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert last.startswith(f"error: cannot write {tmp_path / 'run' / 'training-00000000.safetensors'}: File too large")

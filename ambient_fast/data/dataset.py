@@ -10,8 +10,14 @@ Every item is a dict:
              built without keys gets placeholders from the positions, which name nothing and are not checked)
 
 A file that cannot be read is never skipped silently: with on_error="raise" (default) reading it raises
-CorruptSampleError naming the file; with on_error="skip", construction verifies every file, warns once per bad
-file with its name and reason, and marks it excluded (its id stays reserved, the sampler never draws it).
+CorruptSampleError naming the file, and verify() names every bad file at once; with on_error="skip", construction
+verifies every file, warns once per bad file with its name and reason, and marks it excluded (its id stays
+reserved, the sampler never draws it).
+
+Image channels: an image dataset is colour when its first readable file (sorted order) is, and then every image
+is read as RGB (grayscale replicated over the three channels, alpha dropped, palettes expanded); when that first
+file is grayscale the dataset is one-channel and a colour file among them is a bad file (named, never converted to
+gray, which would lose its colour silently).
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ import numpy as np
 import torch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")  # Pillow modes without colour
 LATENT_SUFFIXES = (".npy",)
 ON_ERROR = ("raise", "skip")
 
@@ -59,6 +66,7 @@ class ArrayDataset(torch.utils.data.Dataset):
         self.label_dim = int(self.labels.max()) + 1 if labels is not None else 0
         self.on_error = on_error
         self.excluded = np.zeros(len(keys), bool)  # unreadable files found by verify()
+        self.verified = False  # verify() has decoded every sample
         self._shape: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
@@ -71,20 +79,24 @@ class ArrayDataset(torch.utils.data.Dataset):
     def _load(self, index: int) -> torch.Tensor:  # implemented by subclasses: one decoded sample
         raise NotImplementedError
 
+    def _where(self, index: int) -> str:
+        """The sample as a user finds it (FileDataset: the file's path)."""
+        return f"{self.keys[index]!r} (sample id {index})"
+
     def _checked(self, index: int) -> torch.Tensor:
-        key = self.keys[index]
         try:
             value = self._load(index)
         except CorruptSampleError:
             raise
         except Exception as error:  # decoders raise many types (OSError, ValueError, zlib.error, ...)
-            raise CorruptSampleError(f"cannot read {key!r} (sample id {index}): {type(error).__name__}: {error}") from error
+            raise CorruptSampleError(f"cannot read {self._where(index)}: {type(error).__name__}: {error}") from error
         if not torch.isfinite(value).all():
-            raise CorruptSampleError(f"{key!r} (sample id {index}) holds NaN or inf values")
+            raise CorruptSampleError(f"{self._where(index)} holds NaN or inf values")
         if self._shape is None:
             self._shape = tuple(value.shape)
         elif tuple(value.shape) != self._shape:
-            raise CorruptSampleError(f"{key!r} has shape {tuple(value.shape)}, the dataset's first sample {self._shape}")
+            raise CorruptSampleError(f"{self._where(index)} has shape {tuple(value.shape)}, the dataset's first "
+                                     f"sample {self._shape}")
         return value
 
     def __getitem__(self, index: int) -> dict:
@@ -100,21 +112,26 @@ class ArrayDataset(torch.utils.data.Dataset):
             self[int(np.flatnonzero(~self.excluded)[0])]
         return self._shape
 
-    def verify(self) -> list[str]:
-        """Decode every sample once; unreadable ones are warned about by name and excluded (on_error='skip') or
-        raise (on_error='raise'). Returns the excluded keys."""
-        bad = []
+    def verify(self, *, advice: str = "fix or remove them, or open the dataset with on_error='skip' to leave "
+                                       "them out") -> list[str]:
+        """Decode every sample once. on_error='skip': each bad one is warned about by name and excluded;
+        on_error='raise': one CorruptSampleError names all of them, then `advice`. Returns the excluded keys."""
+        bad, problems = [], []
         for index in range(len(self)):
             try:
                 self._checked(index)
             except CorruptSampleError as error:
-                if self.on_error == "raise":
-                    raise
-                warnings.warn(f"skipping unreadable sample: {error}", stacklevel=2)
-                self.excluded[index] = True
+                if self.on_error == "skip":
+                    warnings.warn(f"skipping unreadable sample: {error}", stacklevel=2)
+                    self.excluded[index] = True
                 bad.append(self.keys[index])
+                problems.append(str(error))
+        if problems and self.on_error == "raise":
+            raise CorruptSampleError(f"{len(problems)} of {len(self)} samples cannot be used: {'; '.join(problems)}; "
+                                     f"{advice}")
         if self.excluded.all():
             raise CorruptSampleError("no readable sample in the dataset")
+        self.verified = True
         return bad
 
     def annotations(self, source=None, *, allow_missing: bool = False, report=None):
@@ -185,6 +202,7 @@ class FileDataset(ArrayDataset):
         self.is_latent = kinds.pop()
         labels = self._read_labels(files, names) if use_labels else None
         super().__init__(files, labels, on_error=on_error)
+        self._colour_from = None if self.is_latent else self._first_image_mode()
         if verify if verify is not None else on_error == "skip":
             self.verify()
 
@@ -209,6 +227,21 @@ class FileDataset(ArrayDataset):
             self._zip = zipfile.ZipFile(self.path)
         return self._zip.read(name)
 
+    def _first_image_mode(self) -> tuple[str, bool]:
+        """(key, is colour) of the first file whose header Pillow reads: it decides the dataset's channels."""
+        from PIL import Image
+
+        for key in self.keys:
+            try:
+                with Image.open(io.BytesIO(self._read_bytes(key))) as image:
+                    return key, image.mode not in GRAY_MODES
+            except Exception:  # an unreadable file is reported when it is read
+                continue
+        return "", True
+
+    def _where(self, index: int) -> str:
+        return str(self.path / self.keys[index])
+
     def __getstate__(self):  # an open ZipFile cannot travel to worker processes
         return {**self.__dict__, "_zip": None}
 
@@ -231,11 +264,19 @@ class FileDataset(ArrayDataset):
         data = self._read_bytes(self.keys[index])
         if self.is_latent:
             return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32))
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
-        with Image.open(io.BytesIO(data)) as image:
+        try:
+            image = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:  # its message names the in-memory buffer, not the file
+            raise ValueError(f"not an image file Pillow can read ({len(data)} bytes)") from None
+        first, colour = self._colour_from
+        with image:
             image.load()
-            array = np.asarray(image.convert("L" if image.mode in ("L", "I;16", "I") else "RGB"))
+            if not colour and image.mode not in GRAY_MODES:
+                raise ValueError(f"a colour image (mode {image.mode}) in a grayscale dataset (its first image {first} "
+                                 "is grayscale); convert all images to one mode, e.g. RGB")
+            array = np.asarray(image.convert("RGB" if colour else "L"))
         array = array[:, :, None] if array.ndim == 2 else array
         return torch.from_numpy(array.transpose(2, 0, 1).astype(np.float32)) / 127.5 - 1  # uint8 -> [-1, 1]
 

@@ -8,7 +8,6 @@ rather than report "no checkpoint": a caller that started over would overwrite t
 from __future__ import annotations
 
 import json
-import os
 import re
 import warnings
 import zlib
@@ -37,23 +36,21 @@ def _crc(tensors: dict[str, torch.Tensor]) -> str:
 
 
 def save(path: str | Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    from safetensors.torch import save_file
+    """Per-process temporary file, fsync, rename (atomic on POSIX: readers see the old file or the whole new one);
+    a failed write raises OSError naming the path and the OS reason (annotations.write_safetensors)."""
+    from ..annotations import write_safetensors
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: value.detach().cpu().contiguous() for name, value in tensors.items()}
     metadata = {"format": FORMAT, "crc32": _crc(tensors), "meta": json.dumps(meta, sort_keys=True)}
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # per process: ranks never share a temp file
-    save_file(tensors, str(temporary), metadata=metadata)
-    with open(temporary, "rb+") as handle:
-        os.fsync(handle.fileno())
-    temporary.replace(path)  # atomic on POSIX: readers see the old file or the whole new one
+    write_safetensors(path, tensors, metadata, fsync=True)
 
 
 def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     from ..annotations import read_safetensors
 
     path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:  # safetensors would only say "header too small"
+        raise CorruptCheckpointError(f"{path} is empty (0 bytes)")
     try:
         tensors, metadata = read_safetensors(path, "checkpoint")
     except (OSError, ValueError) as error:  # missing, truncated or not safetensors at all

@@ -10,9 +10,10 @@ import torch
 from ..annotations import AnnotationMismatchError
 from ..data.dataset import CorruptSampleError, UnsafeNameError
 from .checkpoint import CorruptCheckpointError
+from .config import ConfigError
 
 # Errors that name a problem the user can fix (bad input, files, disk): shown as one "error: ..." line, no traceback.
-USER_ERRORS = (AnnotationMismatchError, CorruptSampleError, UnsafeNameError, OSError)
+USER_ERRORS = (AnnotationMismatchError, ConfigError, CorruptCheckpointError, CorruptSampleError, UnsafeNameError, OSError)
 
 
 @contextlib.contextmanager
@@ -46,9 +47,9 @@ def register(subparsers) -> None:
     generate.add_argument("--ema", type=_ema_choice, default="tracked",
                           help="EMA std (tracked, or reconstructed post hoc from the snapshots); 'raw' for the raw "
                                "weights; default: the run's first tracked EMA (EDM / EDM2 sample the EMA)")
-    generate.add_argument("--num", type=int, default=64, help="number of samples")
-    generate.add_argument("--steps", type=int, default=32, help="Heun steps (2 * steps - 1 network evaluations)")
-    generate.add_argument("--batch", type=int, default=64, help="samples per network call")
+    generate.add_argument("--num", type=_positive_int, default=64, help="number of samples")
+    generate.add_argument("--steps", type=_positive_int, default=32, help="Heun steps (2 * steps - 1 network evaluations)")
+    generate.add_argument("--batch", type=_positive_int, default=64, help="samples per network call")
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--class-label", type=int, default=None, help="fixed class (default: random classes)")
     generate.add_argument("--guide", default=None, help="run directory or checkpoint of the guiding network")
@@ -68,7 +69,7 @@ def register(subparsers) -> None:
                         "DESTINATION.partial/ and zipped at the end)")
     encode.add_argument("--vae", required=True, help="diffusers AutoencoderKL directory on this machine")
     encode.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    encode.add_argument("--batch-size", type=int, default=16)
+    encode.add_argument("--batch-size", type=_positive_int, default=16)
     encode.set_defaults(func=_encode)
     info = dataset.add_parser("info", help="size, shape, labels, unreadable files, annotation coverage")
     info.add_argument("source")
@@ -77,6 +78,16 @@ def register(subparsers) -> None:
                       help="accept an annotation file that does not cover the dataset (missing samples are clean)")
     info.add_argument("--verify", action="store_true", help="decode every file and list the unreadable ones")
     info.set_defaults(func=_info)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _ema_choice(text: str) -> float | str:
@@ -106,13 +117,12 @@ def _train(args) -> int:
         overrides["allow_missing"] = True
     for item in args.set:
         if "=" not in item:
-            raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
+            raise SystemExit(f"error: --set expects FIELD=VALUE, got {item!r}")
         name, value = item.split("=", 1)
         overrides[name.strip()] = _parse_value(value)
-    config = preset(args.preset, **overrides)
     try:
-        with _one_line(*USER_ERRORS, CorruptCheckpointError):
-            train(config, run_dir=args.run_dir, device=args.device, restart=args.restart)
+        with _one_line(*USER_ERRORS):
+            train(preset(args.preset, **overrides), run_dir=args.run_dir, device=args.device, restart=args.restart)
     finally:
         distributed.shutdown()
     return 0
@@ -125,12 +135,13 @@ def _generate(args) -> int:
     if args.cpu_threads:
         print(f"setting torch.set_num_threads({args.cpu_threads}) for this command")
         torch.set_num_threads(args.cpu_threads)
-    denoiser, meta = load_denoiser(args.source, ema_std=args.ema, device=device)
-    print(f"sampling {args.source}: {meta['weights']}")
-    guide = None
-    if args.guide:
-        guide, guide_meta = load_denoiser(args.guide, device=device)
-        print(f"guiding with {args.guide}: {guide_meta['weights']}")
+    with _one_line(*USER_ERRORS):
+        denoiser, meta = load_denoiser(args.source, ema_std=args.ema, device=device)
+        print(f"sampling {args.source}: {meta['weights']}")
+        guide = None
+        if args.guide:
+            guide, guide_meta = load_denoiser(args.guide, device=device)
+            print(f"guiding with {args.guide}: {guide_meta['weights']}")
     shape = (meta["img_channels"], meta["img_resolution"], meta["img_resolution"])
     print(f"generating {args.num} samples {shape}, {args.steps} Heun steps, seed {args.seed}, guidance "
           f"{args.guidance}, on {device} -> {args.png}, {args.npz}")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 
 from ..networks.edm2 import EDM2_IMG512
@@ -14,6 +16,10 @@ from ..networks.edm2 import EDM2_IMG512
 # EDM2's standardisation of SD-VAE posterior samples (per channel): x0 = (z - mean) / std * 0.5.
 SD_VAE_LATENT_MEAN = (5.81, 3.25, 0.12, -2.15)
 SD_VAE_LATENT_STD = (4.17, 4.62, 3.71, 3.28)
+
+
+class ConfigError(ValueError):
+    """A config value of the wrong type or out of range; the message names the field."""
 
 
 @dataclass
@@ -36,6 +42,8 @@ class TrainConfig:
     allow_missing: bool = False  # accept an annotation file that misses samples (trained as clean), holds ids the
     # dataset lacks (ignored) or has no keys; otherwise such a file is refused. The coverage line counts both.
     on_corrupt: str = "raise"  # "raise" or "skip" (verify every file, warn by name, never train on it)
+    verify_data: bool = True  # decode every sample once before the first step, so that a bad file stops the run
+    # before training (naming all of them) instead of mid-way; costs one pass over the data (see docs/training.md)
     latent_mean: tuple[float, ...] = SD_VAE_LATENT_MEAN  # latents only: per-channel mean (`dataset encode` prints that of the posterior means)
     latent_std: tuple[float, ...] = SD_VAE_LATENT_STD  # latents only: per-channel std; x0 = (z - mean) / std * 0.5
     num_workers: int = 2  # DataLoader worker processes per rank
@@ -75,18 +83,18 @@ class TrainConfig:
         choices = {"precision": ("fp32", "bf16", "fp16"), "on_corrupt": ("raise", "skip")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.network.arch not in ("unet", "edm2"):
-            raise ValueError(f"network.arch must be 'unet' or 'edm2', got {self.network.arch!r}")
+            raise ConfigError(f"network.arch must be 'unet' or 'edm2', got {self.network.arch!r}")
         for name in ("batch_size", "total_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_gpu is not None and not 0 < self.batch_gpu <= self.batch_size:
-            raise ValueError(f"batch_gpu must be in [1, batch_size], got {self.batch_gpu}")
+            raise ConfigError(f"batch_gpu must be in [1, batch_size], got {self.batch_gpu}")
         if not all(0 < std < 0.2887 for std in self.ema_stds):
-            raise ValueError(f"ema_stds must lie in (0, 0.2887) (power EMA with gamma >= 0), got {self.ema_stds}")
+            raise ConfigError(f"ema_stds must lie in (0, 0.2887) (power EMA with gamma >= 0), got {self.ema_stds}")
         if self.p_std <= 0 or self.sigma_data <= 0 or self.max_weight <= 1:
-            raise ValueError("need p_std > 0, sigma_data > 0 and max_weight (L_max) > 1")
+            raise ConfigError("need p_std > 0, sigma_data > 0 and max_weight (L_max) > 1")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -94,10 +102,14 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         values = dict(values)
-        network = NetworkConfig(**_tuples(values.pop("network", {}), NetworkConfig))
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown config fields: {sorted(unknown)}")
+        network_values = values.pop("network", {})
+        for fields, given, prefix in ((NetworkConfig, network_values, "network."), (cls, values, "")):
+            known = {f.name: f for f in dataclasses.fields(fields)}
+            unknown = sorted(set(given) - set(known))
+            if unknown:
+                raise ConfigError(f"unknown config fields: {[prefix + name for name in unknown]}")
+            _check_types(fields, given, prefix)
+        network = NetworkConfig(**_tuples(network_values, NetworkConfig))
         return cls(network=network, **_tuples(values, cls))
 
     def replace(self, **overrides) -> TrainConfig:
@@ -106,10 +118,51 @@ class TrainConfig:
             if name.startswith("network."):
                 values["network"][name.split(".", 1)[1]] = value
             elif name not in values:
-                raise ValueError(f"unknown config field {name!r}")
+                raise ConfigError(f"unknown config field {name!r}")
             else:
                 values[name] = value
         return TrainConfig.from_dict(values)
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+_PLURALS = {int: "integers", float: "numbers", str: "strings"}
+
+
+def _expected(hint) -> str:
+    """The type hint in the words of a JSON value, e.g. 'an integer or null', 'a list of 2 numbers'."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_expected(arg) for arg in args)
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {_PLURALS[args[0]]}" if args[1:] == (Ellipsis,) else f"a list of {len(args)} {_PLURALS[args[0]]}"
+    return _TYPE_NAMES[hint]
+
+
+def _matches(value, hint) -> bool:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_matches(value, arg) for arg in args)
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        items = args[:1] * len(value) if args[1:] == (Ellipsis,) else args
+        return len(items) == len(value) and all(map(_matches, value, items))
+    if isinstance(value, bool):  # bool is an int in Python, never in a config
+        return hint is bool
+    if hint is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, hint)
+
+
+def _check_types(cls, values: dict, prefix: str) -> None:
+    """Refuse a value whose type the field cannot take (e.g. --set total_steps=abc), naming field, value and type:
+    otherwise it fails much later, far from its cause ("'<' not supported between str and int")."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in values and f.name != "network" and not _matches(values[f.name], hints[f.name]):
+            example = json.dumps(f.default, separators=(",", ":")) if f.default is not dataclasses.MISSING else None
+            raise ConfigError(f"config field {prefix}{f.name} = {values[f.name]!r}: expected {_expected(hints[f.name])}"
+                              + (f", e.g. {prefix}{f.name}={example}" if example not in (None, "null") else ""))
 
 
 def _tuples(values: dict, cls) -> dict:
@@ -156,7 +209,7 @@ PRESETS: dict[str, dict] = {
 
 def preset(name: str, **overrides) -> TrainConfig:
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     values = json.loads(json.dumps(PRESETS[name]))
     config = TrainConfig.from_dict(values)
     return config.replace(**overrides) if overrides else config

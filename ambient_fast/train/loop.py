@@ -19,7 +19,7 @@ from ..data import AmbientSampler, open_dataset, standardise_latents
 from ..networks import Precond
 from . import checkpoint, distributed
 from .build import build_network, parameter_count
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .feed import StepBatches, chunk_seed, loader
 from .metrics import MetricsLog
 from .phema import PowerEMA
@@ -28,7 +28,7 @@ from .schedule import learning_rate
 # Fields that may change between a run and its resumption (they do not change what is computed).
 # allow_missing only permits: what the run trains on is guarded by the annotations digest.
 RESUMABLE_CHANGES = {"total_steps", "log_every", "num_workers", "tensorboard", "checkpoint_every", "keep_checkpoints",
-                     "snapshot_every", "cpu_threads", "allow_missing"}
+                     "snapshot_every", "cpu_threads", "allow_missing", "verify_data"}
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -70,7 +70,7 @@ def _check_resumable(saved: dict, config: TrainConfig) -> None:
     mine = json.loads(config.to_json())
     changed = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k) and k not in RESUMABLE_CHANGES)
     if changed:
-        raise ValueError(f"run directory holds a run with a different config ({', '.join(changed)}); use a new run_dir")
+        raise ConfigError(f"run directory holds a run with a different config ({', '.join(changed)}); use a new run_dir")
 
 
 def train(config: TrainConfig, *, run_dir: str | Path, device: str | torch.device | None = None,
@@ -104,6 +104,11 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
     if dataset is None and not config.data:
         raise ValueError("no data: set config.data (a dataset directory or zip) or pass dataset=")
     dataset = dataset if dataset is not None else open_dataset(config.data, on_error=config.on_corrupt)
+    checked = ""
+    if config.verify_data and not dataset.verified:  # a bad file stops the run now, not after hours of training
+        started = time.perf_counter()
+        dataset.verify(advice="fix or remove them, or set on_corrupt=skip (--set on_corrupt=skip) to train without them")
+        checked = f", each decoded once in {time.perf_counter() - started:.1f} s"
     coverage = []  # the "annotations: annotated N of M samples ..." line, printed with the plan below
     table = dataset.annotations(config.annotations if config.ambient else None, allow_missing=config.allow_missing,
                                 report=coverage.append)
@@ -169,7 +174,7 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
 
     usable = {s: float(table.usable(s, max_weight=config.max_weight).double().mean()) for s in (0.01, 0.1, 1.0, 10.0)}
     say(f"ambient_fast train -> {run_dir}\n"
-        f"  data: {len(dataset)} samples {tuple(dataset.shape)} ({'latents' if is_latent else 'pixels'}), labels: {label_dim or 'none'}, "
+        f"  data: {len(dataset)} samples {tuple(dataset.shape)} ({'latents' if is_latent else 'pixels'}{checked}), labels: {label_dim or 'none'}, "
         f"annotations: {config.annotations if config.ambient and config.annotations else 'none (all clean)'}"
         f"{'' if config.ambient else ' [ambient off: plain EDM loss]'}\n"
         f"  {coverage[0]}\n"
