@@ -240,9 +240,10 @@ def _show(args) -> int:
     if report:
         print(ClassifierReport.from_dict(report).table())
     if args.png:
-        if plot(annotations, args.png, sigma_lo=args.sigma_lo, sigma_hi=args.sigma_hi, max_weight=args.max_weight,
-                report=eprint):
-            print(f"wrote {args.png}")
+        written = plot(annotations, args.png, sigma_lo=args.sigma_lo, sigma_hi=args.sigma_hi,
+                       max_weight=args.max_weight, report=eprint)
+        if written:
+            print(f"wrote {', '.join(str(p) for p in written)}")
     return 0
 
 

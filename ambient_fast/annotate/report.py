@@ -182,15 +182,12 @@ def build_report(sigmas: torch.Tensor, p_clean: torch.Tensor, p_corrupted: torch
 
 def plot_report(report: ClassifierReport, path, *, title: str = "noise classifier, held-out") -> list[str]:
     """Figure: mean P(clean) per class vs sigma (raw and calibrated) and AUC with its interval vs sigma.
-    Writes `path` (PNG) and the same figure as SVG beside it; returns the paths written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from pathlib import Path
+    Writes `path` (PNG) and the same figure as SVG beside it (ambient_fast.figures); returns the paths written."""
+    from ..figures import grid, new_figure, save_figure
 
     sigmas = report.sigmas
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    figure, axes = new_figure(10, 3.8, columns=2)
+    left, right = axes[0]
     left.semilogx(sigmas, report.p_clean, color="tab:blue", label="clean (raw)")
     left.semilogx(sigmas, report.p_corrupted, color="tab:red", label="corrupted (raw)")
     if report.p_clean_calibrated:
@@ -211,12 +208,6 @@ def plot_report(report: ClassifierReport, path, *, title: str = "noise classifie
               title="separability")
     right.legend(fontsize=8)
     for axis in (left, right):
-        axis.grid(True, which="both", alpha=0.3)
+        grid(axis)
     figure.suptitle(f"{title}: {report.n_clean} clean / {report.n_corrupted} corrupted, {report.scoring}")
-    figure.tight_layout()
-    path = Path(path)
-    written = [str(path), str(path.with_suffix(".svg"))]
-    figure.savefig(path, dpi=120)
-    figure.savefig(path.with_suffix(".svg"))
-    plt.close(figure)
-    return written
+    return [str(p) for p in save_figure(figure, path)]
