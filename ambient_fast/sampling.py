@@ -7,6 +7,7 @@ networks.Precond, or an exact denoiser in tests.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,11 @@ def _weights(source: Path, tensors: dict, tracked: list[float], ema_std) -> tupl
                       for s in snap_meta["stds"]]
     if not snapshots:
         raise FileNotFoundError(f"{source} has no EMA snapshots (phema-*.safetensors) to reconstruct std {ema_std}")
+    times = sorted({step for _, step, _ in snapshots})
+    if len(times) == 1:  # the least-squares fit then only mixes the tracked EMAs of that moment
+        warnings.warn(f"EMA std {ema_std:g} was rebuilt from snapshots of a single time (after {times[0]} steps), which "
+                      f"only mixes the tracked stds {sorted(tracked)}: sample a tracked one (--ema {tracked[0]:g}) or "
+                      "train with snapshot_every well below total_steps", stacklevel=3)
     return reconstruct(snapshots, ema_std), f"EMA std {ema_std:g} (post hoc, from {len(snapshots)} snapshots)"
 
 

@@ -31,7 +31,7 @@ def run_tiny_preset(tmp_path, capsys):
             "--set", "snapshot_every=10", "--set", "checkpoint_every=15", "--set", "cpu_threads=1"]
     assert cli.main(args) == 0
     out = capsys.readouterr().out
-    assert out.index("network: unet") < out.index("step 1/30")  # the plan is printed before training
+    assert out.index("network: unet") < out.index("step 0 (1/30 done)")  # the plan is printed before training
     losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 30 and np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8])
 
@@ -200,3 +200,49 @@ def test_a_full_disk_is_one_line_naming_the_checkpoint(tmp_path):
     last = done.stderr.strip().splitlines()[-1]
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert last.startswith(f"error: cannot write {tmp_path / 'run' / 'training-00000000.safetensors'}: File too large")
+
+
+def test_console_steps_agree_with_metrics_and_checkpoints_and_show_an_eta(tmp_path, capsys):
+    """Step numbers are 0-based everywhere: the console's "step N", metrics.jsonl's "step" and the checkpoint
+    name training-0000000N hold the same N; each progress line has elapsed time, steps/s and an ETA."""
+    import re
+
+    from test_train_resume import write_png_dataset
+
+    from ambient_fast.train import checkpoint
+
+    data = write_png_dataset(tmp_path / "data", n=16, size=8)
+    run = tmp_path / "run"
+    assert cli.main(tiny_train_args(data, run, "--set", "total_steps=3", "--set", "checkpoint_every=3")) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    console = [int(re.search(r"\] step (\d+) \((\d+)/3 done\)", line)[1]) for line in lines]
+    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert console == logged == [0, 1, 2] and [s for s, _ in checkpoint.list_checkpoints(run)] == [2]
+    assert all(re.search(r"elapsed \d+:\d\d:\d\d, [\d.]+ steps/s, ETA \d+:\d\d:\d\d$", line) for line in lines)
+    assert lines[-1].endswith("ETA 0:00:00")
+
+
+def test_generate_writes_into_the_run_and_warns_about_a_single_snapshot(tmp_path, capsys, monkeypatch):
+    """Without --npz / --png the samples go to RUN/samples-<weights>.npz / .png (printed), never into the
+    current folder; a post-hoc EMA rebuilt from the snapshots of a single step is warned about in one line."""
+    from test_train_resume import write_png_dataset
+
+    data = write_png_dataset(tmp_path / "data", n=16, size=8)
+    run = tmp_path / "run"
+    assert cli.main(tiny_train_args(data, run, "--set", "total_steps=2", "--set", "snapshot_every=2",
+                                    "--set", "checkpoint_every=2")) == 0
+    here = tmp_path / "elsewhere"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    capsys.readouterr()
+    for extra, name in (([], "samples-ema0.05"), (["--ema", "raw"], "samples-raw"), (["--ema", "0.07"], "samples-ema0.07")):
+        assert cli.main(["generate", str(run), "--num", "2", "--steps", "2", "--device", "cpu", *extra]) == 0
+        out = capsys.readouterr().out
+        assert f"wrote {run / name}.npz and {run / name}.png" in out
+        assert np.load(run / f"{name}.npz")["samples"].shape == (2, 3, 8, 8) and (run / f"{name}.png").is_file()
+    assert list(here.iterdir()) == []
+    warnings = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "single time" in warnings[0] and "snapshot_every" in warnings[0]
+    assert cli.main(["generate", str(run / "training-00000001.safetensors"), "--num", "1", "--steps", "1",
+                     "--device", "cpu"]) == 0  # a checkpoint file: its folder
+    assert f"wrote {run / 'samples-ema0.05'}.npz" in capsys.readouterr().out

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import warnings
+from pathlib import Path
 
 import torch
 
@@ -54,8 +56,10 @@ def register(subparsers) -> None:
     generate.add_argument("--class-label", type=int, default=None, help="fixed class (default: random classes)")
     generate.add_argument("--guide", default=None, help="run directory or checkpoint of the guiding network")
     generate.add_argument("--guidance", type=float, default=1.0, help="guidance weight w (1 = none)")
-    generate.add_argument("--png", default="samples.png")
-    generate.add_argument("--npz", default="samples.npz")
+    generate.add_argument("--png", default=None, help="PNG grid (default: RUN/samples-<weights>.png, e.g. "
+                          "samples-ema0.05.png, in the run directory or the checkpoint's folder)")
+    generate.add_argument("--npz", default=None, help="samples as float32 'samples' (+ uint8 'images', 'labels'); "
+                          "default: RUN/samples-<weights>.npz beside the PNG")
     generate.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     generate.add_argument("--cpu-threads", type=int, default=0,
                           help="torch.set_num_threads for this command (0 = unchanged; 1 is often fastest on a busy CPU)")
@@ -135,16 +139,25 @@ def _generate(args) -> int:
     if args.cpu_threads:
         print(f"setting torch.set_num_threads({args.cpu_threads}) for this command")
         torch.set_num_threads(args.cpu_threads)
-    with _one_line(*USER_ERRORS):
+    with _one_line(*USER_ERRORS), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         denoiser, meta = load_denoiser(args.source, ema_std=args.ema, device=device)
         print(f"sampling {args.source}: {meta['weights']}")
         guide = None
         if args.guide:
             guide, guide_meta = load_denoiser(args.guide, device=device)
             print(f"guiding with {args.guide}: {guide_meta['weights']}")
+    for warning in caught:  # one line each, beside the rest of the output
+        print(f"warning: {warning.message}")
+    is_latent = meta.get("is_latent", False)
+    # Into the run, not the current folder: a second run's samples never overwrite the first's.
+    run = Path(args.source) if Path(args.source).is_dir() else Path(args.source).parent
+    weights = "raw" if args.ema == "raw" else f"ema{meta['config']['ema_stds'][0] if args.ema == 'tracked' else args.ema:g}"
+    npz = Path(args.npz) if args.npz else run / f"samples-{weights}.npz"
+    png = None if is_latent else Path(args.png) if args.png else run / f"samples-{weights}.png"
     shape = (meta["img_channels"], meta["img_resolution"], meta["img_resolution"])
     print(f"generating {args.num} samples {shape}, {args.steps} Heun steps, seed {args.seed}, guidance "
-          f"{args.guidance}, on {device} -> {args.png}, {args.npz}")
+          f"{args.guidance}, on {device}")
     generator = torch.Generator().manual_seed(args.seed)
     label_dim = meta["label_dim"]
     samples, labels = [], []
@@ -159,10 +172,9 @@ def _generate(args) -> int:
         samples.append(heun_sample(denoiser, noise, class_labels=batch_labels, num_steps=args.steps, guide=guide,
                                    guidance=args.guidance).cpu())
     samples = torch.cat(samples)
-    is_latent = meta.get("is_latent", False)
-    save_outputs(samples, torch.cat(labels) if labels else None, png=None if is_latent else args.png, npz=args.npz)
-    if is_latent:
-        print("latent samples written to the npz only (decode them with the VAE to get images)")
+    with _one_line(OSError):
+        save_outputs(samples, torch.cat(labels) if labels else None, png=png, npz=npz)
+    print(f"wrote {npz}" + (f" and {png}" if png else " (latents: decode them with the VAE to get images)"))
     return 0
 
 

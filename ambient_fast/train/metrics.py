@@ -1,8 +1,13 @@
-"""Progress lines on stdout, one JSON row per logged step in metrics.jsonl, TensorBoard when asked for."""
+"""Progress lines on stdout, one JSON row per logged step in metrics.jsonl, TensorBoard when asked for.
+
+Steps are 0-based indices everywhere: the console's "step N", metrics.jsonl's "step" and the checkpoint
+training-0000000N.safetensors (the state after step N) name the same step, the (N + 1)-th of the run.
+"""
 from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 
@@ -10,6 +15,7 @@ class MetricsLog:
     def __init__(self, run_dir: Path, *, resume_step: int, total_steps: int, tensorboard: bool = False, enabled: bool = True):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.total_steps, self.enabled = total_steps, enabled
+        self.first_step, self.started = resume_step, time.perf_counter()  # rate and ETA over this invocation
         self.writer = None
         if not enabled:
             return
@@ -52,11 +58,19 @@ class MetricsLog:
         done = row["step"] + 1
         width = 24
         filled = int(width * done / max(self.total_steps, 1))
-        line = (f"[{'#' * filled}{'.' * (width - filled)}] step {done}/{self.total_steps}  loss {row['loss']:.4f}  "
-                f"lr {row['lr']:.2e}  {1000 * row['sec_per_step']:.0f} ms/step (data {1000 * row['data_sec']:.0f} ms)  "
-                f"skipped {row['skipped_steps']}")
+        elapsed = time.perf_counter() - self.started
+        rate = (done - self.first_step) / max(elapsed, 1e-9)
+        line = (f"[{'#' * filled}{'.' * (width - filled)}] step {row['step']} ({done}/{self.total_steps} done)  "
+                f"loss {row['loss']:.4f}  lr {row['lr']:.2e}  {1000 * row['sec_per_step']:.0f} ms/step (data "
+                f"{1000 * row['data_sec']:.0f} ms)  skipped {row['skipped_steps']}  elapsed {_clock(elapsed)}, "
+                f"{rate:.2f} steps/s, ETA {_clock((self.total_steps - done) / rate)}")
         print(line, file=sys.stdout, flush=True)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
