@@ -116,6 +116,10 @@ def test_single_annotation_matches_the_mean_curve(classifier):
     index, _ = first_crossing(curve, config.tau)
     found = int(single.index[0])
     assert (single.sigma_min == single.sigma_min[0]).all()
+    if not bool(single.reached[0]):  # the bracket saw the curve below tau at every coarse level: inf
+        coarse = torch.linspace(0, GRID.levels - 1, config.coarse_levels).round().long()
+        assert torch.isinf(single.sigma_min).all() and (curve[coarse] < config.tau + 1e-9).all()
+        return
     # bisection returns a crossing of the curve, and the first one wherever the curve crosses tau once
     assert curve[found] >= config.tau - 1e-9 and (found == 0 or curve[found - 1] < config.tau + 1e-9)
     above = (curve >= config.tau).int()

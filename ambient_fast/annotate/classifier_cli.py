@@ -107,7 +107,8 @@ def _train_classifier(args) -> int:
                               num_blocks=args.num_blocks)
     grid = LevelGrid(args.sigma_lo, args.sigma_hi, args.levels)
     train = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, p_mean=args.p_mean,
-                        p_std=args.p_std, uniform_fraction=args.uniform_fraction, sigma_lo=grid.sigma_lo,
+                        p_std=args.p_std, uniform_fraction=args.uniform_fraction, augment=args.augment,
+                        sigma_lo=grid.sigma_lo,
                         sigma_hi=grid.sigma_hi, seed=args.seed, log_every=max(1, args.steps // 20))
     eprint(f"classifier: {clean.shape[0]} clean (trusted) vs {corrupted.shape[0]} corrupted images, "
            f"{args.folds} folds (each classifier leaves one out), {args.steps} steps each")
@@ -285,7 +286,7 @@ def _print_outcome(output: Path, columns: dict, trusted: torch.Tensor, counts: d
 
 def register(steps) -> None:
     """The train-classifier and sigma-min subcommands of `ambient-fast annotate`."""
-    from .classifier import TrainConfig
+    from .classifier import AUGMENTATIONS, TrainConfig
     from .sigma_min import LevelGrid
 
     defaults, grid = TrainConfig(), LevelGrid()
@@ -305,6 +306,8 @@ def register(steps) -> None:
     p.add_argument("--p-std", type=float, default=defaults.p_std)
     p.add_argument("--uniform-fraction", type=float, default=defaults.uniform_fraction,
                    help="fraction of training levels log-uniform over the grid instead")
+    p.add_argument("--augment", choices=AUGMENTATIONS, default=defaults.augment,
+                   help="random symmetries of the square for both classes (none for a directional corruption)")
     p.add_argument("--levels", type=int, default=grid.levels, help="annotation grid: levels")
     p.add_argument("--sigma-lo", type=float, default=grid.sigma_lo, help="annotation grid: lowest level")
     p.add_argument("--sigma-hi", type=float, default=grid.sigma_hi, help="annotation grid: highest level")

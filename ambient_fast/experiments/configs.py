@@ -84,9 +84,10 @@ class ClassifierSetting:
     eps: float = 0.05
     draws: int = 4
     levels: int = 256
-    p_mean: float = -1.0  # training levels: ln sigma ~ N(p_mean, p_std^2) (annotate.classifier.TrainConfig)
-    p_std: float = 1.4
-    uniform_fraction: float = 0.5  # of the levels log-uniform over the annotation grid (TrainConfig)
+    p_mean: float = -2.0  # training levels: ln sigma ~ N(p_mean, p_std^2) (annotate.classifier.TrainConfig)
+    p_std: float = 1.5
+    uniform_fraction: float = 0.25  # of the levels log-uniform over the annotation grid (TrainConfig)
+    augment: str = "dihedral"  # random symmetries of the square for both classes (TrainConfig)
     # Cross-fitting (annotate.crossfit): k classifiers, each annotating the fold it did not train on and reporting
     # on it; the calibrated rule capped at the chance level, or the paper's raw rule; what to do when the held-out
     # AUC is at chance at low noise ("single": one level for S_B, eq. 3.2; "per-sample": go on regardless).

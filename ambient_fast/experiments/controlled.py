@@ -200,6 +200,7 @@ def annotate_with_classifier(mixed: MixedDataset, experiment: Experiment, *, see
                 train=ClassifierTrainConfig(steps=setting.steps, batch_size=setting.batch_size, lr=setting.lr,
                                             seed=seed, log_every=max(1, setting.steps // 5), p_mean=setting.p_mean,
                                             p_std=setting.p_std, uniform_fraction=setting.uniform_fraction,
+                                            augment=setting.augment,
                                             sigma_lo=grid.sigma_lo, sigma_hi=grid.sigma_hi),
                 grid=grid, report_draws=2, report_samples=setting.report_samples, device=device,
                 progress=lambda fold, step, loss, accuracy: log(
