@@ -204,3 +204,7 @@ def test_verify_names_every_bad_file_at_once(tmp_path):
     (tmp_path / names[4]).write_bytes((tmp_path / names[4]).read_bytes()[:60])  # truncated after the header
     with pytest.raises(CorruptSampleError, match=rf"^2 of 6 samples cannot be used: .*{names[1]}.*{names[4]}"):
         FileDataset(tmp_path).verify()
+    from ambient_fast import cli
+
+    with pytest.raises(SystemExit, match=r"^error: .*" + re.escape(f"member {member!r}")):
+        cli.main(["dataset", "info", str(tmp_path / "data.zip")])

@@ -189,8 +189,10 @@ def _encode(args) -> int:
 def _info(args) -> int:
     from ..data import open_dataset
 
-    dataset = open_dataset(args.source, on_error="skip" if args.verify else "raise", verify=args.verify)
-    print(f"{args.source}: {len(dataset)} samples, shape {tuple(dataset.shape)}, "
+    with _one_line(*USER_ERRORS):  # a missing path, an unsafe zip, an unreadable first file
+        dataset = open_dataset(args.source, on_error="skip" if args.verify else "raise", verify=args.verify)
+        shape = tuple(dataset.shape)
+    print(f"{args.source}: {len(dataset)} samples, shape {shape}, "
           f"{'latents' if dataset.is_latent else 'images'}, {dataset.label_dim or 'no'} classes")
     if args.verify:
         print(f"unreadable: {int(dataset.excluded.sum())}" + "".join(f"\n  {k}" for k, bad in zip(dataset.keys, dataset.excluded) if bad))
