@@ -163,6 +163,10 @@ def test_zip_members_that_would_leave_a_folder_are_refused_by_name(tmp_path, mem
         archive.writestr(member, (tmp_path / "images" / names[0]).read_bytes())
     with pytest.raises(UnsafeNameError, match=re.escape(f"member {member!r}")):
         FileDataset(tmp_path / "data.zip")
+    from ambient_fast import cli
+
+    with pytest.raises(SystemExit, match=r"^error: .*" + re.escape(f"member {member!r}")):
+        cli.main(["dataset", "info", str(tmp_path / "data.zip")])
 
 
 def test_unreadable_file_messages_name_the_file_not_a_buffer(tmp_path):
@@ -204,7 +208,3 @@ def test_verify_names_every_bad_file_at_once(tmp_path):
     (tmp_path / names[4]).write_bytes((tmp_path / names[4]).read_bytes()[:60])  # truncated after the header
     with pytest.raises(CorruptSampleError, match=rf"^2 of 6 samples cannot be used: .*{names[1]}.*{names[4]}"):
         FileDataset(tmp_path).verify()
-    from ambient_fast import cli
-
-    with pytest.raises(SystemExit, match=r"^error: .*" + re.escape(f"member {member!r}")):
-        cli.main(["dataset", "info", str(tmp_path / "data.zip")])
