@@ -137,6 +137,41 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _quartiles(cell: dict) -> str:
+    values = " / ".join(f"{q:.3g}" for q in cell["quartiles"]) or "-"
+    return values + (f", {100 * cell['inf']:.0f}% inf" if cell["inf"] else "")
+
+
+def folds_table(results: list[dict]) -> str:
+    """k, cost, AUC and the annotation under the four rule x scoring combinations (docs/annotation.md)."""
+    labels = ("calibrated, out-of-fold", "paper, out-of-fold", "paper, in-sample", "calibrated, in-sample")
+    lines = ["| case | train + report s | AUC s=0.002 / 0.2 | at chance from | " + " | ".join(
+        f"sigma_min quartiles: {label}" for label in labels) + " |", "|" + " --- |" * (4 + len(labels))]
+    for r in sorted((r for r in results if r["name"].startswith("folds")), key=lambda r: (r["augment"], r["folds"])):
+        report, chance = r["report"], r["chance_from"]
+        lines.append(f"| k={r['folds']}{'' if r['augment'] == 'dihedral' else ', no augmentation'} | "
+                     f"{r['seconds_train_and_report']:.0f} | {auc_at(report, 0.002):.2f} / {auc_at(report, 0.2):.2f} | "
+                     f"{'never' if chance is None else f'{chance:.3g}'} | "
+                     + " | ".join(_quartiles(r["sigma_min"][label]) for label in labels) + " |")
+    return "\n".join(lines)
+
+
+def blur_table(results: list[dict], dataset: str) -> str:
+    """Per blur level: held-out AUC at a few levels and the sigma_min distribution, both rules (Table 2a's trend)."""
+    rows = sorted((r for r in results if r["name"].startswith(f"blur {dataset} ")), key=lambda r: r["blur"])
+    lines = ["| sigma_B (px) | AUC s=0.002 | 0.05 | 0.2 | 0.5 | 1 | at chance from | informative | mean sigma_min "
+             "(calibrated) | quartiles (calibrated) | mean sigma_min (paper) | quartiles (paper) |",
+             "|" + " --- |" * 12]
+    for r in rows:
+        report, chance = r["report"], r["chance_from"]
+        calibrated, paper = r["sigma_min"]["calibrated, out-of-fold"], r["sigma_min"]["paper, out-of-fold"]
+        lines.append(f"| {r['blur']} | " + " | ".join(f"{auc_at(report, s):.2f}" for s in (0.002, 0.05, 0.2, 0.5, 1.0))
+                     + f" | {'never' if chance is None else f'{chance:.3g}'} | {'yes' if r['informative'] else 'NO'} | "
+                     f"{calibrated['mean_finite']:.3g} | {_quartiles(calibrated)} | {paper['mean_finite']:.3g} | "
+                     f"{_quartiles(paper)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("what", choices=("levels", "recipe", "seeds", "folds", "blur", "same", "table"))
@@ -176,6 +211,10 @@ def main() -> None:
                 run_case(**case)
     finished = [json.loads(p.read_text()) for p in sorted(OUT.glob("*.json"))] if OUT.is_dir() else []
     print(table(finished))
+    if args.what == "table":
+        print("\n" + folds_table(finished))
+        for dataset in DATASETS:
+            print(f"\n{dataset}\n" + blur_table(finished, dataset))
 
 
 if __name__ == "__main__":
