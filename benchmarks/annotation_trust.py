@@ -139,7 +139,7 @@ def table(results: list[dict]) -> str:
 
 def _quartiles(cell: dict) -> str:
     values = " / ".join(f"{q:.3g}" for q in cell["quartiles"]) or "-"
-    return values + (f", {100 * cell['inf']:.0f}% inf" if cell["inf"] else "")
+    return values + (f", {100 * cell['inf']:.1f}% inf" if cell['inf'] else "")
 
 
 def folds_table(results: list[dict]) -> str:
