@@ -2,7 +2,9 @@
 quality, each sample used only at the noise levels where it is safe).
 
 Ops run on Triton for CUDA tensors, on the C++ extension `ambient_fast._C` for CPU tensors, and on pure PyTorch
-when neither is available; `ambient_fast.backends()` says which.
+when neither is available; `ambient_fast.backends()` says which. Every op is a PyTorch custom operator:
+torch.compile(fullgraph=True) traces through it, and none reads a device value on the host
+(`check_device_errors()` reports bad inputs found on a GPU).
 """
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ import torch
 
 from . import precond
 from ._backend import has_native, has_native_cuda, has_triton
+from ._validate import check_device_errors
 from .buffer import SigmaSelection, buffer_factor, select_sigma_tn
-from .ops.ambient_loss import AmbientLoss, AmbientLossFunction, ambient_loss, ambient_loss_precond
+from .ops.ambient_loss import AmbientLoss, ambient_loss, ambient_loss_precond
 from .ops.ambient_noising import ambient_noising
 from .ops.noising import AddNoise, add_noise
 from .ops.sample_noise import sample_noise
@@ -22,7 +25,6 @@ __version__ = "0.1.0"
 __all__ = [
     "AddNoise",
     "AmbientLoss",
-    "AmbientLossFunction",
     "SigmaSelection",
     "add_noise",
     "ambient_loss",
@@ -31,6 +33,7 @@ __all__ = [
     "ambient_loss_reference",
     "backends",
     "buffer_factor",
+    "check_device_errors",
     "has_native",
     "has_native_cuda",
     "has_triton",
@@ -39,23 +42,9 @@ __all__ = [
     "select_sigma_tn",
 ]
 
-_OPS = {
-    # op: (has a Triton kernel, has a C++/CUDA kernel)
-    "ambient_loss": (True, True),
-    "ambient_loss_precond": (True, True),
-    "add_noise": (True, False),
-    "ambient_noising": (True, False),
-    "sample_noise": (False, True),
-    "noisy_crops": (False, True),  # ambient_fast.annotate.noisy_crops: classifier batches over levels and crops
-}
-
 
 def backends(device: str | torch.device = "cpu") -> dict[str, str]:
     """Which implementation ('triton', 'cpp' or 'eager') each op uses for tensors on `device`."""
     from . import _backend
 
-    device = torch.device(device)
-    return {
-        op: _backend.select(device, has_triton_kernel=triton_kernel, has_cpp_kernel=cpp_kernel)
-        for op, (triton_kernel, cpp_kernel) in _OPS.items()
-    }
+    return _backend.op_backends(torch.device(device))

@@ -5,6 +5,9 @@ AMBIENT_FAST_BACKEND = auto (default) | triton | cpp | eager forces one for test
   triton every op that has a Triton kernel uses it, CPU tensors included (needs TRITON_INTERPRET=1 on a CPU).
   cpp    the compiled extension `ambient_fast._C` (an error if it is not built).
   eager  the pure PyTorch reference.
+
+Under torch.compile the choice is made once, while tracing (`for_op` is a constant to Dynamo): changing
+AMBIENT_FAST_BACKEND later needs torch._dynamo.reset().
 """
 from __future__ import annotations
 
@@ -56,8 +59,32 @@ def requested_backend() -> str:
     return backend
 
 
+# op: (has a Triton kernel, device types with a C++/CUDA kernel in the extension)
+OPS = {
+    "ambient_loss": (True, ("cpu",)),
+    "ambient_loss_precond": (True, ("cpu",)),
+    "add_noise": (True, ("cpu",)),
+    "ambient_noising": (True, ("cpu",)),
+    "sample_noise": (False, ("cpu", "cuda")),
+    "noisy_crops": (False, ("cpu", "cuda")),  # ambient_fast.annotate.noisy_crops
+}
+
+
+@torch.compiler.assume_constant_result
+def for_op(op: str, device_type: str) -> str:
+    """Backend of `op` (a key of OPS) for tensors on `device_type`; a constant while torch.compile traces."""
+    triton_kernel, cpp_devices = OPS[op]
+    return select(torch.device(device_type), has_triton_kernel=triton_kernel, has_cpp_kernel=device_type in cpp_devices)
+
+
+def op_backends(device: torch.device) -> dict[str, str]:
+    """Which implementation ('triton', 'cpp' or 'eager') each op uses for tensors on `device`."""
+    return {op: for_op(op, device.type) for op in OPS}
+
+
 def select(device: torch.device, *, has_triton_kernel: bool = True, has_cpp_kernel: bool = True) -> str:
-    """Backend for an op on `device`: 'triton', 'cpp' or 'eager'."""
+    """Backend for an op on `device`: 'triton', 'cpp' or 'eager'. has_cpp_kernel: the extension has a kernel for
+    this op on this device type."""
     backend = requested_backend()
     if backend == "eager":
         return "eager"

@@ -4,9 +4,11 @@
 
 #include <cmath>
 #include <optional>
+#include <string>
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
+#include <c10/util/string_view.h>
 
 namespace ambient_fast {
 
@@ -47,6 +49,13 @@ inline void check_ambient_loss_args(const at::Tensor& prediction, const at::Tens
               sigma_data);
   TORCH_CHECK(prediction.size(0) == 0 || prediction.numel() > 0,
               "ambient_loss_fwd: every sample needs at least one element; got shape ", prediction.sizes());
+}
+
+// 1/B for a batch mean (the stored gradient is then that of the reduced loss), else 1.
+inline double reduction_grad_scale(c10::string_view reduction, int64_t batch) {
+  TORCH_CHECK_VALUE(reduction == "none" || reduction == "mean" || reduction == "sum",
+                    "reduction must be 'none', 'mean' or 'sum'; got '", std::string(reduction), "'");
+  return reduction == "mean" && batch > 0 ? 1.0 / static_cast<double>(batch) : 1.0;
 }
 
 // Loss in float64 for float64 predictions, else float32.

@@ -9,6 +9,7 @@
 // Per-sample scalars are double; elementwise math is float (double for float64 inputs); sums of e^2 are float over
 // blocks of 256 elements and double above that, in a fixed order, so results do not depend on the thread count.
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include <ATen/Dispatch.h>
@@ -17,6 +18,7 @@
 #include <ATen/ops/empty.h>
 
 #include "ambient_loss_args.h"
+#include "levels.h"
 #include "ops.h"
 
 namespace ambient_fast {
@@ -35,32 +37,21 @@ struct SampleCoefficients {
   double logvar;      // u (0 without logvar)
 };
 
-std::vector<double> to_double_vector(const at::Tensor& vector) {
-  const at::Tensor values = vector.to(at::kDouble).contiguous();
-  const double* data = values.const_data_ptr<double>();
-  return std::vector<double>(data, data + values.numel());
-}
-
 std::vector<SampleCoefficients> sample_coefficients(const at::Tensor& sigma_t, const at::Tensor& sigma_tn,
                                                     const std::optional<at::Tensor>& logvar, double sigma_data,
-                                                    bool precondition, int64_t numel_per_sample) {
-  const std::vector<double> st = to_double_vector(sigma_t);
-  const std::vector<double> stn = to_double_vector(sigma_tn);
-  const std::vector<double> u = logvar.has_value() ? to_double_vector(*logvar) : std::vector<double>(st.size(), 0.0);
+                                                    bool precondition, int64_t numel_per_sample, double grad_scale) {
+  const std::vector<double> st = per_sample_values(sigma_t);
+  const std::vector<double> stn = per_sample_values(sigma_tn);
+  check_levels(st, stn);  // values are in host memory: free on the CPU, and the same errors as the Python checks
+  const std::vector<double> u = logvar.has_value() ? per_sample_values(*logvar) : std::vector<double>(st.size(), 0.0);
   const double sd2 = sigma_data * sigma_data;
   std::vector<SampleCoefficients> coefficients(st.size());
   for (size_t i = 0; i < st.size(); ++i) {
-    TORCH_CHECK(st[i] > 0 && std::isfinite(st[i]),
-                "ambient_loss_fwd: sigma_t must be > 0 and finite for every sample; got sigma_t=", st[i],
-                " at index ", i);
-    TORCH_CHECK(stn[i] >= 0 && std::isfinite(stn[i]),
-                "ambient_loss_fwd: sigma_tn must be >= 0 and finite for every sample; got sigma_tn=", stn[i],
-                " at index ", i);
     const double s2 = st[i] * st[i];
     const double n2 = stn[i] * stn[i];
     const double d2 = s2 - n2;
-    TORCH_CHECK(stn[i] < st[i] && d2 > 0, "ambient_loss_fwd: sigma_tn must be < sigma_t for every sample; got sigma_tn=",
-                stn[i], " >= sigma_t=", st[i], " at index ", i);
+    TORCH_CHECK_VALUE(d2 > 0, "sigma_tn must be < sigma_t for every sample; got sigma_tn=", stn[i], " >= sigma_t=",
+                      st[i], " at index ", i, " (their squares round to the same value)");
     SampleCoefficients& c = coefficients[i];
     c.a_t = n2 / d2;                                        // (1 - alpha) / alpha
     const double lam = (s2 + sd2) / (s2 * sd2);             // EDM weight lambda(sigma_t)
@@ -68,7 +59,8 @@ std::vector<SampleCoefficients> sample_coefficients(const at::Tensor& sigma_t, c
     c.c_out = precondition ? st[i] * sigma_data / std::sqrt(s2 + sd2) : 1.0;  // EDM c_out
     c.logvar = u[i];
     c.scale = logvar.has_value() ? lam * std::exp(-u[i]) : lam;  // EDM2: lam / exp(u)
-    c.grad_scale = 2.0 * c.scale * c.c_out / static_cast<double>(numel_per_sample);
+    // grad_scale = 1/B for a batch mean: the stored gradient is already that of the reduced loss.
+    c.grad_scale = 2.0 * c.scale * c.c_out * grad_scale / static_cast<double>(numel_per_sample);
   }
   return coefficients;
 }
@@ -178,36 +170,47 @@ void write_per_sample_vector(at::Tensor& out, const std::vector<double>& values)
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ambient_loss_fwd_cpu(
     const at::Tensor& prediction, const at::Tensor& x_t, const at::Tensor& x_tn, const at::Tensor& sigma_t,
     const at::Tensor& sigma_tn, const std::optional<at::Tensor>& logvar, double sigma_data, bool precondition,
-    bool compute_grad) {
+    bool compute_grad, c10::string_view reduction) {
   check_ambient_loss_args(prediction, x_t, x_tn, sigma_t, sigma_tn, logvar, sigma_data);
   const int64_t batch = prediction.size(0);
+  const double grad_scale = reduction_grad_scale(reduction, batch);
   const int64_t numel_per_sample = batch == 0 ? 0 : prediction.numel() / batch;
-  const auto coefficients = sample_coefficients(sigma_t, sigma_tn, logvar, sigma_data, precondition, numel_per_sample);
+  const auto coefficients =
+      sample_coefficients(sigma_t, sigma_tn, logvar, sigma_data, precondition, numel_per_sample, grad_scale);
 
   const at::Tensor pred = prediction.contiguous();
   const at::Tensor xt = x_t.contiguous();
   const at::Tensor xtn = x_tn.contiguous();
   const auto loss_options = prediction.options().dtype(loss_dtype_for(prediction.scalar_type()));
-  at::Tensor loss = at::empty({batch}, loss_options);
+  at::Tensor loss = reduction == "none" ? at::empty({batch}, loss_options) : at::empty({}, loss_options);
   at::Tensor grad_prediction = compute_grad ? at::empty(prediction.sizes(), pred.options()) : at::empty({0}, pred.options());
   const bool grad_of_logvar = compute_grad && logvar.has_value();
   at::Tensor grad_logvar = grad_of_logvar ? at::empty({batch}, logvar->options()) : at::empty({0}, loss_options);
-  if (batch == 0) return {loss, grad_prediction, grad_logvar};
 
-  std::vector<double> sums;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "ambient_loss_fwd_cpu", [&] {
-    scalar_t* grad = compute_grad ? grad_prediction.mutable_data_ptr<scalar_t>() : nullptr;
-    sums = sample_sums_of_squares<scalar_t>(pred, xt, xtn, grad, coefficients, precondition, batch, numel_per_sample);
-  });
+  std::vector<double> sums(batch, 0.0);
+  if (batch > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pred.scalar_type(), "ambient_loss_fwd_cpu", [&] {
+      scalar_t* grad = compute_grad ? grad_prediction.mutable_data_ptr<scalar_t>() : nullptr;
+      sums = sample_sums_of_squares<scalar_t>(pred, xt, xtn, grad, coefficients, precondition, batch, numel_per_sample);
+    });
+  }
 
   std::vector<double> losses(batch), logvar_grads(batch);
+  double total = 0.0;
   for (int64_t row = 0; row < batch; ++row) {
     const SampleCoefficients& c = coefficients[row];
     const double weighted_mse = c.scale * sums[row] / static_cast<double>(numel_per_sample);
     losses[row] = logvar.has_value() ? weighted_mse + c.logvar : weighted_mse;  // EDM2: lam/exp(u) err + u
-    logvar_grads[row] = 1.0 - weighted_mse;                                     // d loss / d u
+    logvar_grads[row] = (1.0 - weighted_mse) * grad_scale;                      // d loss / d u
+    total += losses[row];
   }
-  write_per_sample_vector(loss, losses);
+  if (reduction == "none") {
+    write_per_sample_vector(loss, losses);
+  } else {
+    // Reduced in double from the double per-sample losses (a float32 mean of float32 losses rounds twice).
+    const double reduced = reduction == "mean" ? (batch > 0 ? total / static_cast<double>(batch) : NAN) : total;
+    write_per_sample_vector(loss, std::vector<double>{reduced});
+  }
   if (grad_of_logvar) write_per_sample_vector(grad_logvar, logvar_grads);
   return {loss, grad_prediction, grad_logvar};
 }

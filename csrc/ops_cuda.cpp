@@ -13,7 +13,8 @@
 
 namespace ambient_fast {
 
-at::Tensor sample_noise_cuda(const at::Tensor& sample_ids, c10::IntArrayRef shape, int64_t seed) {
+// check_ids is ignored on CUDA: reading the ids back would synchronise the device (the CPU kernel checks them).
+at::Tensor sample_noise_cuda(const at::Tensor& sample_ids, c10::IntArrayRef shape, int64_t seed, bool /*check_ids*/) {
   const auto sizes = sample_noise_output_sizes(sample_ids, shape);
   const c10::cuda::CUDAGuard device_guard(sample_ids.device());
   const at::Tensor ids = sample_ids.contiguous();

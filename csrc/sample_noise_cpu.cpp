@@ -1,10 +1,14 @@
 // CPU sample_noise and raw Philox: the exact arithmetic the CUDA kernel runs (kernels/philox.cuh), so CPU tests
 // check GPU numerics. Built with -ffp-contract=off (no fused multiply-add).
 #include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 
+#include <algorithm>
+
 #include "../kernels/philox.cuh"
+#include "normals_cpu.h"
 #include "ops.h"
 #include "sample_noise_args.h"
 
@@ -12,11 +16,21 @@ namespace ambient_fast {
 
 namespace {
 constexpr int64_t kBlocksPerTask = 4096;  // 16K normals: enough work to amortise a thread hand-off
-}
+constexpr int64_t kBufferBlocks = 256;    // normals generated per batch into a stack buffer (4 KB)
 
-at::Tensor sample_noise_cpu(const at::Tensor& sample_ids, c10::IntArrayRef shape, int64_t seed) {
+void check_sample_ids(const at::Tensor& ids) {
+  const int64_t* data = ids.const_data_ptr<int64_t>();
+  for (int64_t i = 0; i < ids.numel(); ++i) {
+    TORCH_CHECK_VALUE(data[i] >= 0, "sample_ids must be >= 0 (stable dataset indices or hashes); got ", data[i],
+                      " at index ", i);
+  }
+}
+}  // namespace
+
+at::Tensor sample_noise_cpu(const at::Tensor& sample_ids, c10::IntArrayRef shape, int64_t seed, bool check_ids) {
   const auto sizes = sample_noise_output_sizes(sample_ids, shape);
   const at::Tensor ids = sample_ids.contiguous();
+  if (check_ids) check_sample_ids(ids);
   at::Tensor out = at::empty(sizes, ids.options().dtype(at::kFloat));
   const int64_t batch = ids.size(0);
   const int64_t numel = product(shape);
@@ -24,16 +38,20 @@ at::Tensor sample_noise_cpu(const at::Tensor& sample_ids, c10::IntArrayRef shape
   if (batch == 0 || numel == 0) return out;
   const int64_t* id_data = ids.const_data_ptr<int64_t>();
   float* out_data = out.mutable_data_ptr<float>();
-  at::parallel_for(0, batch * blocks_per_sample, kBlocksPerTask, [&](int64_t begin, int64_t end) {
+  const int64_t tasks_per_sample = (blocks_per_sample + kBlocksPerTask - 1) / kBlocksPerTask;
+  at::parallel_for(0, batch * tasks_per_sample, 1, [&](int64_t begin, int64_t end) {
+    float z[4 * kBufferBlocks];
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t row = task / blocks_per_sample;
-      const int64_t block = task - row * blocks_per_sample;
-      float z[4];
-      af_normal4(static_cast<uint64_t>(seed), static_cast<uint64_t>(id_data[row]), static_cast<uint64_t>(block), z);
-      const int64_t first = block * 4;
-      const int64_t valid = numel - first < 4 ? numel - first : 4;  // the last block of a row may be partial
-      float* dst = out_data + row * numel + first;
-      for (int64_t r = 0; r < valid; ++r) dst[r] = z[r];
+      const int64_t row = task / tasks_per_sample;
+      const int64_t first_block = (task - row * tasks_per_sample) * kBlocksPerTask;
+      const int64_t last_block = std::min(first_block + kBlocksPerTask, blocks_per_sample);
+      for (int64_t block = first_block; block < last_block; block += kBufferBlocks) {
+        const int64_t blocks = std::min(kBufferBlocks, last_block - block);
+        fixed_normals(static_cast<uint64_t>(seed), static_cast<uint64_t>(id_data[row]), block, blocks, z);
+        const int64_t first = block * 4;
+        const int64_t count = std::min(4 * blocks, numel - first);  // the last block of a row may be partial
+        std::copy(z, z + count, out_data + row * numel + first);
+      }
     }
   });
   return out;

@@ -18,7 +18,7 @@
 // float32, so u is exact, never 0 and never 1 (smallest 2^-24, largest 1 - 2^-24). (Using 24 bits with a +0.5
 // offset needs a 25-bit significand and would round 1 - 2^-25 up to 1.0.)
 AF_HOST_DEVICE AF_INLINE float af_uniform_open(uint32_t x) {
-  const uint32_t odd = ((x >> 9) << 1) | 1u;
+  const int32_t odd = static_cast<int32_t>(((x >> 9) << 1) | 1u);  // < 2^24: the int32 conversion is exact
   return static_cast<float>(odd) * 0x1p-24f;
 }
 
@@ -27,15 +27,11 @@ AF_HOST_DEVICE AF_INLINE float af_uniform_open(uint32_t x) {
 // (hi has 15 significant bits, so e * hi is exact for |e| < 2^8).
 AF_HOST_DEVICE AF_INLINE float af_log_positive(float u) {
   const uint32_t bits = af_float_to_bits(u);
-  int32_t exponent = static_cast<int32_t>(bits >> 23) - 127;
   const uint32_t mantissa = bits & 0x7FFFFFu;
-  float m;
-  if (mantissa > 0x3504F3u) {  // m > sqrt(2) (0x3FB504F3): halve m into [sqrt(1/2), 1)
-    m = af_bits_to_float(mantissa | 0x3F000000u);
-    exponent += 1;
-  } else {
-    m = af_bits_to_float(mantissa | 0x3F800000u);
-  }
+  // m > sqrt(2) (0x3FB504F3): halve m into [sqrt(1/2), 1). Selects, not branches, so CPU loops vectorise.
+  const bool above_sqrt2 = mantissa > 0x3504F3u;
+  const int32_t exponent = static_cast<int32_t>(bits >> 23) - 127 + (above_sqrt2 ? 1 : 0);
+  const float m = af_bits_to_float(mantissa | (above_sqrt2 ? 0x3F000000u : 0x3F800000u));
   const float s = (m - 1.0f) / (m + 1.0f);
   const float s2 = s * s;
   float p = 0x1.c71c72p-4f;       // 1/9
@@ -54,9 +50,10 @@ AF_HOST_DEVICE AF_INLINE float af_log_positive(float u) {
 // the nearest quadrant q and a remainder f in (-1/2, 1/2) with integer arithmetic (no ties: 4u is never a
 // half-integer), then sin(pi/2 f), cos(pi/2 f) by Taylor polynomials in f (|pi/2 f| <= pi/4), rotated by q.
 AF_HOST_DEVICE AF_INLINE void af_cos_sin_2pi(uint32_t x, float* cos_out, float* sin_out) {
-  const uint32_t odd = ((x >> 9) << 1) | 1u;                  // 4u = odd / 2^22
-  const uint32_t quadrant = (odd + (1u << 21)) >> 22;         // round(4u), 0..4
-  const int32_t remainder = static_cast<int32_t>(odd) - static_cast<int32_t>(quadrant << 22);
+  // 4u = odd / 2^22 with odd < 2^24: int32 arithmetic and int32 -> float conversions (exact) vectorise on CPUs.
+  const int32_t odd = static_cast<int32_t>(((x >> 9) << 1) | 1u);
+  const int32_t quadrant = (odd + (1 << 21)) >> 22;            // round(4u), 0..4
+  const int32_t remainder = odd - (quadrant << 22);
   const float f = static_cast<float>(remainder) * 0x1p-22f;  // exact, |f| < 1/2
   const float t = f * f;
   float sp = 0x1.507834p-13f;        // (pi/2)^9 / 9!
@@ -71,12 +68,13 @@ AF_HOST_DEVICE AF_INLINE void af_cos_sin_2pi(uint32_t x, float* cos_out, float* 
   cp = 0x1.03c1f0p-2f + t * cp;      // (pi/2)^4 / 4!
   cp = -0x1.3bd3ccp+0f + t * cp;     // -(pi/2)^2 / 2!
   const float cos_a = 1.0f + t * cp;
-  switch (quadrant & 3u) {  // angle = q * pi/2 + a
-    case 0: *cos_out = cos_a;  *sin_out = sin_a;  break;
-    case 1: *cos_out = -sin_a; *sin_out = cos_a;  break;
-    case 2: *cos_out = -cos_a; *sin_out = -sin_a; break;
-    default: *cos_out = sin_a; *sin_out = -cos_a; break;
-  }
+  // angle = q * pi/2 + a: q = 0: (cos a, sin a), 1: (-sin a, cos a), 2: (-cos a, -sin a), 3: (sin a, -cos a).
+  // Selects and sign flips only (exact), so the result is the same on every path.
+  const int32_t q = quadrant & 3;
+  const float c = (q & 1) ? sin_a : cos_a;
+  const float s = (q & 1) ? cos_a : sin_a;
+  *cos_out = (q == 1 || q == 2) ? -c : c;
+  *sin_out = q >= 2 ? -s : s;
 }
 
 // Box-Muller radius r = sqrt(-2 ln u), u = af_uniform_open(x); r <= sqrt(48 ln 2) = 5.77.

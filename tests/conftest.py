@@ -45,9 +45,9 @@ def backend(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=("eager", "triton"))
+@pytest.fixture(params=CPU_BACKENDS)
 def noise_backend(request, monkeypatch):
-    """The backends of the noising ops (they have no C++ kernel)."""
+    """The backends of the noising ops (the same three as the loss's)."""
     use_backend(monkeypatch, request.param)
     return request.param
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import ambient_fast
-from ambient_fast import precond
+from ambient_fast import _validate, precond
 from ambient_fast.ops import ambient_loss as ambient_loss_module
 from ambient_fast.reference import (
     ambient_loss_precond_reference,
@@ -276,18 +276,68 @@ def test_float32_stays_accurate_next_to_the_singularity(backend, generator):
 
 
 def test_works_inside_torch_compile(backend, generator):
-    """A user's compiled training step may call the op (graph breaks allowed); results equal the eager call."""
-    if backend == "triton":
-        pytest.skip("interpreted Triton kernels are not traceable; compiled Triton is covered on the GPU")
+    """A user's compiled training step may call the op (fullgraph: no graph break); results equal the eager call.
+    tests/test_compile.py covers every op and counts the graph breaks."""
+    torch._dynamo.reset()  # the backend is a constant of the compiled graph
     (raw, x_t, x_tn), sigma_t, sigma_tn, _ = random_problem((3, 2, 6, 6), generator)
 
     def step(raw_output):
         return ambient_fast.ambient_loss_precond(raw_output * 2, x_t, x_tn, sigma_t, sigma_tn, reduction="mean")
 
     compiled_input, eager_input = raw.clone().requires_grad_(), raw.clone().requires_grad_()
-    compiled_loss = torch.compile(step)(compiled_input)
+    compiled_loss = torch.compile(step, fullgraph=True, backend="aot_eager")(compiled_input)
     compiled_loss.backward()
     eager_loss = step(eager_input)
     eager_loss.backward()
     torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-12, atol=0)
     torch.testing.assert_close(compiled_input.grad, eager_input.grad, rtol=1e-12, atol=0)
+
+
+def test_triton_kernels_flag_bad_levels_on_the_device(generator):
+    """GPU path (interpreted here): no host check; a bad level makes that sample's loss and gradient NaN (the
+    others stay exact) and sets the op's bits in the device's error word, reported by check_device_errors()."""
+    if not ambient_fast.has_triton():
+        pytest.skip("triton is not installed")
+    (prediction, x_t, x_tn), _, _, logvar = random_problem((4, 3, 5), generator, with_logvar=True)
+    sigma_t = torch.tensor([1.0, 0.5, 2.0, 1.0], dtype=torch.float64)
+    sigma_tn = torch.tensor([0.2, 0.5, 0.1, -0.1], dtype=torch.float64)
+    logvar = logvar.reshape(-1).contiguous()
+    status = _validate.status_word(prediction.device)
+    ambient_fast.check_device_errors("cpu")
+    loss, grad, grad_logvar = ambient_loss_module.ambient_loss_forward_triton(
+        prediction, x_t, x_tn, sigma_t, sigma_tn, logvar, 0.5, True, True, status=status
+    )
+    good = torch.tensor([True, False, True, False])
+    expected = ambient_loss_precond_reference(prediction, x_t, x_tn, sigma_t, sigma_tn.clamp_min(0), logvar=logvar)
+    torch.testing.assert_close(loss[good], expected[good], rtol=1e-12, atol=0)
+    assert torch.isnan(loss[~good]).all() and torch.isnan(grad[~good]).all() and torch.isnan(grad_logvar[~good]).all()
+    assert torch.isfinite(grad[good]).all()
+    shift = _validate.OP_SHIFT["ambient_loss"]
+    assert int(status) == (_validate.SIGMA_TN_NOT_BELOW | _validate.SIGMA_TN_BAD) << shift
+    with pytest.raises(ValueError, match=r"ambient_loss on cpu: sigma_tn must be >= 0 and finite; ambient_loss on "
+                                         r"cpu: sigma_tn must be < sigma_t"):
+        ambient_fast.check_device_errors()
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_triton_backward_scales_on_the_device(monkeypatch, reduction, generator):
+    """The reduced loss's backward on Triton: incoming 1 returns the stored gradient untouched, another value is
+    applied in place by a kernel that reads it on the device; a retained graph's second backward rescales
+    relative to the first; after a first incoming gradient of 0 the second gives NaN, not a wrong number."""
+    from conftest import use_backend
+
+    use_backend(monkeypatch, "triton")
+    (prediction, x_t, x_tn), sigma_t, sigma_tn, _ = random_problem((3, 2, 5, 5), generator)
+    reference_leaf = prediction.clone().requires_grad_()
+    reference = ambient_loss_reference(reference_leaf, x_t, x_tn, sigma_t, sigma_tn)
+    (expected,) = torch.autograd.grad(reference.mean() if reduction == "mean" else reference.sum(), reference_leaf)
+    leaf = prediction.clone().requires_grad_()
+    for first in (1.0, 0.37):  # the first backward skips the pass (1.0) or scales in place (0.37)
+        loss = ambient_fast.ambient_loss(leaf, x_t, x_tn, sigma_t, sigma_tn, reduction=reduction)
+        for incoming in (first, 2.0, first):
+            (grad,) = torch.autograd.grad(loss, leaf, torch.tensor(incoming, dtype=loss.dtype), retain_graph=True)
+            torch.testing.assert_close(grad, expected * incoming, rtol=1e-12, atol=0)
+    loss = ambient_fast.ambient_loss(leaf, x_t, x_tn, sigma_t, sigma_tn, reduction=reduction)
+    torch.autograd.grad(loss, leaf, torch.tensor(0.0, dtype=loss.dtype), retain_graph=True)
+    (after_zero,) = torch.autograd.grad(loss, leaf, torch.tensor(1.0, dtype=loss.dtype))
+    assert torch.isnan(after_zero).all()

@@ -178,7 +178,7 @@ def test_meta_kernel_gives_shapes(ops):
 def _call(ops, **overrides):
     prediction, x_t, x_tn, sigma_t, sigma_tn, logvar = make_inputs((3, 4, 5), torch.float32)
     args = dict(prediction=prediction, x_t=x_t, x_tn=x_tn, sigma_t=sigma_t, sigma_tn=sigma_tn, logvar=logvar,
-                sigma_data=SIGMA_DATA, precondition=False, compute_grad=True)
+                sigma_data=SIGMA_DATA, precondition=False, compute_grad=True, reduction="none")
     args.update(overrides)
     return ops.ambient_loss_fwd(*args.values())
 
@@ -188,12 +188,21 @@ def _call(ops, **overrides):
      r"sigma_tn must be < sigma_t for every sample; got sigma_tn=0\.5 >= sigma_t=0\.5 at index 1"),
     (dict(sigma_t=torch.tensor([1.0, 0.5, 2.0]), sigma_tn=torch.tensor([0.2, 0.1, 3.0])),
      r"sigma_tn must be < sigma_t .* at index 2"),
-    (dict(sigma_t=torch.tensor([1.0, 0.0, 2.0]), sigma_tn=torch.zeros(3)), r"sigma_t must be > 0 and finite.* index 1"),
+    (dict(sigma_t=torch.tensor([1.0, 0.0, 2.0]), sigma_tn=torch.zeros(3)), r"sigma_t must be > 0; got 0 at index 1"),
     (dict(sigma_t=torch.tensor([-1.0, 1.0, 2.0]), sigma_tn=torch.zeros(3)), r"sigma_t must be > 0"),
-    (dict(sigma_t=torch.tensor([1.0, math.nan, 2.0]), sigma_tn=torch.zeros(3)), r"sigma_t must be > 0 and finite"),
-    (dict(sigma_t=torch.tensor([1.0, math.inf, 2.0]), sigma_tn=torch.zeros(3)), r"sigma_t must be > 0 and finite"),
-    (dict(sigma_t=torch.ones(3), sigma_tn=torch.tensor([0.1, math.nan, 0.2])), r"sigma_tn must be >= 0 and finite"),
-    (dict(sigma_t=torch.ones(3), sigma_tn=torch.tensor([0.1, -0.1, 0.2])), r"sigma_tn must be >= 0 and finite"),
+    (dict(sigma_t=torch.tensor([1.0, math.nan, 2.0]), sigma_tn=torch.zeros(3)), r"sigma_t must be finite; got nan"),
+    (dict(sigma_t=torch.tensor([1.0, math.inf, 2.0]), sigma_tn=torch.zeros(3)), r"sigma_t must be finite; got inf"),
+    (dict(sigma_t=torch.ones(3), sigma_tn=torch.tensor([0.1, math.nan, 0.2])), r"sigma_tn must be finite"),
+    (dict(sigma_t=torch.ones(3), sigma_tn=torch.tensor([0.1, -0.1, 0.2])), r"sigma_tn must be >= 0"),
+    (dict(reduction="average"), r"reduction must be 'none', 'mean' or 'sum'"),
+])
+def test_value_errors(ops, overrides, message):
+    """Bad levels are ValueErrors with the messages of the Python checks (ambient_fast/_validate.py)."""
+    with pytest.raises(ValueError, match=message):
+        _call(ops, **overrides)
+
+
+@pytest.mark.parametrize("overrides, message", [
     (dict(x_t=torch.zeros(3, 4, 6)), r"x_t must have the shape of prediction"),
     (dict(x_tn=torch.zeros(3, 5, 4)), r"x_tn must have the shape of prediction"),
     (dict(x_t=torch.zeros(3, 4, 5, dtype=torch.float64)), r"x_t must have the dtype of prediction"),
@@ -203,9 +212,27 @@ def _call(ops, **overrides):
     (dict(sigma_tn=torch.zeros(3, 1)), r"sigma_tn must be 1-D \[B\]"),
     (dict(logvar=torch.zeros(4)), r"logvar must be 1-D \[B\]"),
     (dict(sigma_t=torch.ones(3, dtype=torch.float16)), r"sigma_t must be float32 or float64"),
-    (dict(sigma_t=torch.ones(3, device="meta")), r"sigma_t is on meta but prediction is on cpu"),
     (dict(sigma_data=0.0), r"sigma_data must be > 0 and finite"),
 ])
 def test_argument_errors(ops, overrides, message):
     with pytest.raises(RuntimeError, match=message):
         _call(ops, **overrides)
+
+
+def test_mixed_devices_are_refused_by_the_fake_kernel(ops):
+    """A meta tensor among CPU ones dispatches to the fake kernel, which refuses it as the CPU kernel would."""
+    with pytest.raises(RuntimeError, match=r"sigma_t is on meta but prediction is on cpu"):
+        _call(ops, sigma_t=torch.ones(3, device="meta"))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_reduction_in_the_kernel(ops, reduction):
+    """reduction='mean'/'sum': the loss reduced in float64 and the gradients those of the reduced loss."""
+    inputs = make_inputs((3, 2, 5, 7), torch.float64, seed=9)
+    per_sample, grad, grad_logvar = ops.ambient_loss_fwd(*inputs, SIGMA_DATA, True, True)
+    loss, reduced_grad, reduced_grad_logvar = ops.ambient_loss_fwd(*inputs, SIGMA_DATA, True, True, reduction)
+    scale = 1 / 3 if reduction == "mean" else 1.0
+    assert loss.shape == ()
+    torch.testing.assert_close(loss, per_sample.mean() if reduction == "mean" else per_sample.sum(), rtol=1e-14, atol=0)
+    torch.testing.assert_close(reduced_grad, grad * scale, rtol=1e-14, atol=0)
+    torch.testing.assert_close(reduced_grad_logvar, grad_logvar * scale, rtol=1e-6, atol=0)  # float32 logvar

@@ -71,9 +71,17 @@ int main() {
     for (float value : z) std::printf(" %08x", af_float_to_bits(value));
     std::printf("\n");
   }
+  for (const auto& c : cases) {  // the fresh-noise stream: seed c[0], counter c[2]
+    float z[4];
+    af_fresh_normal4(c[0], c[2], z);
+    std::printf("fresh %" PRIu64 " %" PRIu64, c[0], c[2]);
+    for (float value : z) std::printf(" %08x", af_float_to_bits(value));
+    std::printf("\n");
+  }
   return 0;
 }
 """
+FRESH_DOMAIN_KEY = 0x46525348  # "FRSH" in kernels/philox.cuh
 
 
 @needs_gxx
@@ -87,6 +95,15 @@ def test_philox_header_is_plain_cpp_and_matches_the_torch_twin(tmp_path):
     output = _run([str(binary)], tmp_path).stdout.split("\n")
     twin = _load_philox_twin()
     for line in filter(None, output):
+        if line.startswith("fresh"):
+            _, seed, counter, *words = line.split()
+            seed, counter = int(seed), int(counter)
+            x = twin.philox4x32_10([torch.tensor([counter & 0xFFFFFFFF]), torch.tensor([counter >> 32]),
+                                    torch.tensor([0]), torch.tensor([0])], (seed & 0xFFFFFFFF) ^ FRESH_DOMAIN_KEY,
+                                   seed >> 32)
+            noise = torch.cat([*twin.box_muller(x[0], x[1]), *twin.box_muller(x[2], x[3])])
+            assert [format(v & 0xFFFFFFFF, "08x") for v in noise.view(torch.int32).tolist()] == words, line
+            continue
         seed, sample_id, block, *words = line.split()
         signed_id = int(sample_id) - (1 << 64) if int(sample_id) >= 1 << 63 else int(sample_id)
         noise = twin.normal4(torch.tensor([signed_id]), torch.tensor([int(block)]), int(seed))[0]

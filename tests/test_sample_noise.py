@@ -44,7 +44,9 @@ PHILOX_KAT = [
      (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
 ]
 
-SHAPES = [(3, 5, 7), (1,), (), (16, 16), (3, 64, 64), (5,), (0,), (2, 0, 3)]
+# Includes lengths around the C++ op's 16-block vector groups (64 elements), its 256-block buffers and its
+# 4096-block tasks, with partial last blocks.
+SHAPES = [(3, 5, 7), (1,), (), (16, 16), (3, 64, 64), (5,), (0,), (2, 0, 3), (63,), (65,), (1029,), (2, 8195)]
 IDS = [0, 1, 17, 3, 2**32 - 1, 2**32, 2**40 + 5, 2**63 - 1]
 SEEDS = [0, 1234, 2**32 + 7, 2**64 - 1]
 
@@ -218,6 +220,15 @@ def test_twin_argument_errors():
         twin.sample_noise_torch(torch.tensor([1]), (4, -1), 0)
     with pytest.raises(ValueError, match="64 bits"):
         twin.sample_noise_torch(torch.tensor([1]), (4,), 2**64)
+
+
+def test_cpp_refuses_negative_ids_only_when_asked(native):
+    """check_ids=True (the public sample_noise on CPU tensors) refuses negative ids; the raw op reads them as
+    64-bit patterns, as the twin does."""
+    ids = torch.tensor([3, -2])
+    with pytest.raises(ValueError, match=r"sample_ids must be >= 0 .* got -2 at index 1"):
+        native.sample_noise(ids, [4], 0, True)
+    assert torch.equal(native.sample_noise(ids, [4], 0), twin.sample_noise_torch(ids, (4,), 0))
 
 
 def test_cpp_meta_kernel_gives_shapes(native):

@@ -59,7 +59,7 @@ def _loss_signature(element: str, accumulate: str) -> dict:
     return {
         "pred_ptr": pointer, "x_t_ptr": pointer, "x_tn_ptr": pointer, "grad_ptr": pointer,
         "sigma_t_ptr": f"*{accumulate}", "sigma_tn_ptr": f"*{accumulate}", "logvar_ptr": f"*{accumulate}",
-        "partial_ptr": f"*{accumulate}", **scalars,
+        "partial_ptr": f"*{accumulate}", "status_ptr": "*i32", **scalars,
         "pred_row_stride": "i64", "x_t_row_stride": "i64", "x_tn_row_stride": "i64",
         "sigma_data": "fp32", "grad_scale": "fp32",
     }
@@ -73,14 +73,21 @@ def test_hopper_child_loss_kernels(element, accumulate, precondition, has_logvar
     acc = {"fp32": tl.float32, "fp64": tl.float64}[accumulate]
     compile_for_hopper(
         ambient_loss._ambient_loss_forward_kernel, _loss_signature(element, accumulate),
-        {"PRECONDITION": precondition, "HAS_LOGVAR": has_logvar, "COMPUTE_GRAD": True, "ACC": acc, "BLOCK": 1024},
+        {"PRECONDITION": precondition, "HAS_LOGVAR": has_logvar, "COMPUTE_GRAD": True, "CHECK": True,
+         "STATUS_SHIFT": 0, "ACC": acc, "BLOCK": 1024},
     )
     compile_for_hopper(
         ambient_loss._ambient_loss_finalize_kernel,
         {"partial_ptr": f"*{accumulate}", "loss_ptr": f"*{accumulate}", "grad_logvar_ptr": f"*{accumulate}",
-         "sigma_t_ptr": f"*{accumulate}", "logvar_ptr": f"*{accumulate}", "n_per_sample": "i64", "num_chunks": "i32",
-         "sigma_data": "fp32", "grad_scale": "fp32"},
+         "sigma_t_ptr": f"*{accumulate}", "sigma_tn_ptr": f"*{accumulate}", "logvar_ptr": f"*{accumulate}",
+         "n_per_sample": "i64", "num_chunks": "i32", "sigma_data": "fp32", "grad_scale": "fp32"},
         {"HAS_LOGVAR": has_logvar, "ACC": acc, "BLOCK": 128},
+    )
+    compile_for_hopper(
+        ambient_loss._scale_rows_kernel,
+        {"grad_ptr": f"*{element}", "grad_loss_ptr": f"*{accumulate}", "grad_loss_stride": "i64",
+         "n_per_sample": "i64"},
+        {"BLOCK": 1024},
     )
 
 
@@ -88,22 +95,29 @@ def test_hopper_child_loss_kernels(element, accumulate, precondition, has_logvar
 @pytest.mark.parametrize("has_noise", [False, True])
 @pytest.mark.parametrize("element", ["fp32", "bf16"])
 def test_hopper_child_add_noise_kernel(has_noise, element):
-    compile_for_hopper(
+    asm = compile_for_hopper(
         noising._add_noise_forward_kernel,
         {"x_ptr": f"*{element}", "noise_ptr": f"*{element}", "out_ptr": f"*{element}", "sigma_t_ptr": "*fp32",
-         "sigma_tn_ptr": "*fp32", "n_per_sample": "i64", "x_row_stride": "i64", "noise_row_stride": "i64",
-         "seed": "i64", "offset": "i64"},
-        {"HAS_NOISE": has_noise, "HAS_SIGMA_TN": True, "ACC": tl.float32, "GROUPS": 256},
+         "sigma_tn_ptr": "*fp32", "seed_ptr": "*i64", "status_ptr": "*i32", "n_per_sample": "i64",
+         "x_row_stride": "i64", "noise_row_stride": "i64", "offset": "i64"},
+        {"HAS_NOISE": has_noise, "HAS_SIGMA_TN": True, "CHECK": True, "STATUS_SHIFT": 4, "ACC": tl.float32,
+         "GROUPS": 256},
+        enable_fp_fusion=False,
     )
+    # The noise scale is a correctly rounded square root and x + std * eps is not fused, as on the CPU: with passed
+    # noise the same bits. (The generated eps uses Triton's own randn, whose square root is approximate.)
+    assert "sqrt.rn.f32" in asm["ptx"]
+    if has_noise:
+        assert "sqrt.approx" not in asm["ptx"] and "fma.rn.f32" not in asm["ptx"]
 
 
 @child_only
 def test_hopper_child_ambient_noising_kernel():
     signature = {"x0_ptr": "*bf16", "sample_ids_ptr": "*i64", "sigma_t_ptr": "*fp32", "sigma_tn_ptr": "*fp32",
-                 "x_tn_ptr": "*bf16", "x_t_ptr": "*bf16", "n_per_sample": "i64", "x0_row_stride": "i64",
-                 "annotation_seed": "i64", "seed": "i64", "offset": "i64"}
+                 "x_tn_ptr": "*bf16", "x_t_ptr": "*bf16", "seed_ptr": "*i64", "status_ptr": "*i32",
+                 "n_per_sample": "i64", "x0_row_stride": "i64", "annotation_seed": "i64", "offset": "i64"}
     compile_for_hopper(ambient_noising._ambient_noising_forward_kernel, signature,
-                       {"PHILOX_BLOCKS": 256}, enable_fp_fusion=False)
+                       {"CHECK": True, "STATUS_SHIFT": 8, "PHILOX_BLOCKS": 256}, enable_fp_fusion=False)
 
 
 def _fixed_noise_only_kernel(sample_ids_ptr, out_ptr, annotation_seed, PHILOX_BLOCKS: tl.constexpr):
@@ -133,7 +147,8 @@ def test_hopper_child_loss_kernel_vectorises_aligned_rows(element):
     """With aligned rows (the common case, specialised by Triton at launch) every tensor access is 16 bytes wide."""
     asm = compile_for_hopper(
         ambient_loss._ambient_loss_forward_kernel, _loss_signature(element, "fp32"),
-        {"PRECONDITION": True, "HAS_LOGVAR": False, "COMPUTE_GRAD": True, "ACC": tl.float32, "BLOCK": 1024},
+        {"PRECONDITION": True, "HAS_LOGVAR": False, "COMPUTE_GRAD": True, "CHECK": True, "STATUS_SHIFT": 0,
+         "ACC": tl.float32, "BLOCK": 1024},
         divisible_by_16=("pred_ptr", "x_t_ptr", "x_tn_ptr", "grad_ptr", "n_per_sample", "chunk_size",
                          "pred_row_stride", "x_t_row_stride", "x_tn_row_stride"),
     )

@@ -1,24 +1,32 @@
 """The training pair of one ambient step in one pass (DESIGN.md section 1):
 
     x_tn = x0 + s_tn * n_i                          n_i = sample_noise(sample_id, seed=annotation_seed), fixed
-    x_t  = x_tn + sqrt(s_t^2 - s_tn^2) * eps        eps fresh from (seed, offset)
+    x_t  = x_tn + sqrt(s_t^2 - s_tn^2) * eps        eps fresh from (seed, offset), add_noise's stream
 
 The kernel reads x0 once and writes x_tn and x_t (3 N bytes-per-element instead of 6 N for sample_noise +
 annotate + add_noise). n_i is regenerated in registers from the counter-based generator of kernels/philox.cuh
 (Philox4x32-10 keyed by the annotation seed, counter (element // 4, sample id), then the libm-free Box-Muller of
-kernels/box_muller.cuh), with IEEE division and square root and no fused multiply-add, so it equals
-sample_noise() on every backend bit for bit.
+kernels/box_muller.cuh), with IEEE division and square root and no fused multiply-add, so x_tn equals
+x0 + s_tn * sample_noise() on every backend bit for bit (float32 arithmetic, rounded to x0's dtype). x_t uses the
+backend's fresh stream (ambient_fast/ops/noising.py): the C++ op and the PyTorch twin agree bit for bit.
+
+Operators (fake kernels registered; not differentiable: data preparation):
+  ambient_fast::ambient_noising (C++, csrc/noising_cpu.cpp), ambient_fast::ambient_noising_triton,
+  ambient_fast::ambient_noising_eager
+with the signature (x0, sample_ids, sigma_t, sigma_tn, annotation_seed, seed, offset) -> (x_t, x_tn); seed is an
+int64 tensor [1] on x0's device; the Python ones take `check` too.
 """
 from __future__ import annotations
 
 import torch
 
 from .. import _backend, _validate
-from .noising import _empty, fresh_normals
-from .sample_noise import sample_noise
-from ._triton import tl, triton
+from .._philox import sample_noise_torch
+from .noising import fresh_noise_torch, fresh_normals, noise_scale, noise_std, seed_tensor
+from ._triton import flag_errors, level_errors, tl, triton
 
 MAX_GRID_ROWS = 65535
+_empty = torch.empty  # output allocation; tests swap in a NaN-filled allocator to prove every element is written
 _PHILOX_BLOCKS = 256  # 4 normals per Philox block: 1024 elements per program
 
 # float32 constants of kernels/box_muller.cuh, spelled as the same exact hex literals.
@@ -105,15 +113,22 @@ def _box_muller(words_radius, words_angle):
 
 @triton.jit
 def _ambient_noising_forward_kernel(
-    x0_ptr, sample_ids_ptr, sigma_t_ptr, sigma_tn_ptr, x_tn_ptr, x_t_ptr,
+    x0_ptr, sample_ids_ptr, sigma_t_ptr, sigma_tn_ptr, x_tn_ptr, x_t_ptr, seed_ptr, status_ptr,
     n_per_sample, x0_row_stride,
-    annotation_seed, seed, offset,
-    PHILOX_BLOCKS: tl.constexpr,
+    annotation_seed, offset,
+    CHECK: tl.constexpr, STATUS_SHIFT: tl.constexpr, PHILOX_BLOCKS: tl.constexpr,
 ):
     program = tl.program_id(0).to(tl.int64)
     row = tl.program_id(1).to(tl.int64)
     blocks = program * PHILOX_BLOCKS + tl.arange(0, PHILOX_BLOCKS).to(tl.int64)
     sample_id = tl.load(sample_ids_ptr + row)
+    sigma_t = tl.load(sigma_t_ptr + row).to(tl.float32)
+    sigma_tn = tl.load(sigma_tn_ptr + row).to(tl.float32)
+    errors = level_errors(sigma_t, sigma_tn, True)
+    if CHECK:
+        flag_errors(status_ptr, errors | tl.where(sample_id < 0, 8, 0), STATUS_SHIFT, program == 0)
+    sigma_tn = tl.where(errors == 0, sigma_tn, float("nan"))  # a bad level poisons both outputs of its sample
+
     counter_lo = (blocks & 0xFFFFFFFF).to(tl.uint32)
     counter_hi = (blocks >> 32).to(tl.uint32)
     id_lo = (counter_lo * 0 + (sample_id & 0xFFFFFFFF)).to(tl.uint32)
@@ -126,17 +141,16 @@ def _ambient_noising_forward_kernel(
     cols = blocks[:, None] * 4 + tl.arange(0, 4)[None, :]
     mask = cols < n_per_sample
 
-    sigma_t = tl.load(sigma_t_ptr + row).to(tl.float32)
-    sigma_tn = tl.load(sigma_tn_ptr + row).to(tl.float32)
     x0 = tl.load(x0_ptr + row * x0_row_stride + cols, mask=mask, other=0.0).to(tl.float32)
     x_tn = x0 + sigma_tn * fixed_noise  # annotated sample, DESIGN.md section 1
-    eps = fresh_normals(seed, offset + row * tl.cdiv(n_per_sample, 4) + blocks)  # as add_noise's stream
-    x_t = x_tn + tl.math.sqrt_rn(sigma_t * sigma_t - sigma_tn * sigma_tn) * eps  # x_t = x_tn + sqrt(s_t^2 - s_tn^2) eps
+    eps = fresh_normals(tl.load(seed_ptr), offset + row * tl.cdiv(n_per_sample, 4) + blocks)  # add_noise's stream
+    x_t = x_tn + noise_scale(sigma_t, sigma_tn, True) * eps  # x_t = x_tn + sqrt(s_t^2 - s_tn^2) eps
     tl.store(x_tn_ptr + row * n_per_sample + cols, x_tn.to(x_tn_ptr.dtype.element_ty), mask=mask)
     tl.store(x_t_ptr + row * n_per_sample + cols, x_t.to(x_t_ptr.dtype.element_ty), mask=mask)
 
 
-def ambient_noising_forward_triton(x0, sample_ids, sigma_t, sigma_tn, annotation_seed, seed, offset):
+def ambient_noising_forward_triton(x0, sample_ids, sigma_t, sigma_tn, annotation_seed, seed, offset, *, status=None):
+    """Host function. seed: int64 tensor [1] on x0's device; status: the device's error word (None: no flagging)."""
     batch, n_per_sample = x0.shape[0], x0[0].numel()
     if batch > MAX_GRID_ROWS:
         raise ValueError(f"batch {batch} exceeds {MAX_GRID_ROWS}; split it")
@@ -145,26 +159,71 @@ def ambient_noising_forward_triton(x0, sample_ids, sigma_t, sigma_tn, annotation
     x_t = _empty(x0.shape, dtype=x0.dtype, device=x0.device)
     grid = (triton.cdiv(triton.cdiv(n_per_sample, 4), _PHILOX_BLOCKS), batch)
     _ambient_noising_forward_kernel[grid](
-        x0_rows, sample_ids, sigma_t, sigma_tn, x_tn, x_t,
+        x0_rows, sample_ids, sigma_t, sigma_tn, x_tn, x_t, seed, status if status is not None else sigma_t,
         n_per_sample, x0_stride,
-        annotation_seed, seed, offset,
-        PHILOX_BLOCKS=_PHILOX_BLOCKS,
+        annotation_seed, offset,
+        CHECK=status is not None, STATUS_SHIFT=_validate.OP_SHIFT["ambient_noising"], PHILOX_BLOCKS=_PHILOX_BLOCKS,
         enable_fp_fusion=False,  # no FMA contraction: the fixed noise must match the CPU bit for bit
     )
     return x_t, x_tn
 
 
 def _ambient_noising_eager(x0, sample_ids, sigma_t, sigma_tn, annotation_seed, seed, offset):
-    from .noising import _add_noise_eager
-
-    fixed_noise = sample_noise(sample_ids, x0.shape[1:], annotation_seed)
-    sigma_tn_view = sigma_tn.float().reshape(-1, *([1] * (x0.dim() - 1)))
-    x_tn = x0.float() + sigma_tn_view * fixed_noise
-    x_t = _add_noise_eager(x_tn, sigma_t.float(), sigma_tn.float(), None, seed, offset)
+    """The C++ op's arithmetic in PyTorch ops (float32, one rounding per operation): the same bits."""
+    view = (-1,) + (1,) * (x0.dim() - 1)
+    fixed_noise = sample_noise_torch(sample_ids, x0.shape[1:], annotation_seed)
+    x_tn = x0.float() + sigma_tn.float().view(view) * fixed_noise
+    eps = fresh_noise_torch(seed, x0.shape[0], x0[0].numel(), offset).reshape(x0.shape)
+    x_t = x_tn + noise_std(sigma_t, sigma_tn, torch.float32).view(view) * eps
     return x_t.to(x0.dtype), x_tn.to(x0.dtype)
 
 
-@torch.compiler.disable  # host-side validation and dispatch; the kernel itself is fused
+# ---------------------------------------------------------------------------------------------------- operators
+
+def _check_on_host(check: bool, sample_ids, sigma_t, sigma_tn) -> None:
+    # CPU tensors: raise now with index and value (as the C++ op). GPU: the kernels flag bad values, no sync.
+    if check and sigma_t.device.type == "cpu":
+        _validate.check_sigmas(sigma_t, sigma_tn)
+        _validate.check_sample_ids(sample_ids)
+
+
+@torch.library.custom_op("ambient_fast::ambient_noising_triton", mutates_args=())
+def _ambient_noising_triton_op(
+    x0: torch.Tensor, sample_ids: torch.Tensor, sigma_t: torch.Tensor, sigma_tn: torch.Tensor, annotation_seed: int,
+    seed: torch.Tensor, offset: int, check: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_on_host(check, sample_ids, sigma_t, sigma_tn)
+    status = _validate.status_word(x0.device) if check else None
+    return ambient_noising_forward_triton(x0, sample_ids, sigma_t, sigma_tn, annotation_seed, seed, offset, status=status)
+
+
+@torch.library.custom_op("ambient_fast::ambient_noising_eager", mutates_args=())
+def _ambient_noising_eager_op(
+    x0: torch.Tensor, sample_ids: torch.Tensor, sigma_t: torch.Tensor, sigma_tn: torch.Tensor, annotation_seed: int,
+    seed: torch.Tensor, offset: int, check: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_on_host(check, sample_ids, sigma_t, sigma_tn)
+    codes = _validate.level_codes(sigma_t, sigma_tn)
+    if check and x0.device.type != "cpu":
+        _validate.flag_on_device("ambient_noising", codes | torch.where(sample_ids < 0, _validate.SAMPLE_ID_NEGATIVE, 0))
+    sigma_tn = torch.where(codes == 0, sigma_tn, float("nan"))  # a bad level poisons its sample, as in the kernels
+    return _ambient_noising_eager(x0, sample_ids, sigma_t, sigma_tn, annotation_seed, seed, offset)
+
+
+def _fake(x0, sample_ids, sigma_t, sigma_tn, annotation_seed, seed, offset, check=False):
+    return x0.new_empty(x0.shape), x0.new_empty(x0.shape)
+
+
+for _op in (_ambient_noising_triton_op, _ambient_noising_eager_op):
+    _op.register_fake(_fake)
+if _backend.has_native():
+    torch.library.register_fake("ambient_fast::ambient_noising")(_fake)  # the CPU kernel is in csrc/
+
+_PYTHON_OPS = {"triton": _ambient_noising_triton_op, "eager": _ambient_noising_eager_op}
+
+
+# ---------------------------------------------------------------------------------------------------- public API
+
 def ambient_noising(
     x0: torch.Tensor,
     sample_ids: torch.Tensor,
@@ -180,29 +239,31 @@ def ambient_noising(
 
     sigma_tn is the level each sample is trained against (0 for clean data, see select_sigma_tn), sigma_t the
     training level; 0 <= sigma_tn < sigma_t. annotation_seed fixes n_i for the whole run (the annotated dataset is
-    x0 + s_tn n_i, Section 3.1); seed/offset give the fresh eps (seed=None draws one from torch's generator).
-    x_tn is float32 arithmetic rounded to x0's dtype. Not differentiable (data preparation).
+    x0 + s_tn n_i, Section 3.1); seed/offset give the fresh eps (seed=None draws one on the device from torch's
+    generator). x_tn is float32 arithmetic rounded to x0's dtype. Not differentiable (data preparation). Bad levels
+    or negative ids: as ambient_loss (CPU: ValueError; GPU: ambient_fast.check_device_errors()). Works inside
+    torch.compile(fullgraph=True) and CUDA graphs.
     """
     _validate.check_same_images("x0", x0)
     if not isinstance(sample_ids, torch.Tensor) or sample_ids.dtype != torch.int64 or sample_ids.shape != x0.shape[:1]:
         raise ValueError(f"sample_ids must be an int64 tensor of shape [{x0.shape[0]}] (one stable id per sample)")
     if sample_ids.device != x0.device:
         raise ValueError(f"sample_ids is on {sample_ids.device} but x0 is on {x0.device}")
+    if not 0 <= annotation_seed < 2**63:
+        raise ValueError(f"annotation_seed must be in [0, 2^63), got {annotation_seed}")
+    if not (seed is None or 0 <= seed < 2**63) or offset < 0:
+        raise ValueError(f"seed must be in [0, 2^63) and offset >= 0, got seed={seed}, offset={offset}")
     batch, device = x0.shape[0], x0.device
     sigma_t = _validate.per_sample("sigma_t", sigma_t, batch, device, torch.float32)
     sigma_tn = _validate.per_sample("sigma_tn", sigma_tn, batch, device, torch.float32)
-    if _validate.checks_enabled(validate, device):
+    if _validate.synchronous_checks(validate):
         _validate.check_sigmas(sigma_t, sigma_tn)
-        if sample_ids.numel() and int(sample_ids.min()) < 0:
-            raise ValueError("sample_ids must be >= 0")
-    if not 0 <= int(annotation_seed) < 2**63:
-        raise ValueError(f"annotation_seed must be in [0, 2^63), got {annotation_seed}")
-    if seed is None:
-        seed = int(torch.randint(0, 2**62, (1,)).item())
-    if not 0 <= int(seed) < 2**63 or offset < 0:
-        raise ValueError(f"seed must be in [0, 2^63) and offset >= 0, got seed={seed}, offset={offset}")
+        _validate.check_sample_ids(sample_ids)
+    seed = seed_tensor(seed, device)
+    backend = _backend.for_op("ambient_noising", device.type)
     with torch.no_grad():
-        if _backend.select(device, has_cpp_kernel=False) == "triton":
-            return ambient_noising_forward_triton(x0, sample_ids, sigma_t, sigma_tn, int(annotation_seed), int(seed), offset)
-        return _ambient_noising_eager(x0, sample_ids, sigma_t, sigma_tn, int(annotation_seed), int(seed), offset)
-
+        if backend == "cpp":  # checks levels and ids itself (CPU tensors only)
+            return torch.ops.ambient_fast.ambient_noising.default(x0, sample_ids, sigma_t, sigma_tn, annotation_seed,
+                                                                  seed, offset)
+        return _PYTHON_OPS[backend](x0, sample_ids, sigma_t, sigma_tn, annotation_seed, seed, offset,
+                                    _validate.device_checks(validate))
