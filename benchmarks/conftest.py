@@ -26,7 +26,9 @@ SHAPES = (
     else {"latent-4x64x64": (8, 4, 64, 64), "pixel-3x64x64": (8, 3, 64, 64), "pixel-3x512x512": (2, 3, 512, 512)}
 )
 DTYPES = (torch.float32, torch.bfloat16) if ON_GPU else (torch.float32,)
-IMPLEMENTATIONS = ("eager", "compile", "ambient_fast")
+# ambient_fast is the default call (value checks on: in the kernels, no device sync); ambient_fast_unchecked the same
+# call with validate=False, so the summary shows what the checks cost.
+IMPLEMENTATIONS = ("eager", "compile", "ambient_fast", "ambient_fast_unchecked")
 ROUNDS = 30 if ON_GPU else 15
 
 

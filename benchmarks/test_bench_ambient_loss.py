@@ -6,6 +6,8 @@ Written-down byte counts (the least any implementation must move; N elements, s 
   forward+backward   both                                          4 N s
 ambient_fast computes the gradient in the forward pass; with reduction='mean' and `loss.backward()` the backward
 then only returns it, so a training step moves exactly these 4 N s (plus per-sample scalars).
+ambient_fast is the default call; ambient_fast_unchecked the same with validate=False (summary column "checks").
+test_compiled_step times torch.compile(fullgraph=True) of a step that calls ambient_fast (no graph break).
 """
 from __future__ import annotations
 
@@ -50,9 +52,11 @@ def loss_function(op, implementation):
     if implementation == "compile":
         torch._dynamo.reset()  # each (shape, dtype, grad mode) is its own graph: start from a clean cache
         return torch.compile(eager, fullgraph=True, dynamic=False)
-    # Benchmarks measure the op, not the input checks (which sync on CUDA): validate=False.
+    # What users get: the default call (levels checked in the kernel, no device sync), and the same call with
+    # validate=False beside it, so the summary shows the cost of the checks.
+    validate = False if implementation == "ambient_fast_unchecked" else None
     return lambda prediction, x_t, x_tn, sigma_t, sigma_tn: fused(
-        prediction, x_t, x_tn, sigma_t, sigma_tn, reduction="mean", validate=False
+        prediction, x_t, x_tn, sigma_t, sigma_tn, reduction="mean", validate=validate
     )
 
 
@@ -90,4 +94,32 @@ def test_ambient_loss(benchmark, device, op, shape_name, dtype, phase, implement
     record(
         benchmark, op=op, phase=phase, shape_name=shape_name, dtype=dtype, implementation=implementation,
         bytes_moved=BYTES_PER_ELEMENT[phase] * element_bytes(shape, dtype),
+    )
+
+
+@pytest.mark.parametrize("shape_name", list(SHAPES)[:1])
+def test_compiled_step(benchmark, device, shape_name):
+    """torch.compile(fullgraph=True) of a forward+backward step that calls ambient_loss_precond: the op inside a
+    compiled graph (its C++ / Triton kernel, called from the graph), against the same step uncompiled."""
+    if not compile_enabled():
+        pytest.skip("AMBIENT_FAST_BENCH_COMPILE=0")
+    shape = SHAPES[shape_name]
+    benchmark.group = f"loss_precond forward+backward {shape_name} float32"
+    prediction, x_t, x_tn, sigma_t, sigma_tn = make_problem(shape, torch.float32, device)
+    leaf = prediction.clone().requires_grad_()
+
+    def loss_of(output):
+        return ambient_fast.ambient_loss_precond(output, x_t, x_tn, sigma_t, sigma_tn, reduction="mean")
+
+    torch._dynamo.reset()
+    compiled = torch.compile(loss_of, fullgraph=True, dynamic=False)
+
+    def step():
+        leaf.grad = None
+        compiled(network_output(leaf)).backward()
+
+    run(benchmark, step)
+    record(
+        benchmark, op="loss_precond", phase="forward+backward", shape_name=shape_name, dtype=torch.float32,
+        implementation="ambient_fast_compiled", bytes_moved=4 * element_bytes(shape, torch.float32),
     )

@@ -28,9 +28,10 @@ def test_add_noise(benchmark, device, shape_name, dtype, implementation):
     x_tn = torch.randn(shape, device=device).to(dtype)
     sigma_t = torch.full((shape[0],), 2.0, device=device)
     sigma_tn = torch.full((shape[0],), 0.5, device=device)
-    if implementation == "ambient_fast":
+    if implementation.startswith("ambient_fast"):
         steps = iter(range(1 << 62))
-        target = lambda: ambient_fast.add_noise(x_tn, sigma_t, sigma_tn, seed=next(steps), validate=False)  # noqa: E731
+        validate = False if implementation == "ambient_fast_unchecked" else None  # default call vs no checks
+        target = lambda: ambient_fast.add_noise(x_tn, sigma_t, sigma_tn, seed=next(steps), validate=validate)  # noqa: E731
     else:
         if implementation == "compile":
             torch._dynamo.reset()  # one graph per (shape, dtype): start from a clean cache
@@ -64,7 +65,7 @@ def eager_ambient_noising(x0, sample_ids, sigma_t, sigma_tn):
     return eager_add_noise(x_tn, sigma_t, sigma_tn).to(x0.dtype), x_tn.to(x0.dtype)
 
 
-@pytest.mark.parametrize("implementation", ("eager", "ambient_fast"))
+@pytest.mark.parametrize("implementation", ("eager", "ambient_fast", "ambient_fast_unchecked"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape_name", list(SHAPES))
 def test_ambient_noising(benchmark, device, shape_name, dtype, implementation):
@@ -75,9 +76,10 @@ def test_ambient_noising(benchmark, device, shape_name, dtype, implementation):
     sample_ids = torch.arange(shape[0], device=device) * 7919
     sigma_t = torch.full((shape[0],), 2.0, device=device)
     sigma_tn = torch.full((shape[0],), 0.5, device=device)
-    if implementation == "ambient_fast":
+    if implementation.startswith("ambient_fast"):
+        validate = False if implementation == "ambient_fast_unchecked" else None  # default call vs no checks
         target = lambda: ambient_fast.ambient_noising(  # noqa: E731
-            x0, sample_ids, sigma_t, sigma_tn, annotation_seed=1, seed=3, validate=False
+            x0, sample_ids, sigma_t, sigma_tn, annotation_seed=1, seed=3, validate=validate
         )
     else:
         target = lambda: eager_ambient_noising(x0, sample_ids, sigma_t, sigma_tn)  # noqa: E731
