@@ -24,6 +24,8 @@ from typing import NamedTuple
 
 import torch
 
+from .errors import UserError
+
 FORMAT_VERSION = 1
 UNSPECIFIED_SOURCE = "unspecified"  # the source of merged rows whose file had no source column
 
@@ -145,12 +147,14 @@ class Annotations:
         path = Path(path)
         tensors, metadata = read_safetensors(path, "annotation file")
         if metadata.get("format") != "ambient_fast.annotations":
-            raise ValueError(f"{path} is a safetensors file but not an ambient_fast annotation file")
+            raise UserError(f"{path} is a safetensors file but not an ambient_fast annotation file (format: "
+                            f"{metadata.get('format')!r}); give a file written by `ambient-fast annotate`")
         if int(metadata.get("version", "0")) > FORMAT_VERSION:
-            raise ValueError(f"{path} has format version {metadata['version']}; this ambient_fast reads up to {FORMAT_VERSION}")
+            raise UserError(f"{path} has format version {metadata['version']}; this ambient_fast reads up to "
+                            f"{FORMAT_VERSION}: upgrade ambient_fast")
         missing = {"sample_ids", "sigma_min", "sigma_max"} - set(tensors)
         if missing:
-            raise ValueError(f"{path} lacks the columns {sorted(missing)}")
+            raise UserError(f"{path} lacks the columns {sorted(missing)}; rewrite it with `ambient-fast annotate`")
         return cls(
             tensors["sample_ids"], tensors["sigma_min"], tensors["sigma_max"],
             keys=json.loads(metadata.get("keys", "null")),
@@ -337,7 +341,8 @@ def read_safetensors(path: str | Path, what: str) -> tuple[dict[str, torch.Tenso
             metadata = handle.metadata() or {}
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except Exception as error:  # safetensors raises its own types for truncated or foreign files
-        raise ValueError(f"{path} is not a readable {what}: {error}") from error
+        raise UserError(f"{path} is not a readable {what} ({error}); it may be truncated or another kind of file: "
+                        "give the file again") from error
     return tensors, metadata
 
 

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from cli_errors import user_error
 from PIL import Image
 
 from ambient_fast import cli
@@ -68,8 +69,8 @@ def test_a_base_that_misses_images_is_refused_unless_allowed(crops_workspace, tm
     partial = Annotations(torch.arange(8), torch.full((8,), 0.4, dtype=torch.float64), torch.zeros(8), keys=keys[:8])
     partial.save(tmp_path / "partial.safetensors")
     out = tmp_path / "out.safetensors"
-    with pytest.raises(SystemExit, match=r"8 of 16 dataset samples have no annotation.*--allow-missing"):
-        cli.main(sigma_max_args(crops_workspace, out, "--base", str(tmp_path / "partial.safetensors")))
+    user_error(capsys, sigma_max_args(crops_workspace, out, "--base", str(tmp_path / "partial.safetensors")),
+               r"8 of 16 dataset samples have no annotation.*--allow-missing")
     assert not out.exists()
     assert cli.main(sigma_max_args(crops_workspace, out, "--base", str(tmp_path / "partial.safetensors"),
                                    "--allow-missing")) == 0
@@ -89,11 +90,9 @@ def test_merge_command(tmp_path, capsys):
     assert "merged 2 files: 3 samples" in capsys.readouterr().out
     merged = Annotations.load(out)
     assert merged.sample_ids.tolist() == [0, 1, 2] and merged.sigma_min.tolist() == [0.0, 2.0, 0.5]
-    with pytest.raises(SystemExit, match="exists.*--force"):
-        cli.main(args)
+    user_error(capsys, args, "exists.*--force")
     assert cli.main([*args, "--force"]) == 0
     Annotations([2], [0.9], [0.0], keys=["c"]).save(tmp_path / "clash.safetensors")
-    with pytest.raises(SystemExit, match="sample id 2"):
-        cli.main(["annotate", "merge", str(tmp_path / "first.safetensors"), str(tmp_path / "clash.safetensors"),
-                  "--out", str(tmp_path / "never.safetensors")])
+    user_error(capsys, ["annotate", "merge", str(tmp_path / "first.safetensors"), str(tmp_path / "clash.safetensors"),
+                        "--out", str(tmp_path / "never.safetensors")], "sample id 2")
     assert not (tmp_path / "never.safetensors").exists() and math.isfinite(merged.sigma_min.sum())

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from cli_errors import user_error
 from PIL import Image
 
 from ambient_fast import cli
@@ -129,12 +130,11 @@ def test_single_mode_under_torchrun_matches_one_process(workspace, tmp_path):
     assert not resume.parts_dir(out).exists()
 
 
-def test_single_mode_with_rank_variables_but_no_torchrun_is_a_clear_error(workspace, tmp_path, monkeypatch):
+def test_single_mode_with_rank_variables_but_no_torchrun_is_a_clear_error(workspace, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.delenv("MASTER_ADDR", raising=False)
-    with pytest.raises(SystemExit, match="needs torchrun"):
-        cli.main(sigma_min_args(workspace, tmp_path / "x.safetensors", "--mode", "single"))
+    user_error(capsys, sigma_min_args(workspace, tmp_path / "x.safetensors", "--mode", "single"), "needs torchrun")
 
 
 def test_changed_settings_do_not_mix_with_old_parts(workspace, monkeypatch):
@@ -168,18 +168,16 @@ def test_dense_single_quality_and_show(workspace, tmp_path, capsys):
     assert Image.open(png).size[0] > 100
 
 
-def test_clear_errors(workspace, tmp_path):
+def test_clear_errors(workspace, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_images(tmp_path / "nowhere")
-    with pytest.raises(SystemExit, match="classifier expects"):
-        big = tmp_path / "big"
-        write_pngs(big, torch.zeros(2, 3, 16, 16))
-        cli.main(["annotate", "sigma-min", "--images", str(big), "--classifier", str(workspace / "c.safetensors"),
-                  "--out", str(tmp_path / "x.safetensors")])
+    big = tmp_path / "big"
+    write_pngs(big, torch.zeros(2, 3, 16, 16))
+    user_error(capsys, ["annotate", "sigma-min", "--images", str(big), "--classifier", str(workspace / "c.safetensors"),
+                        "--out", str(tmp_path / "x.safetensors")], "classifier expects")
     np.save(tmp_path / "few.npy", np.arange(3.0))
-    with pytest.raises(SystemExit, match="3 scores for 64 images"):
-        cli.main(["annotate", "from-quality", "--images", str(workspace / "corrupted"), "--scores",
-                  str(tmp_path / "few.npy"), "--out", str(tmp_path / "q.safetensors")])
+    user_error(capsys, ["annotate", "from-quality", "--images", str(workspace / "corrupted"), "--scores",
+                        str(tmp_path / "few.npy"), "--out", str(tmp_path / "q.safetensors")], "3 scores for 64 images")
 
 
 def test_crops_pipeline_commands(workspace, tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from cli_errors import user_error
 
 from ambient_fast import cli
 from ambient_fast.annotate.synthetic import blurred, random_fields
@@ -103,7 +104,7 @@ def test_trusted_lists_in_text_and_json(tmp_path):
         trusted_mask(keys, str(listing))
 
 
-def test_same_distribution_stops_or_gives_one_level(tmp_path):
+def test_same_distribution_stops_or_gives_one_level(tmp_path, capsys):
     """Two samples of one distribution: the report says the classifier is at chance, sigma-min stops by default
     (nothing written), and --if-uninformative single gives one level, no per-sample spread."""
     data = tmp_path / "data"
@@ -114,38 +115,34 @@ def test_same_distribution_stops_or_gives_one_level(tmp_path):
                      str(classifier), *CLASSIFIER]) == 0
     args = ["annotate", "sigma-min", "--images", str(data), "--classifier", str(classifier), "--out", str(out),
             "--draws", "2"]
-    with pytest.raises(SystemExit, match="at chance at low noise.*Nothing was written"):
-        cli.main(args)
+    user_error(capsys, args, "at chance at low noise.*Nothing was written")
     assert not out.exists()
     assert cli.main([*args, "--if-uninformative", "single"]) == 0
     table = Annotations.load(out)
     more = torch.tensor([key.startswith("more/") for key in table.keys])
     assert table.sigma_min[more].unique().numel() == 1 and torch.all(table.sigma_min[~more] == 0)
     assert table.provenance["sigma_min"]["fallback"] == "uninformative classifier: single"
-    with pytest.raises(SystemExit, match="exists; pass --force"):
-        cli.main([*args, "--if-uninformative", "single"])
+    user_error(capsys, [*args, "--if-uninformative", "single"], "exists; pass --force")
 
 
-def test_train_classifier_errors_before_any_work(tmp_path):
+def test_train_classifier_errors_before_any_work(tmp_path, capsys):
     data = tmp_path / "data"
     write_pngs(data / "good", random_fields(torch.arange(4), resolution=SIZE))
-    with pytest.raises(SystemExit, match="--images needs --trusted"):
-        cli.main(["annotate", "train-classifier", "--images", str(data), "--out", str(tmp_path / "c.safetensors")])
-    with pytest.raises(SystemExit, match="every image of .* is trusted"):
-        cli.main(["annotate", "train-classifier", "--images", str(data), "--trusted", "good", "--out",
-                  str(tmp_path / "c.safetensors")])
-    with pytest.raises(SystemExit, match="not images of the dataset"):
-        listing = tmp_path / "list.txt"
-        listing.write_text("good/0000.png\nbad.png\n")
-        cli.main(["annotate", "train-classifier", "--images", str(data), "--trusted", str(listing), "--out",
-                  str(tmp_path / "c.safetensors")])
+    user_error(capsys, ["annotate", "train-classifier", "--images", str(data), "--out",
+                        str(tmp_path / "c.safetensors")], "--images needs --trusted")
+    user_error(capsys, ["annotate", "train-classifier", "--images", str(data), "--trusted", "good", "--out",
+                        str(tmp_path / "c.safetensors")], "every image of .* is trusted")
+    listing = tmp_path / "list.txt"
+    listing.write_text("good/0000.png\nbad.png\n")
+    user_error(capsys, ["annotate", "train-classifier", "--images", str(data), "--trusted", str(listing), "--out",
+                        str(tmp_path / "c.safetensors")], "not images of the dataset")
     (tmp_path / "c.safetensors").write_bytes(b"")
-    with pytest.raises(SystemExit, match="exists; pass --force"):
-        cli.main(["annotate", "train-classifier", "--images", str(data), "--trusted", "good", "--out",
-                  str(tmp_path / "c.safetensors")])
+    user_error(capsys, ["annotate", "train-classifier", "--images", str(data), "--trusted", "good", "--out",
+                        str(tmp_path / "c.safetensors")], "exists; pass --force")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.safetensors", "data", "list.txt"]  # nothing else made
 
 
-def test_train_classifier_resumes_after_a_kill_and_cleans_up(tmp_path, monkeypatch):
+def test_train_classifier_resumes_after_a_kill_and_cleans_up(tmp_path, monkeypatch, capsys):
     from ambient_fast.annotate import crossfit
 
     data = tmp_path / "data"
@@ -172,5 +169,4 @@ def test_train_classifier_resumes_after_a_kill_and_cleans_up(tmp_path, monkeypat
     assert out.is_file() and not (tmp_path / "clf.safetensors.parts").exists()
     blocked = tmp_path / "a-file"
     blocked.write_text("")
-    with pytest.raises(SystemExit, match="cannot write"):
-        cli.main([*args[:7], str(blocked / "clf.safetensors"), *args[8:]])
+    user_error(capsys, [*args[:7], str(blocked / "clf.safetensors"), *args[8:]], "cannot write")

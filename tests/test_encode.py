@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_errors import user_error
 
 from ambient_fast.data import FileDataset
 
@@ -188,7 +189,6 @@ def test_encode_never_writes_outside_the_destination(setup, tmp_path, monkeypatc
     """A zip whose members are named ../../escaped.png or /abs/path.png is refused by `dataset encode` (one line
     naming the member) before anything is written; the encoder's own containment check holds even when the
     dataset's name check is bypassed."""
-    from ambient_fast import cli
     from ambient_fast.data import dataset as dataset_module
 
     root, vae, _, _ = setup
@@ -203,8 +203,8 @@ def test_encode_never_writes_outside_the_destination(setup, tmp_path, monkeypatc
     def written_outside():
         return sorted(str(p) for p in tmp_path.rglob("*.npy*") if destination not in p.parents)
 
-    with pytest.raises(SystemExit, match=r"^error: .*member '\.\./\.\./escaped\.png'.*relative names"):
-        cli.main(["dataset", "encode", str(source), str(destination), "--vae", str(vae), "--device", "cpu"])
+    user_error(capsys, ["dataset", "encode", str(source), str(destination), "--vae", str(vae), "--device", "cpu"],
+               r"^error: .*member '\.\./\.\./escaped\.png'.*relative names")
     assert written_outside() == [] and not destination.exists()
 
     monkeypatch.setattr(dataset_module, "unsafe_name", lambda name: False)  # a dataset that lets them through

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
+from cli_errors import user_error
 
 from ambient_fast import cli
 
@@ -70,8 +72,8 @@ def half_annotated(tmp_path):
 
 def test_train_refuses_annotations_that_miss_samples_unless_allowed(tmp_path, capsys):
     data, path = half_annotated(tmp_path)
-    with pytest.raises(SystemExit, match=r"8 of 16 dataset samples have no annotation.*--allow-missing"):
-        cli.main(tiny_train_args(data, tmp_path / "refused", "--annotations", str(path)))
+    user_error(capsys, tiny_train_args(data, tmp_path / "refused", "--annotations", str(path)),
+               r"8 of 16 dataset samples have no annotation.*--allow-missing")
     assert not (tmp_path / "refused").exists()  # refused before anything was written
     assert cli.main(tiny_train_args(data, tmp_path / "run", "--annotations", str(path), "--allow-missing")) == 0
     assert "annotations: annotated 8 of 16 samples (8 missing -> clean, 0 extra ids ignored)" in capsys.readouterr().out
@@ -81,8 +83,8 @@ def test_train_refuses_annotations_that_miss_samples_unless_allowed(tmp_path, ca
 
 def test_dataset_info_prints_coverage_and_refuses_a_partial_file(tmp_path, capsys):
     data, path = half_annotated(tmp_path)
-    with pytest.raises(SystemExit, match="8 of 16 dataset samples have no annotation"):
-        cli.main(["dataset", "info", str(data), "--annotations", str(path)])
+    user_error(capsys, ["dataset", "info", str(data), "--annotations", str(path)],
+               "8 of 16 dataset samples have no annotation")
     assert cli.main(["dataset", "info", str(data), "--annotations", str(path), "--allow-missing"]) == 0
     assert "annotations: annotated 8 of 16 samples (8 missing -> clean, 0 extra ids ignored)" in capsys.readouterr().out
     assert cli.main(["dataset", "info", str(data)]) == 0
@@ -125,7 +127,7 @@ def test_generate_samples_the_first_tracked_ema_by_default(tmp_path, capsys):
     assert not np.array_equal(outputs["default"], outputs["raw"])
 
 
-def test_unreadable_checkpoints_stop_the_run_until_restart_is_asked(tmp_path):
+def test_unreadable_checkpoints_stop_the_run_until_restart_is_asked(tmp_path, capsys):
     """Every checkpoint of a run unreadable (zero bytes): the rerun stops before training, naming them, and leaves
     them as they are; --restart starts over from step 0 with the old run's files moved aside, never deleted."""
     from test_train_resume import write_png_dataset
@@ -141,9 +143,8 @@ def test_unreadable_checkpoints_stop_the_run_until_restart_is_asked(tmp_path):
     assert [p.name for p in broken] == ["training-00000001.safetensors", "training-00000003.safetensors"]
     for path in broken:
         path.write_bytes(b"")
-    with pytest.raises(SystemExit, match=r"^error: none of the 2 checkpoints in .* can be read \(.*training-00000003"
-                                         r"\.safetensors.*training-00000001\.safetensors.*--restart"):
-        cli.main(args)
+    user_error(capsys, args, r"^error: none of the 2 checkpoints in .* can be read \(.*training-00000003"
+                             r"\.safetensors.*training-00000001\.safetensors.*--restart")
     assert sorted(p.name for p in run.iterdir()) == old and all(p.read_bytes() == b"" for p in broken)
 
     assert cli.main(args + ["--restart"]) == 0
@@ -159,17 +160,16 @@ def test_wrong_config_types_and_sample_counts_are_one_line_errors(tmp_path, caps
     from test_train_resume import write_png_dataset
 
     data = write_png_dataset(tmp_path / "data", n=16, size=8)
-    with pytest.raises(SystemExit, match=r"^error: config field total_steps = 'abc': expected an integer"):
-        cli.main(tiny_train_args(data, tmp_path / "run", "--set", "total_steps=abc"))
+    user_error(capsys, tiny_train_args(data, tmp_path / "run", "--set", "total_steps=abc"),
+               r"^error: config field total_steps = 'abc': expected an integer")
     assert not (tmp_path / "run").exists()
     assert cli.main(tiny_train_args(data, tmp_path / "run")) == 0
     for option in ("--num", "--steps", "--batch"):
-        with pytest.raises(SystemExit) as caught:
-            cli.main(["generate", str(tmp_path / "run"), option, "0", "--device", "cpu"])
-        assert caught.value.code == 2 and f"argument {option}: expected a positive integer, got '0'" in capsys.readouterr().err
+        user_error(capsys, ["generate", str(tmp_path / "run"), option, "0", "--device", "cpu"],
+                   re.escape(f"argument {option}: expected a positive integer, got '0'"))
 
 
-def test_bad_files_stop_training_before_the_first_step_naming_each(tmp_path):
+def test_bad_files_stop_training_before_the_first_step_naming_each(tmp_path, capsys):
     """With on_corrupt=raise (default) every file is decoded before the first step: a garbage file, a truncated
     one, and a colour image in a grayscale dataset are all named at once, and nothing is written."""
     from test_train_resume import write_png_dataset
@@ -177,9 +177,8 @@ def test_bad_files_stop_training_before_the_first_step_naming_each(tmp_path):
     data = write_png_dataset(tmp_path / "data", n=16, size=8)
     (data / "img00000003.png").write_bytes(b"hello")
     (data / "img00000011.png").write_bytes((data / "img00000011.png").read_bytes()[:60])
-    with pytest.raises(SystemExit, match=r"^error: 2 of 16 samples cannot be used: .*img00000003\.png.*"
-                                         r"img00000011\.png.*on_corrupt=skip"):
-        cli.main(tiny_train_args(data, tmp_path / "run"))
+    user_error(capsys, tiny_train_args(data, tmp_path / "run"), r"^error: 2 of 16 samples cannot be used: "
+               r".*img00000003\.png.*img00000011\.png.*on_corrupt=skip")
     assert not (tmp_path / "run").exists()
     assert cli.main(tiny_train_args(data, tmp_path / "run", "--set", "on_corrupt=skip")) == 0
 
@@ -198,7 +197,7 @@ def test_a_full_disk_is_one_line_naming_the_checkpoint(tmp_path):
               f"sys.exit(cli.main({tiny_train_args(data, tmp_path / 'run')!r}))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     last = done.stderr.strip().splitlines()[-1]
-    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert last.startswith(f"error: cannot write {tmp_path / 'run' / 'training-00000000.safetensors'}: File too large")
 
 

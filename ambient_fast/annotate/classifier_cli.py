@@ -17,33 +17,21 @@ from pathlib import Path
 
 import torch
 
-from .cli import _common, _ints, _setup, _with_base
+from ..errors import UserError, check_writable, positive_int, user_input
+from .cli import _aligned_base, _common, _ints, _setup, _with_base
 from .images import eprint, load_images
 
 RULES = ("calibrated", "paper")
 IF_UNINFORMATIVE = ("stop", "single", "per-sample")
 
 
-class UserError(SystemExit):
-    """A one-line error the user can act on: printed as "error: ..." without a traceback."""
-
-    def __init__(self, message: str):
-        super().__init__(f"error: {message}")
-
-
 def _fresh_output(path: str | Path, force: bool) -> Path:
-    """The output path, refused when it exists (unless --force) or its folder cannot be written, before any work."""
+    """The output path, refused when it exists (unless --force) or cannot be written, before any work; nothing is
+    created (a failed command leaves no folder behind)."""
     path = Path(path)
     if path.exists() and not force:
         raise UserError(f"{path} exists; pass --force to overwrite it or choose another --out")
-    probe = path.with_name(f".{path.name}.writable")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise UserError(f"cannot write {path}: {error.strerror or error}") from None
-    return path
+    return check_writable(path, "cannot write --out")
 
 
 def _steps_progress(folds: int, steps: int):
@@ -98,29 +86,31 @@ def _train_classifier(args) -> int:
     from .sigma_min import LevelGrid
 
     output = _fresh_output(args.out, args.force)
+    if args.batch_size < 2 or args.batch_size % 2:
+        raise UserError(f"--batch-size must be even and >= 2 (half clean, half corrupted); got {args.batch_size}")
+    with user_input("train-classifier options"):  # out-of-range values, before the images are read
+        grid = LevelGrid(args.sigma_lo, args.sigma_hi, args.levels)
+        train = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, p_mean=args.p_mean,
+                            p_std=args.p_std, uniform_fraction=args.uniform_fraction, augment=args.augment,
+                            sigma_lo=grid.sigma_lo,
+                            sigma_hi=grid.sigma_hi, seed=args.seed, log_every=max(1, args.steps // 20))
     device = _setup(args)
     clean, corrupted, sources = _training_sets(args)
     if tuple(clean.shape[1:]) != tuple(corrupted.shape[1:]):
         raise UserError(f"clean images are {tuple(clean.shape[1:])} but corrupted ones {tuple(corrupted.shape[1:])}")
-    config = ClassifierConfig(img_channels=clean.shape[1], img_resolution=clean.shape[2],
-                              model_channels=args.model_channels, channel_mult=args.channel_mult,
-                              num_blocks=args.num_blocks)
-    grid = LevelGrid(args.sigma_lo, args.sigma_hi, args.levels)
-    train = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, p_mean=args.p_mean,
-                        p_std=args.p_std, uniform_fraction=args.uniform_fraction, augment=args.augment,
-                        sigma_lo=grid.sigma_lo,
-                        sigma_hi=grid.sigma_hi, seed=args.seed, log_every=max(1, args.steps // 20))
+    with user_input("train-classifier options"):
+        config = ClassifierConfig(img_channels=clean.shape[1], img_resolution=clean.shape[2],
+                                  model_channels=args.model_channels, channel_mult=args.channel_mult,
+                                  num_blocks=args.num_blocks)
     eprint(f"classifier: {clean.shape[0]} clean (trusted) vs {corrupted.shape[0]} corrupted images, "
            f"{args.folds} folds (each classifier leaves one out), {args.steps} steps each")
     start = time.time()
     work_dir = output.with_name(output.name + ".parts")  # finished folds and the fold in progress: a rerun resumes
-    try:
-        classifiers = train_crossfit(clean, corrupted, folds=args.folds, config=config, train=train, grid=grid,
-                                     report_draws=args.report_draws, report_samples=args.report_samples,
-                                     device=device, progress=_steps_progress(args.folds, args.steps), log=eprint,
-                                     work_dir=work_dir, checkpoint_every=args.checkpoint_every)
-    except ValueError as error:
-        raise UserError(str(error)) from None
+    # Its input errors (too few images for the folds, parts of another training in OUT.parts) are UserErrors.
+    classifiers = train_crossfit(clean, corrupted, folds=args.folds, config=config, train=train, grid=grid,
+                                 report_draws=args.report_draws, report_samples=args.report_samples,
+                                 device=device, progress=_steps_progress(args.folds, args.steps), log=eprint,
+                                 work_dir=work_dir, checkpoint_every=args.checkpoint_every)
     save_classifier_set(classifiers, output, provenance={**sources, "seconds": time.time() - start})
     remove_work_dir(work_dir)
     print(classifiers.report.table())
@@ -154,15 +144,13 @@ def _sigma_min(args) -> int:
     from .resume import Shard, clear_parts, run_resumable
     from .sigma_min import LevelGrid, SigmaMinConfig, sigma_min_dense, sigma_min_fast
 
-    output = Path(args.out)
-    if output.exists() and not args.force:
-        raise UserError(f"{output} exists; pass --force to overwrite it or choose another --out")
+    output = _fresh_output(args.out, args.force)
     device = _setup(args)
     data = load_images(args.images, report=eprint)
-    try:
+    previous = _aligned_base(args.base, data, allow_missing=args.allow_missing)  # a bad --base stops before the work
+    with user_input(f"--classifier {args.classifier}", hint="give a checkpoint of `ambient-fast annotate "
+                                                           "train-classifier`"):
         classifiers = load_classifier_set(args.classifier, device=device)
-    except (ValueError, FileNotFoundError) as error:
-        raise UserError(str(error)) from None
     config_shape = (classifiers.config.img_channels, classifiers.config.img_resolution,
                     classifiers.config.img_resolution)
     if tuple(data.images.shape[1:]) != config_shape:
@@ -175,10 +163,11 @@ def _sigma_min(args) -> int:
         eprint("WARNING: this classifier has no held-out report: it scores images it trained on (in sample) and "
                "cannot be checked")
     mode, fallback = _check_informative(report, args.if_uninformative, args.mode)
-    grid = classifiers.grid if args.levels is None else LevelGrid(args.sigma_lo, args.sigma_hi, args.levels)
-    config = SigmaMinConfig(grid=grid, draws=args.draws, eps=args.eps, smooth_window=args.smooth_window,
-                            coarse_levels=args.coarse_levels, coarse_draws=args.coarse_draws, noise=args.noise,
-                            seed=args.seed, chunk=args.chunk)
+    with user_input("sigma-min options"):  # out-of-range values
+        grid = classifiers.grid if args.levels is None else LevelGrid(args.sigma_lo, args.sigma_hi, args.levels)
+        config = SigmaMinConfig(grid=grid, draws=args.draws, eps=args.eps, smooth_window=args.smooth_window,
+                                coarse_levels=args.coarse_levels, coarse_draws=args.coarse_draws, noise=args.noise,
+                                seed=args.seed, chunk=args.chunk)
     routing = classifiers.route(data.images, scoring=args.scoring)
     trusted = routing.trusted.clone()
     if args.trusted:
@@ -232,8 +221,8 @@ def _sigma_min(args) -> int:
             return 0
         scored = ~trusted
         provenance["forwards_per_image"] = float(columns["forwards"][scored].mean()) if bool(scored.any()) else 0.0
-    annotations = _with_base(args.base, data, sigma_min=columns["sigma_min"], sigma_max=None,
-                             provenance={"sigma_min": provenance}, allow_missing=args.allow_missing)
+    annotations = _with_base(previous, data, sigma_min=columns["sigma_min"], sigma_max=None,
+                             provenance={"sigma_min": provenance})
     annotations.save(output)
     if mode != "single":
         clear_parts(output)
@@ -299,8 +288,9 @@ def register(steps) -> None:
     p.add_argument("--out", required=True, help="checkpoint (.safetensors); the report figure goes beside it")
     p.add_argument("--force", action="store_true", help="overwrite --out")
     p.add_argument("--folds", type=int, default=3, help="cross-fitting folds k (k classifiers, each leaves one out)")
-    p.add_argument("--steps", type=int, default=defaults.steps, help="training steps per classifier")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="half clean, half corrupted")
+    p.add_argument("--steps", type=positive_int, default=defaults.steps, help="training steps per classifier")
+    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
+                   help="half clean, half corrupted (even)")
     p.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate")
     p.add_argument("--p-mean", type=float, default=defaults.p_mean, help="training levels: ln sigma ~ N(p_mean, p_std^2)")
     p.add_argument("--p-std", type=float, default=defaults.p_std)
@@ -311,14 +301,14 @@ def register(steps) -> None:
     p.add_argument("--levels", type=int, default=grid.levels, help="annotation grid: levels")
     p.add_argument("--sigma-lo", type=float, default=grid.sigma_lo, help="annotation grid: lowest level")
     p.add_argument("--sigma-hi", type=float, default=grid.sigma_hi, help="annotation grid: highest level")
-    p.add_argument("--report-draws", type=int, default=2, help="noise draws per level in the held-out report")
-    p.add_argument("--report-samples", type=int, default=512,
+    p.add_argument("--report-draws", type=positive_int, default=2, help="noise draws per level in the held-out report")
+    p.add_argument("--report-samples", type=positive_int, default=512,
                    help="held-out images per class and fold in the report and calibration")
-    p.add_argument("--model-channels", type=int, default=16)
-    p.add_argument("--channel-mult", type=_ints, default=(1, 2, 2))
-    p.add_argument("--num-blocks", type=int, default=1)
+    p.add_argument("--model-channels", type=positive_int, default=16, help="classifier width")
+    p.add_argument("--channel-mult", type=_ints, default=(1, 2, 2), help="width multiple per resolution")
+    p.add_argument("--num-blocks", type=positive_int, default=1, help="residual blocks per resolution")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=200,
+    p.add_argument("--checkpoint-every", type=positive_int, default=200,
                    help="steps between saves of the fold in training (OUT.parts/); a rerun resumes from there")
     p.add_argument("--no-figure", action="store_true", help="do not draw OUT.report.png / .svg")
     _common(p)
@@ -346,14 +336,14 @@ def register(steps) -> None:
     p.add_argument("--levels", type=int, default=None, help="grid levels (default: the classifier's grid)")
     p.add_argument("--sigma-lo", type=float, default=grid.sigma_lo, help="with --levels: lowest level")
     p.add_argument("--sigma-hi", type=float, default=grid.sigma_hi, help="with --levels: highest level")
-    p.add_argument("--draws", type=int, default=4, help="noise draws per level")
+    p.add_argument("--draws", type=positive_int, default=4, help="noise draws per level")
     p.add_argument("--eps", type=float, default=0.05, help="tau = 0.5 - eps")
     p.add_argument("--smooth-window", type=int, default=5, help="dense: moving average over this many levels")
     p.add_argument("--coarse-levels", type=int, default=5, help="fast: levels of the first bracket")
     p.add_argument("--coarse-draws", type=int, default=None, help="fast: draws per coarse level (default --draws)")
     p.add_argument("--noise", choices=("shared", "independent"), default="shared")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--chunk", type=int, default=4096, help="most classifier rows per forward (memory bound)")
-    p.add_argument("--unit", type=int, default=64, help="samples per resumable unit of work")
+    p.add_argument("--chunk", type=positive_int, default=4096, help="most classifier rows per forward (memory bound)")
+    p.add_argument("--unit", type=positive_int, default=64, help="samples per resumable unit of work")
     _common(p)
     p.set_defaults(func=_sigma_min)

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ..annotations import AnnotationMismatchError, Annotations
+from ..errors import UserError, check_writable, device_arg, nonnegative_int, positive_floats, positive_int, user_input
 from .images import eprint, load_images
 
 
@@ -49,9 +50,11 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="cpu", help="torch device (default cpu); 'cuda' without an index means "
-                                                          "cuda:LOCAL_RANK under torchrun (one GPU per rank)")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--device", type=device_arg, default="cpu",
+                        help="torch device (default cpu); 'cuda' without an index means cuda:LOCAL_RANK under "
+                             "torchrun (one GPU per rank)")
+    parser.add_argument("--threads", type=nonnegative_int, default=0,
+                        help="torch intra-op threads (0: torch's default)")
 
 
 def _setup(args) -> torch.device:
@@ -75,25 +78,28 @@ def _join_process_group(shard) -> bool:
     if shard.world_size == 1 or torch.distributed.is_initialized():
         return False
     if "MASTER_ADDR" not in os.environ:
-        raise SystemExit(f"error: --mode single with WORLD_SIZE={shard.world_size} needs torchrun (the ranks pool "
+        raise UserError(f"--mode single with WORLD_SIZE={shard.world_size} needs torchrun (the ranks pool "
                          "their per-level means through a process group); RANK / WORLD_SIZE alone shard only "
                          "--mode dense and fast")
     torch.distributed.init_process_group("gloo")
     return True
 
 
-def _with_base(base, data, *, sigma_min=None, sigma_max=None, provenance: dict,
-               allow_missing: bool = False) -> Annotations:
-    """New annotations for `data`: the column computed now, the other one from --base when given. A base that does
-    not cover `data` is refused unless allow_missing (its missing samples are then clean). Without a base an image
-    annotated by sigma-max alone is out-of-distribution data: sigma_min = inf, usable only below sigma_max
-    (Section 3.2); one annotated by sigma-min alone has no crops annotation (sigma_max = 0)."""
-    if base:
-        try:
-            previous = Annotations.load(base).aligned_to(data.sample_ids, data.keys, allow_missing=allow_missing,
-                                                         report=eprint)
-        except AnnotationMismatchError as error:
-            raise SystemExit(f"error: --base {base}: {error}") from None
+def _aligned_base(base, data, *, allow_missing: bool = False) -> Annotations | None:
+    """--base read and aligned to `data` before any work (None without one). A base that does not cover `data` is
+    refused unless allow_missing (its missing samples are then clean)."""
+    if not base:
+        return None
+    with user_input(f"--base {base}", AnnotationMismatchError):
+        return Annotations.load(base).aligned_to(data.sample_ids, data.keys, allow_missing=allow_missing, report=eprint)
+
+
+def _with_base(previous: Annotations | None, data, *, sigma_min=None, sigma_max=None,
+               provenance: dict) -> Annotations:
+    """New annotations for `data`: the column computed now, the other one from the --base file (_aligned_base) when
+    given. Without a base an image annotated by sigma-max alone is out-of-distribution data: sigma_min = inf, usable
+    only below sigma_max (Section 3.2); one annotated by sigma-min alone has no crops annotation (sigma_max = 0)."""
+    if previous is not None:
         sigma_min = previous.sigma_min if sigma_min is None else sigma_min
         sigma_max = previous.sigma_max if sigma_max is None else sigma_max
         provenance = {**previous.provenance, **provenance}
@@ -108,12 +114,17 @@ def _train_crops(args) -> int:
     from .classifier import TrainConfig
     from .crops import CropsClassifierConfig, save_crops_classifier, train_crops_classifier
 
+    check_writable(args.out, "--out")
     device = _setup(args)
     target, other = load_images(args.target, report=eprint), load_images(args.other, report=eprint)
-    config = CropsClassifierConfig(img_channels=target.images.shape[1], crop_sizes=args.crop_sizes,
-                                   model_channels=args.model_channels, channel_mult=args.channel_mult)
-    train = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                        log_every=max(1, args.steps // 20))
+    if tuple(target.images.shape[1:]) != tuple(other.images.shape[1:]):
+        raise UserError(f"--target images are {tuple(target.images.shape[1:])} but --other ones "
+                        f"{tuple(other.images.shape[1:])}; give images of one shape")
+    with user_input("train-crops options"):  # out-of-range values
+        config = CropsClassifierConfig(img_channels=target.images.shape[1], crop_sizes=args.crop_sizes,
+                                       model_channels=args.model_channels, channel_mult=args.channel_mult)
+        train = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                            log_every=max(1, args.steps // 20))
     model, history = train_crops_classifier(target.images, other.images, config=config, train=train, device=device,
                                             progress=_progress(args.steps, "train-crops"))
     save_crops_classifier(model, args.out, provenance={"target": str(args.target), "other": str(args.other),
@@ -126,17 +137,20 @@ def _sigma_max(args) -> int:
     from .crop_size import CropTable
     from .crops import annotate_sigma_max, load_crops_classifier
 
+    check_writable(args.out, "--out")
     device = _setup(args)
     data = load_images(args.images, report=eprint)
-    model = load_crops_classifier(args.classifier, device=device)
-    table = CropTable.load(args.crop_table)
+    with user_input(f"--classifier {args.classifier}", hint="give a checkpoint of `ambient-fast annotate train-crops`"):
+        model = load_crops_classifier(args.classifier, device=device)
+    with user_input(f"--crop-table {args.crop_table}", hint='give a JSON {"sigma": [...], "crop": [...]}'):
+        table = CropTable.load(args.crop_table)
+    previous = _aligned_base(args.base, data, allow_missing=args.allow_missing)
     sigma_max, scores = annotate_sigma_max(model, data.images, data.sample_ids, table, tau=args.tau,
                                            chunk=args.chunk, device=device)
     provenance = {"sigma_max": {"method": "crops-classifier", "classifier": str(args.classifier), "tau": args.tau,
                                 "crop_table": asdict(table),
                                 "mean_p_target": {str(k): float(v.mean()) for k, v in scores.items()}}}
-    _with_base(args.base, data, sigma_max=sigma_max, provenance=provenance, allow_missing=args.allow_missing
-               ).save(args.out)
+    _with_base(previous, data, sigma_max=sigma_max, provenance=provenance).save(args.out)
     eprint(f"wrote {args.out}: mean sigma_max {float(sigma_max.mean()):.4g}; mean P(target) per crop size "
            + ", ".join(f"{k}: {float(v.mean()):.3f}" for k, v in scores.items()))
     return 0
@@ -146,10 +160,11 @@ def _sigma_max(args) -> int:
 def _from_quality(args) -> int:
     from . import quality
 
+    check_writable(args.out, "--out")
     data = load_images(args.images, report=eprint) if args.images else None
     if args.source_level is not None:  # one level for a whole source (Section 5: synthetic data at sigma_min = 2)
         if data is None:
-            raise SystemExit("error: --source-level needs --images (the source's samples)")
+            raise UserError("--source-level needs --images (the source's samples)")
         sigma_min = torch.full((len(data.keys),), float(args.source_level), dtype=torch.float64)
         annotations = Annotations(data.sample_ids, sigma_min, torch.zeros_like(sigma_min), keys=data.keys,
                                   sources=[args.source_name], source=torch.zeros(len(data.keys), dtype=torch.int64),
@@ -157,40 +172,42 @@ def _from_quality(args) -> int:
                                               "source": args.source_name})
     else:
         if args.scores:
-            keys, scores = quality.load_scores(args.scores)
+            with user_input(f"--scores {args.scores}", ValueError, EOFError):
+                keys, scores = quality.load_scores(args.scores)
             metric = f"file:{args.scores}"
             if data is not None:
                 if keys is not None:
                     lookup = dict(zip(keys, scores.tolist()))
                     missing = [k for k in data.keys if k not in lookup]
                     if missing:
-                        raise SystemExit(f"error: {len(missing)} images have no score in {args.scores} "
+                        raise UserError(f"{len(missing)} images have no score in {args.scores} "
                                          f"(first: {missing[:3]})")
                     scores = [lookup[k] for k in data.keys]
                 elif len(scores) != len(data.keys):
-                    raise SystemExit(f"error: {args.scores} has {len(scores)} scores for {len(data.keys)} images")
+                    raise UserError(f"{args.scores} has {len(scores)} scores for {len(data.keys)} images")
                 ids, keys = data.sample_ids, data.keys
             else:
                 ids = torch.arange(len(scores))
         elif args.metric:
             if data is None:
-                raise SystemExit("error: --metric needs --images")
+                raise UserError("--metric needs --images")
             if args.metric == "clip-iqa":
                 if not args.clip_dir:
-                    raise SystemExit("error: --metric clip-iqa needs --clip-dir (local CLIP weights; never downloaded)")
+                    raise UserError("--metric clip-iqa needs --clip-dir (local CLIP weights; never downloaded)")
                 scorer = quality.ClipIQA(args.clip_dir)
             else:
                 scorer = quality.BUILTIN_SCORES[args.metric]
             scores = torch.cat([scorer(data.images[i:i + 256]) for i in range(0, len(data.keys), 256)])
             ids, keys, metric = data.sample_ids, data.keys, args.metric
         else:
-            raise SystemExit("error: give --scores FILE, --metric NAME or --source-level SIGMA")
+            raise UserError("give --scores FILE, --metric NAME or --source-level SIGMA")
         scores = torch.as_tensor(scores, dtype=torch.float64)
         if args.lower_is_better:
             scores = -scores
-        annotations = quality.annotations_from_quality(ids, scores, fraction=args.fraction, sigma=args.sigma,
-                                                       keys=keys, metric=metric,
-                                                       lower_is_better=bool(args.lower_is_better))
+        with user_input("from-quality"):  # --fraction / --sigma out of range, NaN scores
+            annotations = quality.annotations_from_quality(ids, scores, fraction=args.fraction, sigma=args.sigma,
+                                                           keys=keys, metric=metric,
+                                                           lower_is_better=bool(args.lower_is_better))
     annotations.save(args.out)
     eprint(f"wrote {args.out}: {int((annotations.sigma_min > 0).sum())} of {len(annotations)} samples get "
            f"sigma_min > 0")
@@ -201,13 +218,21 @@ def _from_quality(args) -> int:
 def _measure_crop_size(args) -> int:
     from .crop_size import measure_crop_size
 
+    out = check_writable(args.out, "--out")
+    check_writable(out.with_suffix(".losses.json"), "--out (its .losses.json)")
     _setup(args)
     module_name, _, function_name = args.denoiser.partition(":")
     if not function_name:
-        raise SystemExit("error: --denoiser must be module:function (a factory returning D(x, sigma))")
-    factory = getattr(importlib.import_module(module_name), function_name)
-    denoiser = factory(*args.denoiser_arg)
+        raise UserError("--denoiser must be module:function (a factory returning D(x, sigma))")
+    with user_input(f"--denoiser {args.denoiser}", ImportError, AttributeError,
+                    hint="give module:function of an importable factory returning D(x, sigma)"):
+        factory = getattr(importlib.import_module(module_name), function_name)
     data = load_images(args.images, report=eprint)
+    size = data.images.shape[-1]
+    if data.images.shape[-2] != size or args.patch > size or args.eps < 0:
+        raise UserError(f"measure-crop-size needs square images, --patch in [1, {size}] and --eps >= 0; got images "
+                        f"{tuple(data.images.shape[1:])}, --patch {args.patch}, --eps {args.eps}")
+    denoiser = factory(*args.denoiser_arg)
     measurement = measure_crop_size(denoiser, data.images[: args.max_images], sigmas=args.sigmas,
                                     patch=args.patch, eps=args.eps, seed=args.seed)
     measurement.table.save(args.out)
@@ -222,10 +247,15 @@ def _show(args) -> int:
     from .report import ClassifierReport, plot_report
     from .show import plot, summary
 
+    if args.png:
+        check_writable(args.png, "--png")
+        if not 0 < args.sigma_lo < args.sigma_hi:
+            raise UserError(f"need 0 < --sigma-lo < --sigma-hi; got {args.sigma_lo}, {args.sigma_hi}")
     if _is_classifier_checkpoint(args.annotations):  # a noise classifier: its held-out report
         from .crossfit import load_classifier_set
 
-        classifiers = load_classifier_set(args.annotations)
+        with user_input(str(args.annotations)):
+            classifiers = load_classifier_set(args.annotations)
         print(f"{args.annotations}: {classifiers.folds} noise classifier(s), {classifiers.config}")
         if classifiers.report is None:
             print("no held-out report (one classifier trained on everything, by an older ambient_fast)")
@@ -265,12 +295,11 @@ def _merge(args) -> int:
     """Files annotating disjoint samples of one dataset (per source, per step) -> one file (Annotations.merge)."""
     output = Path(args.out)
     if output.exists() and not args.force:
-        raise SystemExit(f"error: {output} exists; pass --force to overwrite it")
-    try:
-        merged = Annotations.merge([Annotations.load(path) for path in args.files], names=[str(p) for p in args.files])
-    except (ValueError, FileNotFoundError) as error:  # overlapping ids, inconsistent keys, missing or unreadable
-        # files: one line, no traceback
-        raise SystemExit(f"error: {error}") from None
+        raise UserError(f"{output} exists; pass --force to overwrite it")
+    check_writable(output, "--out")
+    tables = [Annotations.load(path) for path in args.files]  # a missing or unreadable file: a UserError naming it
+    with user_input(hint="merge files of disjoint samples of one dataset"):  # overlapping ids, inconsistent keys
+        merged = Annotations.merge(tables, names=[str(p) for p in args.files])
     merged.save(output)
     print(f"merged {len(args.files)} files: {len(merged)} samples -> {output}")
     return 0
@@ -291,10 +320,10 @@ def register(subparsers) -> None:
     p.add_argument("--other", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--crop-sizes", type=_ints, default=(4, 8))
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=positive_int, default=2000)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--model-channels", type=int, default=16)
+    p.add_argument("--model-channels", type=positive_int, default=16)
     p.add_argument("--channel-mult", type=_ints, default=(1, 2))
     p.add_argument("--seed", type=int, default=0)
     _common(p)
@@ -309,8 +338,8 @@ def register(subparsers) -> None:
                                   "the images are used only below their sigma_max, Section 3.2)")
     p.add_argument("--allow-missing", action="store_true",
                    help="accept a --base file that does not cover the images (its missing samples are clean)")
-    p.add_argument("--tau", type=float, default=0.45)
-    p.add_argument("--chunk", type=int, default=4096)
+    p.add_argument("--tau", type=float, default=0.45, help="P(target) threshold of a crop size")
+    p.add_argument("--chunk", type=positive_int, default=4096, help="most crops per classifier call (memory bound)")
     _common(p)
     p.set_defaults(func=_sigma_max)
 
@@ -331,12 +360,12 @@ def register(subparsers) -> None:
     p.add_argument("--denoiser", required=True, help="module:function returning a callable D(x, sigma)")
     p.add_argument("--denoiser-arg", action="append", default=[], help="argument for the factory (repeatable)")
     p.add_argument("--images", required=True)
-    p.add_argument("--sigmas", type=lambda t: [float(v) for v in t.split(",")], required=True)
-    p.add_argument("--patch", type=int, default=2)
+    p.add_argument("--sigmas", type=positive_floats, required=True, help="noise levels, comma-separated")
+    p.add_argument("--patch", type=positive_int, default=2, help="side of the centre patch whose loss is measured")
     p.add_argument("--eps", type=float, default=PAPER_EPS,
                    help="relative tolerance to the full-image loss (the paper's 1e-3; see docs/annotation.md for "
                         "when the Monte-Carlo noise of a small image set cannot resolve it)")
-    p.add_argument("--max-images", type=int, default=256)
+    p.add_argument("--max-images", type=positive_int, default=256, help="images used (the first ones)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="crop table (.json)")
     _common(p)

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from ..annotations import read_safetensors, write_safetensors
+from ..errors import UserError
 from .calibration import CalibratedPredict, Calibration, fit_platt
 from .classifier import (CHECKPOINT_FORMAT, ClassifierConfig, NoiseClassifier, Resume, TrainConfig,
                          read_checkpoint, train_classifier)
@@ -174,10 +175,11 @@ def train_crossfit(clean: torch.Tensor, corrupted: torch.Tensor, *, folds: int =
     where the last one stopped, bit-identically; other data or settings are refused. The caller removes the
     folder once the set is saved (remove_work_dir)."""
     if folds < 2:
-        raise ValueError(f"cross-fitting needs folds >= 2 (each classifier leaves one out); got {folds}")
+        raise UserError(f"cross-fitting needs folds >= 2 (each classifier leaves one out); got {folds}")
     for name, images in (("clean", clean), ("corrupted", corrupted)):
         if images.shape[0] < folds:
-            raise ValueError(f"{images.shape[0]} {name} images cannot fill {folds} folds: need at least {folds}")
+            raise UserError(f"{images.shape[0]} {name} images cannot fill {folds} folds: need at least {folds} (give "
+                            "more images or fewer --folds)")
     digests = {"clean": content_digests(clean), "corrupted": content_digests(corrupted)}
     table = FoldTable.deal(digests["clean"], digests["corrupted"], folds, seed=train.seed)
     fold_of = {"clean": table.folds[:clean.shape[0]], "corrupted": table.folds[clean.shape[0]:]}
@@ -252,8 +254,8 @@ class _WorkDir:
         stamp = self.path / "run.json"
         text = json.dumps({"fingerprint": self.fingerprint})
         if stamp.is_file() and stamp.read_text() != text:
-            raise ValueError(f"{self.path} holds partial results of a different classifier training (data or settings "
-                             "changed); delete that folder to start over")
+            raise UserError(f"{self.path} holds partial results of a different classifier training (data or settings "
+                            "changed); delete that folder to start over")
         stamp.write_text(text)
 
     def resume(self, fold: int, every: int) -> Resume:

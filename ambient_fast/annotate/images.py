@@ -1,6 +1,8 @@
 """Images for annotation: a folder or .zip of image files (read by ambient_fast.data, so ids and keys are the
 training data's: index in sorted file order, relative POSIX name), an .npz archive, or an in-memory tensor.
-An unreadable file is reported and skipped: its id stays reserved and it gets no annotation row.
+An unreadable file is reported and skipped: its id stays reserved and it gets no annotation row. A source that
+cannot be read at all (no readable image, an empty or truncated .npz, images of the wrong dtype or shape) raises
+UserError (a ValueError) naming it.
 
 An EDM2 latent dataset (.npy posterior [mean, std]) is read as the trainer feeds it to the network: a posterior
 sample standardised per channel (ambient_fast.data.latents, shared with the trainer), so the classifiers see what
@@ -9,6 +11,7 @@ the denoiser is trained on and sigma_min / sigma_max come out in the trainer's u
 from __future__ import annotations
 
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 
 from ..data.latents import PIXELS, latent_space, posterior_noise, standardise_latents
+from ..errors import UserError
 
 
 @dataclass
@@ -72,7 +76,7 @@ def load_folder(folder: str | Path, *, report=print, latents: LatentReading = La
         ids.append(index)
         keys.append(dataset.keys[index])
     if not images:
-        raise ValueError(f"no readable image in {folder}")
+        raise UserError(f"no readable image in {folder}; give a folder, zip or .npz of images")
     stacked = torch.stack(images)
     space = latent_space(stacked.shape[1]) if dataset.is_latent else PIXELS
     return ImageSet(stacked, torch.tensor(ids, dtype=torch.int64), keys, skipped, space)
@@ -81,30 +85,41 @@ def load_folder(folder: str | Path, *, report=print, latents: LatentReading = La
 def load_npz(path: str | Path) -> ImageSet:
     """An .npz with `images` ([N, C, H, W] float in [-1, 1], or [N, H, W, C] uint8) and optional `sample_ids`, `keys`."""
     path = Path(path)
-    with np.load(path, allow_pickle=False) as archive:
-        if "images" not in archive:
-            raise ValueError(f"{path} has no array named 'images' (found: {sorted(archive.files)})")
-        array = archive["images"]
-        ids = archive["sample_ids"] if "sample_ids" in archive else np.arange(len(array))
-        keys = [str(k) for k in archive["keys"]] if "keys" in archive else [f"{i}" for i in ids]
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if "images" not in archive:
+                raise UserError(f"{path} has no array named 'images' (found: {sorted(archive.files)}); give an .npz "
+                                "with 'images' [N, C, H, W] float in [-1, 1] or [N, H, W, C] uint8")
+            array = archive["images"]
+            ids = archive["sample_ids"] if "sample_ids" in archive else np.arange(len(array))
+            keys = [str(k) for k in archive["keys"]] if "keys" in archive else [f"{i}" for i in ids]
+    except UserError:
+        raise
+    except (EOFError, zipfile.BadZipFile, ValueError) as error:  # empty, truncated, or not an .npz at all
+        raise UserError(f"{path} is not a readable .npz archive ({error}); it may be empty or truncated") from error
     if array.ndim != 4:
-        raise ValueError(f"{path}: images must be 4-D; got shape {array.shape}")
+        raise UserError(f"{path}: images must be 4-D, [N, C, H, W] float or [N, H, W, C] uint8; got shape "
+                        f"{array.shape}")
     if array.dtype == np.uint8:
         images = from_uint8(array)
-    else:
+    elif np.issubdtype(array.dtype, np.floating):
         images = torch.from_numpy(array.astype(np.float32))
+    else:
+        raise UserError(f"{path}: images have dtype {array.dtype}; give float [N, C, H, W] in [-1, 1] or uint8 "
+                        "[N, H, W, C]")
     return from_tensor(images, torch.as_tensor(ids, dtype=torch.int64), keys)
 
 
 def from_tensor(images: torch.Tensor, sample_ids: torch.Tensor | None = None, keys: list[str] | None = None) -> ImageSet:
     if images.dim() != 4 or not images.is_floating_point():
-        raise ValueError(f"images must be a float tensor [N, C, H, W] in [-1, 1]; got {images.dtype} {tuple(images.shape)}")
+        raise UserError(f"images must be a float tensor [N, C, H, W] in [-1, 1]; got {images.dtype} "
+                        f"{tuple(images.shape)}")
     ids = torch.arange(images.shape[0]) if sample_ids is None else torch.as_tensor(sample_ids, dtype=torch.int64)
     if ids.shape != (images.shape[0],):
-        raise ValueError(f"sample_ids must be [{images.shape[0]}]; got {tuple(ids.shape)}")
+        raise UserError(f"sample_ids must be [{images.shape[0]}]; got {tuple(ids.shape)}")
     keys = [str(int(i)) for i in ids] if keys is None else list(keys)
     if len(keys) != images.shape[0]:
-        raise ValueError(f"keys has {len(keys)} entries for {images.shape[0]} images")
+        raise UserError(f"keys has {len(keys)} entries for {images.shape[0]} images")
     return ImageSet(images.float(), ids, keys, [])
 
 

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UserError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")  # Pillow modes without colour
 LATENT_SUFFIXES = (".npy",)
@@ -130,7 +132,8 @@ class ArrayDataset(torch.utils.data.Dataset):
             raise CorruptSampleError(f"{len(problems)} of {len(self)} samples cannot be used: {'; '.join(problems)}; "
                                      f"{advice}")
         if self.excluded.all():
-            raise CorruptSampleError("no readable sample in the dataset")
+            raise CorruptSampleError(f"no readable sample in the dataset: all {len(self)} are unreadable (first: "
+                                     f"{self._where(0)}); {advice}")
         self.verified = True
         return bad
 
@@ -195,10 +198,11 @@ class FileDataset(ArrayDataset):
         names = sorted(self._list_names())
         files = [n for n in names if n.lower().endswith(IMAGE_SUFFIXES + LATENT_SUFFIXES)]
         if not files:
-            raise ValueError(f"{self.path} holds no {IMAGE_SUFFIXES + LATENT_SUFFIXES} files")
+            raise UserError(f"{self.path} holds no {IMAGE_SUFFIXES + LATENT_SUFFIXES} files; give a folder or zip of "
+                            "images or .npy latents")
         kinds = {name.lower().endswith(LATENT_SUFFIXES) for name in files}
         if len(kinds) > 1:
-            raise ValueError(f"{self.path} mixes images and .npy latents; keep one kind per dataset")
+            raise UserError(f"{self.path} mixes images and .npy latents; keep one kind per dataset")
         self.is_latent = kinds.pop()
         labels = self._read_labels(files, names) if use_labels else None
         super().__init__(files, labels, on_error=on_error)
@@ -218,7 +222,10 @@ class FileDataset(ArrayDataset):
                 raise UnsafeNameError(f"{self.path}: member {unsafe[0]!r} (and {len(unsafe) - 1} more) has an absolute "
                                       "path or climbs out with '..'; refusing the zip: rebuild it with relative names")
             return names
-        raise ValueError(f"{self.path} is neither a directory nor a zip file")
+        if self.path.suffix.lower() in IMAGE_SUFFIXES + LATENT_SUFFIXES:
+            raise UserError(f"{self.path} is one file; give the folder or zip that holds the dataset's files")
+        raise UserError(f"{self.path} is neither a folder nor a readable zip file (an empty or truncated zip is "
+                        "neither); give a dataset folder or zip")
 
     def _read_bytes(self, name: str) -> bytes:
         if self.path.is_dir():
@@ -251,19 +258,23 @@ class FileDataset(ArrayDataset):
         try:
             table = json.loads(self._read_bytes("dataset.json")).get("labels")
         except (ValueError, AttributeError) as error:
-            raise ValueError(f"{self.path}/dataset.json is not valid JSON with a 'labels' list: {error}") from error
+            raise UserError(f"{self.path}/dataset.json is not valid JSON with a 'labels' list: {error}") from error
         if table is None:
             return None
         by_name = {name: label for name, label in table}
         missing = [f for f in files if f not in by_name]
         if missing:
-            raise ValueError(f"dataset.json has no label for {len(missing)} files (first: {missing[:3]})")
+            raise UserError(f"{self.path}/dataset.json has no label for {len(missing)} files (first: {missing[:3]}); "
+                            "label every file, or remove dataset.json's 'labels'")
         return np.array([by_name[f] for f in files], np.int64)
 
     def _load(self, index: int) -> torch.Tensor:
         data = self._read_bytes(self.keys[index])
         if self.is_latent:
-            return torch.from_numpy(np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32))
+            array = np.load(io.BytesIO(data), allow_pickle=False)
+            if array.dtype.kind not in "fiu" or array.ndim != 3:  # complex would lose its imaginary part silently
+                raise ValueError(f"latents are real arrays [2C, H, W]; got {array.dtype} {array.shape}")
+            return torch.from_numpy(array.astype(np.float32))
         from PIL import Image, UnidentifiedImageError
 
         try:

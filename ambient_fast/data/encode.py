@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UserError
 from .dataset import FileDataset, UnsafeNameError, collate
 
 MANIFEST = "encode.json"
@@ -252,7 +253,7 @@ def encode_dataset(source: str | Path, destination: str | Path, *, vae_dir: str 
     source, destination, vae_dir = Path(source), Path(destination), Path(vae_dir)
     dataset = FileDataset(source, on_error="raise")
     if dataset.is_latent:
-        raise ValueError(f"{source} already holds latents")
+        raise UserError(f"{source} already holds latents (.npy files); give a dataset of images")
     _check_vae_dir(vae_dir)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -263,8 +264,8 @@ def encode_dataset(source: str | Path, destination: str | Path, *, vae_dir: str 
                               f"{destination}; refusing to encode: rebuild the source with relative names")
     if len(set(npy_names)) != len(npy_names):
         clash = sorted(name for name, n in Counter(npy_names).items() if n > 1)[:3]
-        raise ValueError(f"{source} has images whose names differ only by extension (e.g. {clash}); they would "
-                         "share one .npy")
+        raise UserError(f"{source} has images whose names differ only by extension (e.g. {clash}); they would "
+                        "share one .npy: rename them")
     identity = _identity(dataset, source, vae_dir)
     as_zip = destination.suffix.lower() == ".zip"
     work = destination.with_name(destination.name + ".partial") if as_zip else destination

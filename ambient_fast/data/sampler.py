@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..buffer import DEFAULT_MAX_WEIGHT, buffer_factor, select_sigma_tn
+from ..errors import UserError
 
 
 @dataclass
@@ -73,7 +74,7 @@ class AmbientSampler:
             return
         lo, hi = gap
         mass = _lognormal_cdf(hi, self.p_mean, self.p_std) - _lognormal_cdf(lo, self.p_mean, self.p_std)
-        raise ValueError(
+        raise UserError(  # the annotations leave noise levels without data: the user's to fix
             f"no sample is usable at noise levels in [{lo:.4g}, {hi:.4g}] ({100 * mass:.3g}% of the training "
             f"log-normal N({self.p_mean}, {self.p_std}^2) in ln sigma). Add clean data (sigma_min = 0), lower the "
             f"annotations, or annotate crops (sigma_max) up to {hi:.4g}; buffer factor b = {self.b:.4f}."

@@ -27,6 +27,7 @@ import torch
 from ..annotate.crop_size import CropMeasurement, CropTable
 from ..buffer import buffer_factor
 from ..corruptions import make_corruption
+from ..errors import UserError
 from .configs import Arm, Experiment
 from .mixed_dataset import (
     MixedDataset, load_images, load_labels, make_mixed_dataset, make_out_of_distribution_dataset,
@@ -113,12 +114,13 @@ def load_data(experiment: Experiment, *, data_path=None, test_path=None
                                                           test_count=data.test_count or 1000))
         return loaded.train, loaded.test, loaded.train_labels, loaded.test_labels
     if data_path is None or test_path is None:
-        raise ValueError(f"experiment {experiment.name!r} reads your data: pass data_path (the clean training set, "
-                         "e.g. CIFAR-10 train as an EDM2 folder / zip / .npz) and test_path (its test set)")
+        raise UserError(f"experiment {experiment.name!r} reads your data: pass data_path (the clean training set, "
+                        "e.g. CIFAR-10 train as an EDM2 folder / zip / .npz; CLI --data) and test_path (its test "
+                        "set; CLI --test)")
     train, test = load_images(data_path), load_images(test_path)
     if train.shape[-1] != data.resolution_px:
-        raise ValueError(f"{data_path} holds {train.shape[-1]} px images; experiment {experiment.name!r} expects "
-                         f"{data.resolution_px} px")
+        raise UserError(f"{data_path} holds {train.shape[-1]} px images; experiment {experiment.name!r} expects "
+                        f"{data.resolution_px} px")
     if not (data.target_classes or data.extra_classes):
         return train, test, None, None
     return train, test, load_labels(data_path), load_labels(test_path)
@@ -128,12 +130,12 @@ def _of_classes(images: torch.Tensor, labels: torch.Tensor | None, classes: tupl
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(images of `classes`, their row indices); a clear error when there are no labels or no such image."""
     if labels is None:
-        raise ValueError(f"the {what} has no class labels (dataset.json 'labels' or an .npz 'labels' array), which "
-                         f"target_classes / extra_classes need")
+        raise UserError(f"the {what} has no class labels (dataset.json 'labels' or an .npz 'labels' array), which "
+                        f"target_classes / extra_classes need")
     rows = torch.nonzero(torch.isin(labels, torch.tensor(classes, dtype=labels.dtype))).flatten()
     if rows.numel() == 0:
-        raise ValueError(f"the {what} has no image of classes {list(classes)} (its labels: "
-                         f"{sorted(set(labels.tolist()))[:20]})")
+        raise UserError(f"the {what} has no image of classes {list(classes)} (its labels: "
+                        f"{sorted(set(labels.tolist()))[:20]})")
     return images[rows], rows
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from ..corruptions import Corruption, to_uint8
+from ..errors import UserError
 
 
 @dataclass
@@ -134,20 +136,35 @@ def load_images(path: str | Path) -> torch.Tensor:
     'images' (else first) array, uint8 [N, H, W, C] or float [N, C, H, W] in [-1, 1]."""
     path = Path(path)
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as archive:
-            key = "images" if "images" in archive.files else archive.files[0]
-            array = archive[key]
+        key, array = _npz_images(path)
         if array.dtype == np.uint8:
             if array.ndim != 4:
-                raise ValueError(f"{path}[{key!r}] must be uint8 [N, H, W, C], got shape {array.shape}")
+                raise UserError(f"{path}[{key!r}] must be uint8 [N, H, W, C], got shape {array.shape}")
             return torch.from_numpy(array).permute(0, 3, 1, 2).float() / 127.5 - 1
+        if not np.issubdtype(array.dtype, np.floating):
+            raise UserError(f"{path}[{key!r}] has dtype {array.dtype}; images are uint8 [N, H, W, C] or float "
+                            "[N, C, H, W] in [-1, 1]")
         if array.ndim != 4:
-            raise ValueError(f"{path}[{key!r}] must be float [N, C, H, W] in [-1, 1], got shape {array.shape}")
+            raise UserError(f"{path}[{key!r}] must be float [N, C, H, W] in [-1, 1], got shape {array.shape}")
         return torch.from_numpy(array.astype(np.float32))
     from ..data.dataset import FileDataset
 
     dataset = FileDataset(path, use_labels=False)
     return torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+
+
+def _npz_images(path: Path) -> tuple[str, np.ndarray]:
+    """(name, array) of an .npz's 'images' array (else its first), with a clear error for an unreadable archive."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not archive.files:
+                raise UserError(f"{path} holds no array; give an .npz with an 'images' array")
+            key = "images" if "images" in archive.files else archive.files[0]
+            return key, archive[key]
+    except UserError:
+        raise
+    except (EOFError, zipfile.BadZipFile, ValueError) as error:  # empty, truncated, or not an .npz at all
+        raise UserError(f"{path} is not a readable .npz archive ({error}); it may be empty or truncated") from error
 
 
 def load_labels(path: str | Path) -> torch.Tensor | None:

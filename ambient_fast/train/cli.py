@@ -2,28 +2,16 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import warnings
 from pathlib import Path
 
 import torch
 
-from ..annotations import AnnotationMismatchError
-from ..data.dataset import CorruptSampleError, UnsafeNameError
-from .checkpoint import CorruptCheckpointError
-from .config import ConfigError
+from ..errors import UserError, check_writable, device_arg, nonnegative_int, user_input
 
-# Errors that name a problem the user can fix (bad input, files, disk): shown as one "error: ..." line, no traceback.
-USER_ERRORS = (AnnotationMismatchError, ConfigError, CorruptCheckpointError, CorruptSampleError, UnsafeNameError, OSError)
-
-
-@contextlib.contextmanager
-def _one_line(*errors):
-    try:
-        yield
-    except errors as error:
-        raise SystemExit(f"error: {error}") from None
+# Errors the user can fix (a missing path, unreadable checkpoints, misaligned annotations, a full disk...) reach
+# ambient_fast.cli.main, which prints them as one "error: ..." line (its docstring has the rule).
 
 
 def register(subparsers) -> None:
@@ -35,7 +23,8 @@ def register(subparsers) -> None:
                        help="accept an annotation file that misses samples (they train as clean), holds ids the "
                             "dataset lacks or has no keys (default: refuse it); the coverage line counts them")
     train.add_argument("--run-dir", required=True, help="checkpoints, EMA snapshots and metrics.jsonl go here")
-    train.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when CUDA is available, else cpu")
+    train.add_argument("--device", type=device_arg, default=None,
+                       help="default: cuda:LOCAL_RANK when CUDA is available, else cpu")
     train.add_argument("--restart", action="store_true",
                        help="when RUN_DIR holds checkpoints and none can be read, start over from step 0, moving the "
                             "old run's files to RUN_DIR/before-restart-N/ (never deleted); default: stop and name "
@@ -52,7 +41,7 @@ def register(subparsers) -> None:
     generate.add_argument("--num", type=_positive_int, default=64, help="number of samples")
     generate.add_argument("--steps", type=_positive_int, default=32, help="Heun steps (2 * steps - 1 network evaluations)")
     generate.add_argument("--batch", type=_positive_int, default=64, help="samples per network call")
-    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--seed", type=int, default=0, help="seed of the noise and the random classes")
     generate.add_argument("--class-label", type=int, default=None, help="fixed class (default: random classes)")
     generate.add_argument("--guide", default=None, help="run directory or checkpoint of the guiding network")
     generate.add_argument("--guidance", type=float, default=1.0, help="guidance weight w (1 = none)")
@@ -60,24 +49,27 @@ def register(subparsers) -> None:
                           "samples-ema0.05.png, in the run directory or the checkpoint's folder)")
     generate.add_argument("--npz", default=None, help="samples as float32 'samples' (+ uint8 'images', 'labels'); "
                           "default: RUN/samples-<weights>.npz beside the PNG")
-    generate.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    generate.add_argument("--cpu-threads", type=int, default=0,
+    generate.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
+                          help="torch device (default: cuda when available, else cpu)")
+    generate.add_argument("--cpu-threads", type=nonnegative_int, default=0,
                           help="torch.set_num_threads for this command (0 = unchanged; 1 is often fastest on a busy CPU)")
     generate.set_defaults(func=_generate)
 
-    dataset = subparsers.add_parser("dataset", help="dataset tools").add_subparsers(dest="dataset_command", metavar="ACTION")
+    dataset = subparsers.add_parser("dataset", help="dataset tools").add_subparsers(
+        dest="dataset_command", metavar="ACTION", required=True)
     encode = dataset.add_parser("encode", help="images -> EDM2 latents (posterior mean and std) with a local VAE "
                                 "(resumes when rerun into the same destination)")
     encode.add_argument("source", help="image dataset directory or zip")
     encode.add_argument("destination", help="latent dataset directory, or a zip when it ends in .zip (built in "
                         "DESTINATION.partial/ and zipped at the end)")
     encode.add_argument("--vae", required=True, help="diffusers AutoencoderKL directory on this machine")
-    encode.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    encode.add_argument("--batch-size", type=_positive_int, default=16)
+    encode.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="torch device (default: cuda when available, else cpu)")
+    encode.add_argument("--batch-size", type=_positive_int, default=16, help="images per VAE call")
     encode.set_defaults(func=_encode)
     info = dataset.add_parser("info", help="size, shape, labels, unreadable files, annotation coverage")
-    info.add_argument("source")
-    info.add_argument("--annotations", default=None)
+    info.add_argument("source", help="dataset directory or zip (EDM2 format, images or .npy latents)")
+    info.add_argument("--annotations", default=None, help="annotation file (safetensors) whose coverage to check")
     info.add_argument("--allow-missing", action="store_true",
                       help="accept an annotation file that does not cover the dataset (missing samples are clean)")
     info.add_argument("--verify", action="store_true", help="decode every file and list the unreadable ones")
@@ -116,17 +108,17 @@ def _train(args) -> int:
     from .config import preset
     from .loop import train
 
+    check_writable(args.run_dir, "--run-dir", folder=True)
     overrides = {"data": args.data, "annotations": args.annotations}
     if args.allow_missing:  # only when given: --set allow_missing=... and presets stay in charge otherwise
         overrides["allow_missing"] = True
     for item in args.set:
         if "=" not in item:
-            raise SystemExit(f"error: --set expects FIELD=VALUE, got {item!r}")
+            raise UserError(f"--set expects FIELD=VALUE (e.g. --set total_steps=500), got {item!r}")
         name, value = item.split("=", 1)
         overrides[name.strip()] = _parse_value(value)
     try:
-        with _one_line(*USER_ERRORS):
-            train(preset(args.preset, **overrides), run_dir=args.run_dir, device=args.device, restart=args.restart)
+        train(preset(args.preset, **overrides), run_dir=args.run_dir, device=args.device, restart=args.restart)
     finally:
         distributed.shutdown()
     return 0
@@ -135,11 +127,18 @@ def _train(args) -> int:
 def _generate(args) -> int:
     from ..sampling import heun_sample, load_denoiser, save_outputs
 
+    for path, option in ((args.png, "--png"), (args.npz, "--npz")):  # before sampling, not after
+        if path:
+            check_writable(path, option)
+    if args.png and Path(args.png).suffix.lower() != ".png":
+        raise UserError(f"--png {args.png}: the grid is written as PNG; give a name ending in .png")
+    if args.guidance != 1 and not args.guide:
+        raise UserError(f"--guidance {args.guidance} needs --guide (the guiding network); without it use 1")
     device = torch.device(args.device)
     if args.cpu_threads:
         print(f"setting torch.set_num_threads({args.cpu_threads}) for this command")
         torch.set_num_threads(args.cpu_threads)
-    with _one_line(*USER_ERRORS), warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         denoiser, meta = load_denoiser(args.source, ema_std=args.ema, device=device)
         print(f"sampling {args.source}: {meta['weights']}")
@@ -155,11 +154,17 @@ def _generate(args) -> int:
     weights = "raw" if args.ema == "raw" else f"ema{meta['config']['ema_stds'][0] if args.ema == 'tracked' else args.ema:g}"
     npz = Path(args.npz) if args.npz else run / f"samples-{weights}.npz"
     png = None if is_latent else Path(args.png) if args.png else run / f"samples-{weights}.png"
+    for path, option in ((npz, "--npz"), (png, "--png")):  # the defaults in the run's folder too
+        if path is not None:
+            check_writable(path, option)
+    label_dim = meta["label_dim"]
+    if args.class_label is not None and not 0 <= args.class_label < label_dim:
+        raise UserError(f"--class-label {args.class_label}: " + (f"this model has classes 0..{label_dim - 1}"
+                        if label_dim else "this model is unconditional; leave --class-label out"))
     shape = (meta["img_channels"], meta["img_resolution"], meta["img_resolution"])
     print(f"generating {args.num} samples {shape}, {args.steps} Heun steps, seed {args.seed}, guidance "
           f"{args.guidance}, on {device}")
     generator = torch.Generator().manual_seed(args.seed)
-    label_dim = meta["label_dim"]
     samples, labels = [], []
     for start in range(0, args.num, args.batch):
         n = min(args.batch, args.num - start)
@@ -172,34 +177,39 @@ def _generate(args) -> int:
         samples.append(heun_sample(denoiser, noise, class_labels=batch_labels, num_steps=args.steps, guide=guide,
                                    guidance=args.guidance).cpu())
     samples = torch.cat(samples)
-    with _one_line(OSError):
-        save_outputs(samples, torch.cat(labels) if labels else None, png=png, npz=npz)
+    save_outputs(samples, torch.cat(labels) if labels else None, png=png, npz=npz)
     print(f"wrote {npz}" + (f" and {png}" if png else " (latents: decode them with the VAE to get images)"))
     return 0
 
 
 def _encode(args) -> int:
-    from ..data.encode import encode_dataset
+    from ..data.encode import MANIFEST, TMP, encode_dataset
 
-    with _one_line(*USER_ERRORS, ImportError):
-        encode_dataset(args.source, args.destination, vae_dir=args.vae, device=args.device, batch_size=args.batch_size)
+    destination = check_writable(args.destination, "destination", folder=not args.destination.endswith(".zip"))
+    work = destination.with_name(destination.name + ".partial") if destination.suffix.lower() == ".zip" else destination
+    was_empty = not (work.is_dir() and any(work.iterdir()))
+    try:
+        with user_input("dataset encode", ImportError):  # diffusers not installed
+            encode_dataset(args.source, destination, vae_dir=args.vae, device=args.device, batch_size=args.batch_size)
+    except BaseException:
+        # Stopped before the first latent (a bad VAE, a bad first image): the manifest alone is no resumable work.
+        if was_empty and work.is_dir() and {p.name for p in work.iterdir()} <= {MANIFEST, MANIFEST + TMP}:
+            for name in (MANIFEST, MANIFEST + TMP):
+                (work / name).unlink(missing_ok=True)
+        raise
     return 0
 
 
 def _info(args) -> int:
     from ..data import open_dataset
 
-    with _one_line(*USER_ERRORS):  # a missing path, an unsafe zip, an unreadable first file
-        dataset = open_dataset(args.source, on_error="skip" if args.verify else "raise", verify=args.verify)
-        shape = tuple(dataset.shape)
+    dataset = open_dataset(args.source, on_error="skip" if args.verify else "raise", verify=args.verify)
+    shape = tuple(dataset.shape)
     print(f"{args.source}: {len(dataset)} samples, shape {shape}, "
           f"{'latents' if dataset.is_latent else 'images'}, {dataset.label_dim or 'no'} classes")
     if args.verify:
         print(f"unreadable: {int(dataset.excluded.sum())}" + "".join(f"\n  {k}" for k, bad in zip(dataset.keys, dataset.excluded) if bad))
-    try:
-        table = dataset.annotations(args.annotations, allow_missing=args.allow_missing, report=print)
-    except AnnotationMismatchError as error:
-        raise SystemExit(f"error: {error}") from None
+    table = dataset.annotations(args.annotations, allow_missing=args.allow_missing, report=print)
     for sigma in (0.002, 0.02, 0.2, 2.0, 20.0):
         print(f"  usable at sigma {sigma:g}: {float(table.usable(sigma).double().mean()):.3f}")
     return 0

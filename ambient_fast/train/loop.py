@@ -16,6 +16,7 @@ import torch
 
 from .. import ambient_loss_precond, ambient_noising
 from ..data import AmbientSampler, open_dataset, standardise_latents
+from ..errors import UserError
 from ..networks import Precond
 from . import checkpoint, distributed
 from .build import build_network, parameter_count
@@ -102,7 +103,7 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
 
     # ---- data and annotations
     if dataset is None and not config.data:
-        raise ValueError("no data: set config.data (a dataset directory or zip) or pass dataset=")
+        raise ConfigError("no data: set config.data (a dataset directory or zip) or pass dataset=")
     dataset = dataset if dataset is not None else open_dataset(config.data, on_error=config.on_corrupt)
     checked = ""
     if config.verify_data and not dataset.verified:  # a bad file stops the run now, not after hours of training
@@ -123,7 +124,8 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
     # ---- batch geometry: global batch = world_size x rounds x batch_gpu
     batch_gpu = config.batch_gpu or config.batch_size // dist_info.world_size
     if config.batch_size % (batch_gpu * dist_info.world_size):
-        raise ValueError(f"batch_size {config.batch_size} is not a multiple of batch_gpu {batch_gpu} x world size {dist_info.world_size}")
+        raise ConfigError(f"batch_size {config.batch_size} is not a multiple of batch_gpu {batch_gpu} x world size "
+                          f"{dist_info.world_size}")
     rounds = config.batch_size // (batch_gpu * dist_info.world_size)
     chunks = [dist_info.rank * rounds + r for r in range(rounds)]
 
@@ -159,9 +161,9 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
         saved_step, tensors, meta = latest
         _check_resumable(meta["config"], config)
         if meta.get("annotations_digest", annotations_digest) != annotations_digest:
-            raise ValueError(f"{run_dir} was trained with other annotations (digest {meta['annotations_digest']}, now "
-                             f"{annotations_digest}: sigma_min / sigma_max of some samples changed under "
-                             f"{config.annotations or 'the given table'}); use a new run_dir or restore the annotations")
+            raise UserError(f"{run_dir} was trained with other annotations (digest {meta['annotations_digest']}, now "
+                            f"{annotations_digest}: sigma_min / sigma_max of some samples changed under "
+                            f"{config.annotations or 'the given table'}); use a new run_dir or restore the annotations")
         net.load_state_dict(checkpoint.split(tensors, "net"))
         checkpoint.optimizer_from_flat(optimizer, tensors, meta["optimizer"])
         ema.load_tensors(tensors)
