@@ -46,7 +46,19 @@ def synchronous_checks(validate: bool | None) -> bool:
 
 def device_checks(validate: bool | None) -> bool:
     """Whether the kernels check the levels (the default; validate=False or the environment turns it off)."""
-    return validate is None and not _checks_skipped_by_environment() or validate is True
+    if validate is None:
+        return not _checks_skipped_by_environment()
+    return validate
+
+
+def check_on_host_if_cpu(check: bool, sigma_t: torch.Tensor, sigma_tn: torch.Tensor | None,
+                         sample_ids: torch.Tensor | None = None) -> None:
+    """The Triton and PyTorch operators' checks: on CPU tensors the values are host memory, so raise now with index
+    and value, as the C++ kernels do; on a GPU the kernels flag bad values on the device instead (no sync)."""
+    if check and sigma_t.device.type == "cpu":
+        check_sigmas(sigma_t, sigma_tn)
+        if sample_ids is not None:
+            check_sample_ids(sample_ids)
 
 
 def per_sample(name: str, value, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -30,6 +30,9 @@ DTYPES = (torch.float32, torch.bfloat16) if ON_GPU else (torch.float32,)
 # call with validate=False, so the summary shows what the checks cost.
 IMPLEMENTATIONS = ("eager", "compile", "ambient_fast", "ambient_fast_unchecked")
 ROUNDS = 30 if ON_GPU else 15
+# The op benchmarks are short: more rounds, so that the default call and validate=False (which differ by the cost
+# of the value checks, a few percent at most) are told apart from the load of a shared machine.
+OP_ROUNDS = 30 if ON_GPU else 60
 
 
 def compile_enabled() -> bool:
@@ -74,7 +77,7 @@ def element_bytes(shape, dtype) -> int:
     return math.prod(shape) * torch.tensor([], dtype=dtype).element_size()
 
 
-def run(benchmark, target, *, setup=None):
+def run(benchmark, target, *, setup=None, rounds=ROUNDS):
     """Time `target` (with a CUDA sync inside) after warm-up rounds that absorb JIT and torch.compile time."""
 
     def synced(*args):
@@ -83,8 +86,8 @@ def run(benchmark, target, *, setup=None):
         return out
 
     if setup is None:
-        return benchmark.pedantic(synced, rounds=ROUNDS, iterations=1, warmup_rounds=2)
-    return benchmark.pedantic(synced, setup=setup, rounds=ROUNDS, warmup_rounds=2)
+        return benchmark.pedantic(synced, rounds=rounds, iterations=1, warmup_rounds=2)
+    return benchmark.pedantic(synced, setup=setup, rounds=rounds, warmup_rounds=2)
 
 
 def pytest_terminal_summary(terminalreporter):

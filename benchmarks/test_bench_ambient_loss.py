@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DTYPES, IMPLEMENTATIONS, SHAPES, compile_enabled, element_bytes, record, run
+from conftest import DTYPES, IMPLEMENTATIONS, OP_ROUNDS, SHAPES, compile_enabled, element_bytes, record, run
 
 import ambient_fast
 from ambient_fast.reference import ambient_loss_precond_reference, ambient_loss_reference
@@ -75,7 +75,7 @@ def test_ambient_loss(benchmark, device, op, shape_name, dtype, phase, implement
 
     if phase == "forward":
         with torch.no_grad():
-            run(benchmark, lambda: loss_fn(prediction, x_t, x_tn, sigma_t, sigma_tn))
+            run(benchmark, lambda: loss_fn(prediction, x_t, x_tn, sigma_t, sigma_tn), rounds=OP_ROUNDS)
     elif phase == "forward+backward":
         leaf = prediction.clone().requires_grad_()
 
@@ -83,14 +83,14 @@ def test_ambient_loss(benchmark, device, op, shape_name, dtype, phase, implement
             leaf.grad = None
             loss_fn(network_output(leaf), x_t, x_tn, sigma_t, sigma_tn).backward()
 
-        run(benchmark, step)
+        run(benchmark, step, rounds=OP_ROUNDS)
     else:
 
         def setup():
             leaf = prediction.clone().requires_grad_()
             return (loss_fn(network_output(leaf), x_t, x_tn, sigma_t, sigma_tn),), {}
 
-        run(benchmark, lambda loss: loss.backward(), setup=setup)
+        run(benchmark, lambda loss: loss.backward(), setup=setup, rounds=OP_ROUNDS)
     record(
         benchmark, op=op, phase=phase, shape_name=shape_name, dtype=dtype, implementation=implementation,
         bytes_moved=BYTES_PER_ELEMENT[phase] * element_bytes(shape, dtype),
@@ -118,7 +118,7 @@ def test_compiled_step(benchmark, device, shape_name):
         leaf.grad = None
         compiled(network_output(leaf)).backward()
 
-    run(benchmark, step)
+    run(benchmark, step, rounds=OP_ROUNDS)
     record(
         benchmark, op="loss_precond", phase="forward+backward", shape_name=shape_name, dtype=torch.float32,
         implementation="ambient_fast_compiled", bytes_moved=4 * element_bytes(shape, torch.float32),

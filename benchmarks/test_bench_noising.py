@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DTYPES, IMPLEMENTATIONS, SHAPES, compile_enabled, element_bytes, record, run
+from conftest import DTYPES, IMPLEMENTATIONS, OP_ROUNDS, SHAPES, compile_enabled, element_bytes, record, run
 
 import ambient_fast
 
@@ -38,7 +38,7 @@ def test_add_noise(benchmark, device, shape_name, dtype, implementation):
         function = eager_add_noise if implementation == "eager" else torch.compile(eager_add_noise, dynamic=False)
         target = lambda: function(x_tn, sigma_t, sigma_tn)  # noqa: E731
     with torch.no_grad():
-        run(benchmark, target)
+        run(benchmark, target, rounds=OP_ROUNDS)
     record(
         benchmark, op="add_noise", phase="forward", shape_name=shape_name, dtype=dtype,
         implementation=implementation, bytes_moved=2 * element_bytes(shape, dtype),
@@ -84,7 +84,7 @@ def test_ambient_noising(benchmark, device, shape_name, dtype, implementation):
     else:
         target = lambda: eager_ambient_noising(x0, sample_ids, sigma_t, sigma_tn)  # noqa: E731
     with torch.no_grad():
-        run(benchmark, target)
+        run(benchmark, target, rounds=OP_ROUNDS)
     record(
         benchmark, op="ambient_noising", phase="forward", shape_name=shape_name, dtype=dtype,
         implementation=implementation, bytes_moved=3 * element_bytes(shape, dtype),

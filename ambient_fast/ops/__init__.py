@@ -1,2 +1,3 @@
-"""Fused ops. Each module holds one op: its Triton kernels, host function, autograd Function, functional form
-and nn.Module wrapper."""
+"""Fused ops. Each module holds one op: its Triton kernels, host function, the custom operators of its Triton and
+PyTorch backends (fake kernels and autograd registered, the C++ operator's fake kernel too), and its public
+function (argument checks, backend choice; traced by torch.compile, never reads a tensor value)."""

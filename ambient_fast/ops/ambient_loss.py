@@ -259,17 +259,11 @@ def _reduce(loss: torch.Tensor, reduction: str) -> torch.Tensor:
 
 def _outputs(loss, grad, grad_logvar, prediction, reduction):
     """The operators' output contract: empty tensors stand for gradients that were not computed."""
-    empty = prediction.new_empty(0, dtype=loss.dtype)
-    return _reduce(loss, reduction), grad if grad is not None else prediction.new_empty(0), (
-        grad_logvar if grad_logvar is not None else empty
-    )
-
-
-def _check_on_host(check: bool, sigma_t, sigma_tn) -> None:
-    # On a CPU the values are host memory: raise now, with index and value, like the C++ kernel. On a GPU the
-    # kernels flag bad levels on the device instead (no sync).
-    if check and sigma_t.device.type == "cpu":
-        _validate.check_sigmas(sigma_t, sigma_tn)
+    if grad is None:
+        grad = prediction.new_empty(0)
+    if grad_logvar is None:
+        grad_logvar = prediction.new_empty(0, dtype=loss.dtype)
+    return _reduce(loss, reduction), grad, grad_logvar
 
 
 @torch.library.custom_op("ambient_fast::ambient_loss_triton", mutates_args=())
@@ -278,7 +272,7 @@ def _ambient_loss_triton_op(
     logvar: Optional[torch.Tensor], sigma_data: float, precondition: bool, compute_grad: bool, reduction: str,
     check: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _check_on_host(check, sigma_t, sigma_tn)
+    _validate.check_on_host_if_cpu(check, sigma_t, sigma_tn)
     loss, grad, grad_logvar = ambient_loss_forward_triton(
         prediction, x_t, x_tn, sigma_t, sigma_tn, logvar, sigma_data, precondition, compute_grad,
         grad_scale=_grad_scale(reduction, prediction.shape[0]),
@@ -293,7 +287,7 @@ def _ambient_loss_eager_op(
     logvar: Optional[torch.Tensor], sigma_data: float, precondition: bool, compute_grad: bool, reduction: str,
     check: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _check_on_host(check, sigma_t, sigma_tn)
+    _validate.check_on_host_if_cpu(check, sigma_t, sigma_tn)
     parts = _ambient_loss_eager_parts(
         prediction, x_t, x_tn, sigma_t, sigma_tn, logvar, sigma_data, precondition, compute_grad,
         _grad_scale(reduction, prediction.shape[0]), check and prediction.device.type != "cpu",

@@ -180,19 +180,12 @@ def _ambient_noising_eager(x0, sample_ids, sigma_t, sigma_tn, annotation_seed, s
 
 # ---------------------------------------------------------------------------------------------------- operators
 
-def _check_on_host(check: bool, sample_ids, sigma_t, sigma_tn) -> None:
-    # CPU tensors: raise now with index and value (as the C++ op). GPU: the kernels flag bad values, no sync.
-    if check and sigma_t.device.type == "cpu":
-        _validate.check_sigmas(sigma_t, sigma_tn)
-        _validate.check_sample_ids(sample_ids)
-
-
 @torch.library.custom_op("ambient_fast::ambient_noising_triton", mutates_args=())
 def _ambient_noising_triton_op(
     x0: torch.Tensor, sample_ids: torch.Tensor, sigma_t: torch.Tensor, sigma_tn: torch.Tensor, annotation_seed: int,
     seed: torch.Tensor, offset: int, check: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_on_host(check, sample_ids, sigma_t, sigma_tn)
+    _validate.check_on_host_if_cpu(check, sigma_t, sigma_tn, sample_ids)
     status = _validate.status_word(x0.device) if check else None
     return ambient_noising_forward_triton(x0, sample_ids, sigma_t, sigma_tn, annotation_seed, seed, offset, status=status)
 
@@ -202,7 +195,7 @@ def _ambient_noising_eager_op(
     x0: torch.Tensor, sample_ids: torch.Tensor, sigma_t: torch.Tensor, sigma_tn: torch.Tensor, annotation_seed: int,
     seed: torch.Tensor, offset: int, check: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_on_host(check, sample_ids, sigma_t, sigma_tn)
+    _validate.check_on_host_if_cpu(check, sigma_t, sigma_tn, sample_ids)
     codes = _validate.level_codes(sigma_t, sigma_tn)
     if check and x0.device.type != "cpu":
         _validate.flag_on_device("ambient_noising", codes | torch.where(sample_ids < 0, _validate.SAMPLE_ID_NEGATIVE, 0))

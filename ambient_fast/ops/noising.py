@@ -149,18 +149,12 @@ def _add_noise_eager(x, sigma_t, sigma_tn, noise, seed, offset):
 
 # ---------------------------------------------------------------------------------------------------- operators
 
-def _check_on_host(check: bool, sigma_t, sigma_tn) -> None:
-    # CPU tensors: raise now with index and value (as the C++ op). GPU: the kernels flag bad levels, no sync.
-    if check and sigma_t.device.type == "cpu":
-        _validate.check_sigmas(sigma_t, sigma_tn)
-
-
 @torch.library.custom_op("ambient_fast::add_noise_triton", mutates_args=())
 def _add_noise_triton_op(
     x: torch.Tensor, sigma_t: torch.Tensor, sigma_tn: Optional[torch.Tensor], noise: Optional[torch.Tensor],
     seed: Optional[torch.Tensor], offset: int, check: bool,
 ) -> torch.Tensor:
-    _check_on_host(check, sigma_t, sigma_tn)
+    _validate.check_on_host_if_cpu(check, sigma_t, sigma_tn)
     status = _validate.status_word(x.device) if check else None
     return add_noise_forward_triton(x, sigma_t, sigma_tn, noise, seed, offset, status=status)
 
@@ -170,7 +164,7 @@ def _add_noise_eager_op(
     x: torch.Tensor, sigma_t: torch.Tensor, sigma_tn: Optional[torch.Tensor], noise: Optional[torch.Tensor],
     seed: Optional[torch.Tensor], offset: int, check: bool,
 ) -> torch.Tensor:
-    _check_on_host(check, sigma_t, sigma_tn)
+    _validate.check_on_host_if_cpu(check, sigma_t, sigma_tn)
     codes = _validate.level_codes(sigma_t, sigma_tn)
     if check and x.device.type != "cpu":
         _validate.flag_on_device("add_noise", codes)
@@ -214,6 +208,8 @@ def seed_tensor(seed: int | None, device: torch.device) -> torch.Tensor:
     (torch.manual_seed governs it; nothing is read back to the host, so it works in CUDA graphs)."""
     if seed is None:
         return torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device)
+    if not isinstance(seed, (int, torch.SymInt)):  # numpy integers; a traced int stays symbolic (no recompiles)
+        seed = int(seed)
     if not 0 <= seed < 2**64:
         raise ValueError(f"seed must be in [0, 2^64), got seed={seed}")
     signed = seed - 2**64 if seed >= 2**63 else seed  # the same 64-bit pattern in an int64

@@ -52,6 +52,8 @@ def sample_noise(sample_ids: torch.Tensor, shape: Sequence[int], seed: int = 0) 
 
     Negative ids raise ValueError for CPU tensors; on a GPU they are not checked (that would need a device sync)
     and give the noise of the id's 64-bit pattern. Works inside torch.compile(fullgraph=True)."""
+    if not isinstance(seed, (int, torch.SymInt)):  # numpy integers; a traced int stays symbolic
+        seed = int(seed)
     shape = _check(sample_ids, shape, seed)
     signed_seed = seed - (1 << 64) if seed >= 1 << 63 else seed  # the operators' int is int64
     check_ids = sample_ids.device.type == "cpu"
