@@ -96,3 +96,23 @@ def test_merge_command(tmp_path, capsys):
     user_error(capsys, ["annotate", "merge", str(tmp_path / "first.safetensors"), str(tmp_path / "clash.safetensors"),
                         "--out", str(tmp_path / "never.safetensors")], "sample id 2")
     assert not (tmp_path / "never.safetensors").exists() and math.isfinite(merged.sigma_min.sum())
+
+
+def test_annotation_outputs_are_not_overwritten_without_force(tmp_path):
+    """from-quality (like sigma-max, train-crops and measure-crop-size) refuses an existing --out: an earlier
+    annotation is work that a repeated command must not lose; --force overwrites."""
+    import numpy as np
+
+    from ambient_fast import cli
+    from ambient_fast.annotations import Annotations
+
+    scores = tmp_path / "scores.npy"
+    np.save(scores, np.arange(10.0))
+    out = tmp_path / "q.safetensors"
+    args = ["annotate", "from-quality", "--scores", str(scores), "--fraction", "0.5", "--sigma", "0.3", "--out", str(out)]
+    assert cli.main(args) == 0
+    before = out.read_bytes()
+    assert cli.main([*args[:-2], "--sigma", "0.7", "--out", str(out)]) == 2
+    assert out.read_bytes() == before
+    assert cli.main([*args[:-2], "--sigma", "0.7", "--out", str(out), "--force"]) == 0
+    assert float(Annotations.load(out).sigma_min.max()) == 0.7

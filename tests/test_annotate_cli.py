@@ -159,7 +159,7 @@ def test_dense_single_quality_and_show(workspace, tmp_path, capsys):
     scores = tmp_path / "scores.csv"
     scores.write_text("key,score\n" + "".join(f"{i:04d}.png,{i}\n" for i in range(64)))
     assert cli.main(["annotate", "from-quality", "--images", str(workspace / "corrupted"), "--scores", str(scores),
-                     "--fraction", "0.25", "--sigma", "1", "--out", str(quality)]) == 0
+                     "--fraction", "0.25", "--sigma", "1", "--out", str(quality), "--force"]) == 0
     loaded = Annotations.load(quality)
     assert (loaded.sigma_min[:16] == 1).all() and (loaded.sigma_min[16:] == 0).all()
     png = tmp_path / "show.png"

@@ -109,12 +109,22 @@ def _with_base(previous: Annotations | None, data, *, sigma_min=None, sigma_max=
     return Annotations(data.sample_ids, sigma_min, sigma_max, keys=data.keys, provenance=provenance)
 
 
+def _fresh_out(args, *, base: str | None = None) -> Path:
+    """--out checked before any work, and never overwritten unless --force: an earlier annotation or classifier is
+    work that must not be lost to a repeated command. Writing back over the --base file it extends is allowed."""
+    out = check_writable(args.out, "--out")
+    same_as_base = base is not None and out.exists() and Path(base).exists() and out.resolve() == Path(base).resolve()
+    if out.exists() and not args.force and not same_as_base:
+        raise UserError(f"--out {out} exists; pass --force to overwrite it or choose another path")
+    return out
+
+
 # ------------------------------------------------------------------------------------------ crops + sigma-max
 def _train_crops(args) -> int:
     from .classifier import TrainConfig
     from .crops import CropsClassifierConfig, save_crops_classifier, train_crops_classifier
 
-    check_writable(args.out, "--out")
+    _fresh_out(args)
     device = _setup(args)
     target, other = load_images(args.target, report=eprint), load_images(args.other, report=eprint)
     if tuple(target.images.shape[1:]) != tuple(other.images.shape[1:]):
@@ -137,7 +147,7 @@ def _sigma_max(args) -> int:
     from .crop_size import CropTable
     from .crops import annotate_sigma_max, load_crops_classifier
 
-    check_writable(args.out, "--out")
+    _fresh_out(args, base=args.base)
     device = _setup(args)
     data = load_images(args.images, report=eprint)
     with user_input(f"--classifier {args.classifier}", hint="give a checkpoint of `ambient-fast annotate train-crops`"):
@@ -160,7 +170,7 @@ def _sigma_max(args) -> int:
 def _from_quality(args) -> int:
     from . import quality
 
-    check_writable(args.out, "--out")
+    _fresh_out(args)
     data = load_images(args.images, report=eprint) if args.images else None
     if args.source_level is not None:  # one level for a whole source (Section 5: synthetic data at sigma_min = 2)
         if data is None:
@@ -218,7 +228,7 @@ def _from_quality(args) -> int:
 def _measure_crop_size(args) -> int:
     from .crop_size import measure_crop_size
 
-    out = check_writable(args.out, "--out")
+    out = _fresh_out(args)
     check_writable(out.with_suffix(".losses.json"), "--out (its .losses.json)")
     _setup(args)
     module_name, _, function_name = args.denoiser.partition(":")
@@ -319,6 +329,7 @@ def register(subparsers) -> None:
     p.add_argument("--target", required=True)
     p.add_argument("--other", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true", help="overwrite --out when it exists")
     p.add_argument("--crop-sizes", type=_ints, default=(4, 8))
     p.add_argument("--steps", type=positive_int, default=2000)
     p.add_argument("--batch-size", type=positive_int, default=64)
@@ -334,6 +345,7 @@ def register(subparsers) -> None:
     p.add_argument("--classifier", required=True)
     p.add_argument("--crop-table", required=True, help='JSON {"sigma": [...], "crop": [...]}')
     p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true", help="overwrite --out when it exists")
     p.add_argument("--base", help="existing annotation file whose sigma_min is kept (default: sigma_min = inf, "
                                   "the images are used only below their sigma_max, Section 3.2)")
     p.add_argument("--allow-missing", action="store_true",
@@ -354,6 +366,7 @@ def register(subparsers) -> None:
     p.add_argument("--source-level", type=float, help="every image gets this sigma_min (a whole source)")
     p.add_argument("--source-name", default="source")
     p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true", help="overwrite --out when it exists")
     p.set_defaults(func=_from_quality)
 
     p = steps.add_parser("measure-crop-size", help="crop(sigma) table from a trained denoiser")
@@ -368,6 +381,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-images", type=positive_int, default=256, help="images used (the first ones)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="crop table (.json)")
+    p.add_argument("--force", action="store_true", help="overwrite --out when it exists")
     _common(p)
     p.set_defaults(func=_measure_crop_size)
 
