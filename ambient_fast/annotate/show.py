@@ -32,8 +32,8 @@ def summary(annotations: Annotations) -> str:
                      f"max {float(finite.max()):.4g}")
     if (s_max > 0).any():
         lines.append(f"sigma_max (where > 0): mean {float(s_max[s_max > 0].mean()):.4g}  max {float(s_max.max()):.4g}")
-    if annotations.provenance:
-        lines.append(f"provenance: {annotations.provenance}")
+    if annotations.provenance:  # the classifier's report is printed as its own table (annotate show)
+        lines.append(f"provenance: {_without_reports(annotations.provenance)}")
     return "\n".join(lines)
 
 
@@ -94,3 +94,12 @@ def draw_histogram(axis, sigma_min: torch.Tensor, sigma_max: torch.Tensor, *, bi
               transform=axis.transAxes, va="top", ha="left", fontsize=figures.LEGEND_SIZE,
               bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.9, "edgecolor": "lightgray"})
     figures.grid(axis)
+
+
+def _without_reports(value):
+    """The provenance with every held-out report replaced by a marker (it is long; shown as a table instead)."""
+    if isinstance(value, dict):
+        return {k: ("<held-out report, below>" if k == "report" and v else _without_reports(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_reports(v) for v in value]
+    return value
