@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError, check_writable, positive_int, user_input
-from .cli import _aligned_base, _common, _ints, _setup, _with_base
+from .cli_common import _aligned_base, _common, _ints, _join_process_group, _setup, _with_base
 from .images import eprint, load_images
 
 RULES = ("calibrated", "paper")
@@ -232,7 +232,6 @@ def _sigma_min(args) -> int:
 
 def _single_level(args, data, router, trusted, config, usable_from, device) -> dict | None:
     """eq. 3.2 for the set: one level for every untrusted image (ranks score slices under torchrun)."""
-    from .cli import _join_process_group
     from .resume import Shard
     from .sigma_min import all_reduce_sums, sigma_min_single
 
