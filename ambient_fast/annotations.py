@@ -7,7 +7,9 @@ Clean data: sigma_min = 0. Data that only helps at low noise (out of distributio
 Unannotated data is clean only when asked for (allow_missing): a file that does not cover its dataset is refused.
 
 File format: a safetensors file with tensors `sample_ids` (int64 [N]), `sigma_min`, `sigma_max` (float64 [N]),
-optional `quality` (float64 [N]) and `source` (int64 [N], an index into metadata["sources"]); its metadata holds
+optional `quality` (float64 [N]) and `source` (int64 [N], an index into metadata["sources"]), and optional
+acceptance probabilities (version 2: `acceptance` float32 [N, L] on the levels `acceptance_sigmas` float64 [L],
+see Acceptance; a file without them is version 1 and behaves as before); its metadata holds
 JSON: `keys` (the per-sample names, e.g. file names or content hashes, [N] strings), `sources`, and `provenance`
 (how the annotation was made: classifier checkpoint, tau, grid, seed, ...). Loading checks it against the
 dataset it is used with and fails with a clear message on any mismatch; it never silently misaligns.
@@ -24,9 +26,9 @@ from typing import NamedTuple
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, user_input
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optional acceptance table; files without one are still written as version 1
 UNSPECIFIED_SOURCE = "unspecified"  # the source of merged rows whose file had no source column
 
 
@@ -72,6 +74,55 @@ class Coverage:
                 "train unannotated samples as clean and ignore the rest")
 
 
+@dataclass(frozen=True)
+class Acceptance:
+    """Per-sample acceptance probabilities a_i(s) for the noisy-data regime, on a level grid (docs/annotation.md,
+    "Density-ratio acceptance"): a sample usable as noisy data at s (s > b sigma_min_i) is taken with probability
+    a_i(s), interpolated linearly in ln s between grid levels and held constant beyond the grid's ends. Absent
+    (None) = 1 everywhere: the paper's hard rule."""
+
+    sigmas: torch.Tensor  # float64 [L], strictly increasing, > 0 (data units)
+    table: torch.Tensor  # float32 [N, L], in [0, 1]
+
+    def __post_init__(self) -> None:
+        sigmas = torch.as_tensor(self.sigmas, dtype=torch.float64).reshape(-1).cpu().clone()
+        table = torch.as_tensor(self.table, dtype=torch.float32).cpu().clone()
+        object.__setattr__(self, "sigmas", sigmas)
+        object.__setattr__(self, "table", table)
+        if sigmas.numel() < 1 or not bool((sigmas > 0).all()) or not bool(torch.isfinite(sigmas).all()):
+            raise ValueError("acceptance levels must be finite and > 0")
+        if sigmas.numel() > 1 and not bool((sigmas[1:] > sigmas[:-1]).all()):
+            raise ValueError("acceptance levels must be strictly increasing")
+        if table.dim() != 2 or table.shape[1] != sigmas.numel():
+            raise ValueError(f"acceptance table must be [N, {sigmas.numel()}]; got {tuple(table.shape)}")
+        if torch.isnan(table).any() or bool((table < 0).any()) or bool((table > 1).any()):
+            raise ValueError("acceptance probabilities must lie in [0, 1]")
+
+    def bracket(self, sigma: float) -> tuple[int, float]:
+        """(j, t): a(sigma) = (1 - t) a[:, j] + t a[:, j + 1] (linear in ln sigma; t = 0 at and beyond the ends)."""
+        levels = self.sigmas
+        if sigma <= float(levels[0]) or levels.numel() == 1:
+            return 0, 0.0
+        if sigma >= float(levels[-1]):
+            return levels.numel() - 1, 0.0
+        j = int(torch.searchsorted(levels, torch.tensor([sigma], dtype=torch.float64), right=True)[0]) - 1
+        lo, hi = math.log(float(levels[j])), math.log(float(levels[j + 1]))
+        return j, (math.log(sigma) - lo) / (hi - lo)
+
+    def at(self, sigma: float) -> torch.Tensor:
+        """float64 [N]: every sample's acceptance probability at level sigma."""
+        j, t = self.bracket(float(sigma))
+        column = self.table[:, j].double()
+        return column if t == 0.0 else (1 - t) * column + t * self.table[:, j + 1].double()
+
+    def rows(self, index: torch.Tensor, fill: torch.Tensor | None = None) -> Acceptance:
+        """The rows `index` (int64 [M]); where fill [M] (bool) is True the row is 1 (a sample without weights)."""
+        table = self.table[index]
+        if fill is not None:
+            table = torch.where(fill.unsqueeze(1), torch.ones_like(table), table)
+        return Acceptance(self.sigmas, table)
+
+
 @dataclass
 class Annotations:
     sample_ids: torch.Tensor  # int64 [N], stable dataset ids
@@ -82,6 +133,7 @@ class Annotations:
     source: torch.Tensor | None = None  # int64 [N], index into `sources`
     sources: list[str] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)  # how it was made (JSON-serialisable)
+    acceptance: Acceptance | None = None  # per-sample a_i(s) of the noisy-data regime; None = 1 (the hard rule)
 
     def __post_init__(self) -> None:
         self.sample_ids = torch.as_tensor(self.sample_ids, dtype=torch.int64).reshape(-1).cpu()
@@ -96,6 +148,8 @@ class Annotations:
                 raise ValueError(f"source has {self.source.numel()} entries for {n} samples")
             if n and (int(self.source.min()) < 0 or int(self.source.max()) >= len(self.sources)):
                 raise ValueError(f"source indices must lie in [0, {len(self.sources)}) (the `sources` list)")
+        if self.acceptance is not None and self.acceptance.table.shape[0] != n:
+            raise ValueError(f"acceptance has {self.acceptance.table.shape[0]} rows for {n} samples")
         if self.keys is not None and len(self.keys) != n:
             raise ValueError(f"keys has {len(self.keys)} entries for {n} samples")
         if torch.unique(self.sample_ids).numel() != n:
@@ -109,12 +163,16 @@ class Annotations:
         return self.sample_ids.numel()
 
     def digest(self) -> str:
-        """A hash of what training uses (sample ids, sigma_min, sigma_max): a run resumed with other annotations
-        under the same file name is refused by it."""
+        """A hash of what training uses (sample ids, sigma_min, sigma_max, and the acceptance table when there is
+        one): a run resumed with other annotations under the same file name is refused by it. Without acceptance
+        the digest is the version-1 one, so runs annotated before it existed resume."""
         import hashlib
 
         hasher = hashlib.sha256()
-        for column in (self.sample_ids, self.sigma_min, self.sigma_max):
+        columns = [self.sample_ids, self.sigma_min, self.sigma_max]
+        if self.acceptance is not None:
+            columns += [self.acceptance.sigmas, self.acceptance.table]
+        for column in columns:
             hasher.update(column.contiguous().numpy().tobytes())
         return hasher.hexdigest()[:16]
 
@@ -133,9 +191,13 @@ class Annotations:
             tensors["quality"] = self.quality
         if self.source is not None:
             tensors["source"] = self.source
+        if self.acceptance is not None:
+            tensors["acceptance"] = self.acceptance.table
+            tensors["acceptance_sigmas"] = self.acceptance.sigmas
         metadata = {
             "format": "ambient_fast.annotations",
-            "version": str(FORMAT_VERSION),
+            # version 1 when there is nothing new: older ambient_fast reads it; with acceptance it must refuse it
+            "version": str(FORMAT_VERSION if self.acceptance is not None else 1),
             "keys": json.dumps(self.keys),
             "sources": json.dumps(self.sources),
             "provenance": json.dumps(self.provenance),
@@ -155,12 +217,19 @@ class Annotations:
         missing = {"sample_ids", "sigma_min", "sigma_max"} - set(tensors)
         if missing:
             raise UserError(f"{path} lacks the columns {sorted(missing)}; rewrite it with `ambient-fast annotate`")
+        acceptance = None
+        if ("acceptance" in tensors) != ("acceptance_sigmas" in tensors):
+            raise UserError(f"{path} has only one of 'acceptance' and 'acceptance_sigmas'; rewrite it with "
+                            "`ambient-fast annotate weights`")
+        if "acceptance" in tensors:
+            with user_input(f"{path}'s acceptance table", hint="rewrite it with `ambient-fast annotate weights`"):
+                acceptance = Acceptance(tensors["acceptance_sigmas"], tensors["acceptance"])
         return cls(
             tensors["sample_ids"], tensors["sigma_min"], tensors["sigma_max"],
             keys=json.loads(metadata.get("keys", "null")),
             quality=tensors.get("quality"), source=tensors.get("source"),
             sources=json.loads(metadata.get("sources", "[]")),
-            provenance=json.loads(metadata.get("provenance", "{}")),
+            provenance=json.loads(metadata.get("provenance", "{}")), acceptance=acceptance,
         )
 
     # ------------------------------------------------------------------------------------------- alignment
@@ -212,6 +281,7 @@ class Annotations:
             ids, take(self.sigma_min, 0.0), take(self.sigma_max, 0.0), keys=None if keys is None else list(keys),
             quality=take(self.quality, math.nan), source=take(self.source, 0),
             sources=list(self.sources), provenance=dict(self.provenance),
+            acceptance=None if self.acceptance is None else self.acceptance.rows(index, fill=~present),
         )
 
     # --------------------------------------------------------------------------------------------- merging
@@ -227,6 +297,10 @@ class Annotations:
         if not tables:
             raise ValueError("nothing to merge: give at least one annotation table")
         names = [f"table {i}" for i in range(len(tables))] if names is None else list(names)
+        weighted = [name for table, name in zip(tables, names) if table.acceptance is not None]
+        if weighted:  # the tables' grids may differ, and the weights of one were normalised on its own samples
+            raise ValueError(f"{', '.join(weighted)} carry acceptance weights: merge the files first, then compute the "
+                             "weights on the merged file (`ambient-fast annotate weights`)")
         if len({table.keys is None for table in tables}) > 1:
             keyless = [name for table, name in zip(tables, names) if table.keys is None]
             raise ValueError(f"keys in some files but not in others (none in {', '.join(keyless)}); merge files "
