@@ -25,7 +25,7 @@ $(PYTHON):
 $(STAMP): $(PYTHON) $(NATIVE_SOURCES)
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install --quiet "torch==$(TORCH_VERSION)"
 	$(PYTHON) -c "import triton" 2>/dev/null || $(PYTHON) -m pip install --quiet "triton==$(TRITON_VERSION)"
-	$(PYTHON) -m pip install --quiet numpy safetensors pytest pytest-benchmark scipy "cmake>=3.26" ninja setuptools wheel "scikit-image==0.26.0" "diffusers==0.35.1" "huggingface_hub==0.35.3" matplotlib tqdm
+	$(PYTHON) -m pip install --quiet numpy safetensors pytest pytest-benchmark scipy "cmake>=3.26" ninja setuptools wheel "scikit-image==0.26.0" "diffusers==0.35.1" "huggingface_hub==0.35.3" matplotlib tqdm "webdataset==1.0.2" "braceexpand==0.1.7"
 	$(PYTHON) -m pip install --quiet --no-build-isolation --no-deps -e .
 	$(PYTHON) -c "import ambient_fast; print('ambient_fast backends (cpu):', ambient_fast.backends())"
 	touch $(STAMP)

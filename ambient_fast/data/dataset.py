@@ -293,10 +293,12 @@ class FileDataset(ArrayDataset):
 
 
 def open_dataset(source, **kwargs) -> ArrayDataset:
-    """A dataset from a path (directory or zip) or a tensor [N, C, H, W]."""
+    """A dataset from a path (directory, zip or shard set) or a tensor [N, C, H, W]."""
     if isinstance(source, torch.Tensor):
         return TensorDataset(source, **kwargs)
-    return FileDataset(source, **kwargs)
+    from .streaming import ShardDataset, is_shard_set  # a shard set of `dataset to-shards`
+
+    return ShardDataset(source, **kwargs) if is_shard_set(source) else FileDataset(source, **kwargs)
 
 
 def collate(items: list[dict]) -> dict:

@@ -1,4 +1,4 @@
-"""`ambient-fast train`, `ambient-fast generate`, `ambient-fast dataset encode|info`."""
+"""`ambient-fast train`, `ambient-fast generate`, `ambient-fast dataset encode|info|to-shards`."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +29,10 @@ def register(subparsers) -> None:
                        help="when RUN_DIR holds checkpoints and none can be read, start over from step 0, moving the "
                             "old run's files to RUN_DIR/before-restart-N/ (never deleted); default: stop and name "
                             "them. A readable checkpoint is always resumed")
+    train.add_argument("--compile", action="store_true",
+                       help="torch.compile(fullgraph=True) the network, preconditioning and ambient loss as one graph "
+                            "(compiles for a minute or more first; --set compile_mode=reduce-overhead for CUDA graphs); "
+                            "default: eager")
     train.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                        help="override a config field, e.g. --set total_steps=500 --set network.model_channels=64")
     train.set_defaults(func=_train)
@@ -74,6 +78,18 @@ def register(subparsers) -> None:
                       help="accept an annotation file that does not cover the dataset (missing samples are clean)")
     info.add_argument("--verify", action="store_true", help="decode every file and list the unreadable ones")
     info.set_defaults(func=_info)
+    shards = dataset.add_parser("to-shards", help="a dataset folder or zip -> WebDataset tar shards with an offset "
+                                "index (data/streaming.py), optionally with caption embeddings and source names")
+    shards.add_argument("source", help="dataset directory or zip (EDM2 format, images or .npy latents)")
+    shards.add_argument("destination", help="new folder for the shard set (must not exist)")
+    shards.add_argument("--source", dest="source_name", default=None,
+                        help="source name of every sample (default: the dataset's folder or zip name)")
+    shards.add_argument("--source-from-folder", action="store_true",
+                        help="each file's source is its top folder (e.g. web/0001.png -> web)")
+    shards.add_argument("--captions", default=None, help="caption embeddings in sample id order: .npy [N, T, D] or "
+                        "[N, D], or .npz with 'embedding' and optional bool 'mask' [N, T]")
+    shards.add_argument("--samples-per-shard", type=_positive_int, default=1024, help="samples per tar shard")
+    shards.set_defaults(func=_to_shards)
 
 
 def _positive_int(text: str) -> int:
@@ -112,6 +128,8 @@ def _train(args) -> int:
     overrides = {"data": args.data, "annotations": args.annotations}
     if args.allow_missing:  # only when given: --set allow_missing=... and presets stay in charge otherwise
         overrides["allow_missing"] = True
+    if args.compile:
+        overrides["compile"] = True
     for item in args.set:
         if "=" not in item:
             raise UserError(f"--set expects FIELD=VALUE (e.g. --set total_steps=500), got {item!r}")
@@ -197,6 +215,22 @@ def _encode(args) -> int:
             for name in (MANIFEST, MANIFEST + TMP):
                 (work / name).unlink(missing_ok=True)
         raise
+    return 0
+
+
+def _to_shards(args) -> int:
+    from ..data.dataset import FileDataset
+    from ..data.streaming import load_captions, write_shards
+
+    if args.source_name and args.source_from_folder:
+        raise UserError("give --source NAME or --source-from-folder, not both")
+    destination = check_writable(args.destination, "destination", folder=True)
+    data = FileDataset(args.source, on_error="raise", verify=False)
+    captions = load_captions(args.captions, len(data)) if args.captions else None
+    index = write_shards(data, destination, source_name=args.source_name, sources_from_folders=args.source_from_folder,
+                         captions=captions, samples_per_shard=args.samples_per_shard, report=print)
+    print(f"wrote {destination}: {index['num_samples']} {index['kind']} in {len(index['shards'])} shards, sources "
+          f"{', '.join(index['sources'])}" + (f", captions {index['caption_shape']}" if captions is not None else ""))
     return 0
 
 

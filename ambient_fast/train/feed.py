@@ -68,6 +68,11 @@ def collate_with_levels(items: list[dict]) -> dict:
     out["sigma_tn"] = torch.tensor([item["sigma_tn"] for item in items], dtype=torch.float32)
     out["chunk"] = [item["chunk"] for item in items]
     out["step"] = items[0]["step"]
+    if "caption" in items[0]:  # a shard set with caption embeddings (data/streaming.py)
+        out["caption"] = torch.stack([item["caption"] for item in items])
+        out["caption_mask"] = torch.stack([item["caption_mask"] for item in items])
+    if "source" in items[0]:
+        out["source"] = [item["source"] for item in items]
     return out
 
 
