@@ -1,4 +1,4 @@
-"""`ambient-fast annotate train-classifier | sigma-min`: the cross-fitted noise classifier with its held-out report,
+"""`ambient-fast annotate train-classifier | sigma-min` (and registers `weights`, weights_cli.py): the cross-fitted noise classifier with its held-out report,
 and the per-sample sigma_min it gives (paper Section 3.1, eqs. 3.1-3.2).
 
 The journey from a folder of images and the list of those the user trusts:
@@ -346,3 +346,7 @@ def register(steps) -> None:
     p.add_argument("--unit", type=positive_int, default=64, help="samples per resumable unit of work")
     _common(p)
     p.set_defaults(func=_sigma_min)
+
+    from .weights_cli import register as register_weights
+
+    register_weights(steps)  # density-ratio acceptance (beyond the paper), after the sigma-min it builds on

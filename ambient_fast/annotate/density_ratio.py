@@ -38,15 +38,17 @@ def acceptance_from_ratio(ratio: torch.Tensor, *, clip: float) -> torch.Tensor:
     return (ratio.double() / clip).clamp(max=1.0)
 
 
-def cap_share(acceptance: torch.Tensor, *, clean_count: float, max_share: float) -> torch.Tensor:
+def cap_share(acceptance: torch.Tensor, *, clean_count: float, max_share: float,
+              usable: torch.Tensor | None = None) -> torch.Tensor:
     """Variant (b): scale each level's column so that the corrupted share of the usable set,
     sum_i a_i(s) / (clean_count + sum_i a_i(s)), is at most max_share. A uniform factor per level keeps the admitted
     corrupted samples' distribution as it was (it only takes fewer of them). acceptance [N_B, L]; clean_count:
-    samples always usable (clean)."""
+    samples always usable (clean); usable [N_B, L] bool: past the gate (default all)."""
     if not 0 < max_share < 1:
         raise ValueError(f"max_share must lie in (0, 1); got {max_share}")
     allowed = max_share / (1 - max_share) * clean_count  # share <= m  <=>  sum a <= m / (1 - m) * clean
-    taken = acceptance.double().sum(dim=0)
+    counted = acceptance.double() if usable is None else acceptance.double() * usable
+    taken = counted.sum(dim=0)
     factor = torch.where(taken > allowed, allowed / taken.clamp_min(1e-300), torch.ones_like(taken))
     return acceptance.double() * factor
 
@@ -84,7 +86,7 @@ class LevelStats:
     mean_acceptance: float  # over those
     taken_per_pass: float  # sum of a_i: corrupted samples taken per pass over the data
     ess: float  # Kish (sum a)^2 / sum a^2: how many equally used samples the weighted set is worth
-    clipped: float  # fraction of those with w > c (where a = 1 is biased low)
+    clipped: float  # fraction of those with w > c (a = 1 biased low); without the ratio: those at a = 1 (w >= c)
     corrupted_share: float  # of what the sampler takes at this level: taken / (clean + taken)
 
 
@@ -92,7 +94,7 @@ def level_stats(acceptance: torch.Tensor, sigmas: torch.Tensor, sigma_min: torch
                 ratio: torch.Tensor | None = None, clip: float = 1.0,
                 max_weight: float = 4.0) -> list[LevelStats]:
     """Per level of `sigmas`: LevelStats of the corrupted rows (acceptance [N_B, L], their sigma_min [N_B] (the
-    gate), ratio [N_B, L] for the clipped fraction, or None)."""
+    gate), ratio [N_B, L] for the clipped fraction, or None: then the fraction at a = 1)."""
     b = buffer_factor(max_weight)
     rows = []
     for level, sigma in enumerate(torch.as_tensor(sigmas, dtype=torch.float64).tolist()):
@@ -100,7 +102,12 @@ def level_stats(acceptance: torch.Tensor, sigmas: torch.Tensor, sigma_min: torch
         a = acceptance[gate, level].double()
         taken = float(a.sum())
         squares = float((a * a).sum())
-        clipped = float((ratio[gate, level] > clip).double().mean()) if ratio is not None and a.numel() else 0.0
+        if not a.numel():
+            clipped = 0.0
+        elif ratio is not None:
+            clipped = float((ratio[gate, level] > clip).double().mean())
+        else:
+            clipped = float((a >= 1).double().mean())
         rows.append(LevelStats(sigma, int(gate.sum()), float(a.mean()) if a.numel() else 0.0, taken,
                                taken * taken / squares if squares > 0 else 0.0, clipped,
                                taken / (clean_count + taken) if clean_count + taken > 0 else 0.0))

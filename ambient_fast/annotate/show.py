@@ -32,9 +32,24 @@ def summary(annotations: Annotations) -> str:
                      f"max {float(finite.max()):.4g}")
     if (s_max > 0).any():
         lines.append(f"sigma_max (where > 0): mean {float(s_max[s_max > 0].mean()):.4g}  max {float(s_max.max()):.4g}")
+    if annotations.acceptance is not None:
+        lines.append(acceptance_summary(annotations))
     if annotations.provenance:  # the classifier's report is printed as its own table (annotate show)
         lines.append(f"provenance: {_without_reports(annotations.provenance)}")
     return "\n".join(lines)
+
+
+def acceptance_summary(annotations: Annotations, *, max_weight: float = 4.0) -> str:
+    """Density-ratio acceptance (annotate weights): per level of its grid, over the corrupted samples (sigma_min > 0)
+    past the gate: mean a, samples taken per pass, Kish ESS, the fraction at a = 1 and the corrupted share."""
+    from .density_ratio import level_stats, stats_table
+
+    acceptance = annotations.acceptance
+    corrupted = annotations.sigma_min > 0
+    rows = level_stats(acceptance.table[corrupted], acceptance.sigmas, annotations.sigma_min[corrupted],
+                       clean_count=int((~corrupted).sum()), max_weight=max_weight)
+    return (f"acceptance (density-ratio weights, docs/annotation.md) on {acceptance.sigmas.numel()} levels; "
+            "'clipped' = at a = 1:\n" + stats_table(rows, every=max(1, acceptance.sigmas.numel() // 16)))
 
 
 def plot(annotations: Annotations, path: str | Path, *, sigma_lo: float = 0.002, sigma_hi: float = 80.0,
