@@ -11,6 +11,8 @@
   measure-crop-size  crop(sigma) table from a trained denoiser (Figures 11-14)
   show               an annotation file: summary + PNG of usable samples per level and the sigma_min histogram
                      (Figure 10); a classifier checkpoint: its held-out report + figure
+  by-source          one (sigma_min, sigma_max) per data source from a table, per-sample rows for the sources it
+                     marks "per-sample" (sources.py)
   merge              files with disjoint sample ids (per source, per step) into one
 """
 from __future__ import annotations
@@ -186,6 +188,10 @@ def _show(args) -> int:
         return 0
     annotations = Annotations.load(args.annotations)
     print(summary(annotations))
+    if annotations.source is not None and len(annotations):  # per-source usable data (sources.py)
+        from .sources import usable_table
+
+        print(usable_table(annotations, max_weight=args.max_weight))
     report = annotations.provenance.get("sigma_min", {}).get("report")
     if report:
         print(ClassifierReport.from_dict(report).table())
@@ -208,6 +214,31 @@ def _is_classifier_checkpoint(path: str) -> bool:
             return (handle.metadata() or {}).get("format") == CHECKPOINT_FORMAT
     except Exception:  # not a safetensors file: Annotations.load says what is wrong with it
         return False
+
+
+# ------------------------------------------------------------------------------------------------ by-source
+def _by_source(args) -> int:
+    """One (sigma_min, sigma_max) per source from a table, per-sample rows for the "per-sample" sources (sources.py)."""
+    from ..data import open_dataset
+    from .sources import PER_SAMPLE, annotate_by_source, dataset_sources, load_source_table, usable_table
+
+    _fresh_out(args)
+    table = load_source_table(args.sources)
+    data = open_dataset(args.data, use_labels=False, on_error="raise", verify=False)  # keys and sources, no decoding
+    names, index = dataset_sources(data)
+    per_sample = None
+    if args.per_sample:
+        if PER_SAMPLE not in table.values():
+            raise UserError(f"--per-sample is given but no source of --sources {args.sources} is \"{PER_SAMPLE}\"")
+        tables = [Annotations.load(path) for path in args.per_sample]
+        with user_input(hint="give --per-sample files of disjoint samples"):  # overlapping ids, inconsistent keys
+            per_sample = tables[0] if len(tables) == 1 else Annotations.merge(tables, names=args.per_sample)
+    annotations = annotate_by_source(data.sample_ids, data.keys, names, index, table, per_sample,
+                                     per_sample_name="--per-sample " + " ".join(args.per_sample or []))
+    annotations.save(args.out)
+    print(usable_table(annotations, max_weight=args.max_weight))
+    print(f"wrote {args.out}: {len(annotations)} samples of {len(names)} sources")
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------ merge
@@ -303,6 +334,19 @@ def register(subparsers) -> None:
     p.add_argument("--sigma-hi", type=float, default=80.0)
     p.add_argument("--max-weight", type=float, default=4.0, help="buffer of eq. D.2")
     p.set_defaults(func=_show)
+
+    p = steps.add_parser("by-source", help="one (sigma_min, sigma_max) per data source from a table; per-sample "
+                         "rows from a classifier's file for the sources marked \"per-sample\"")
+    p.add_argument("--data", required=True, help="the training data: folder or zip (a file's source is its top "
+                   "folder) or shard set of `dataset to-shards` (its source column)")
+    p.add_argument("--sources", required=True, help='JSON table {"source": {"sigma_min": S, "sigma_max": S} | '
+                   '"per-sample", "*": {...} for the others}; see docs/data.md')
+    p.add_argument("--per-sample", nargs="+", help="annotation files (e.g. of `annotate sigma-min`) holding the rows "
+                   "of the \"per-sample\" sources, matched by key")
+    p.add_argument("--out", required=True)
+    p.add_argument("--force", action="store_true", help="overwrite --out when it exists")
+    p.add_argument("--max-weight", type=float, default=4.0, help="buffer of eq. D.2 (the usable-data table)")
+    p.set_defaults(func=_by_source)
 
     p = steps.add_parser("merge", help="merge annotation files with disjoint sample ids into one")
     p.add_argument("files", nargs="+", help="annotation files (.safetensors) of one dataset")

@@ -246,4 +246,10 @@ def _info(args) -> int:
     table = dataset.annotations(args.annotations, allow_missing=args.allow_missing, report=print)
     for sigma in (0.002, 0.02, 0.2, 2.0, 20.0):
         print(f"  usable at sigma {sigma:g}: {float(table.usable(sigma).double().mean()):.3f}")
+    sources = (table.sources, table.source) if table.source is not None else \
+        (getattr(dataset, "sources", None), getattr(dataset, "source", None))  # the file's, else a shard set's
+    if sources[0]:
+        from ..annotate.sources import usable_table
+
+        print(usable_table(table, names=sources[0], index=sources[1]))
     return 0
