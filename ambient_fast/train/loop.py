@@ -115,7 +115,8 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
                                 report=coverage.append)
     annotations_digest = table.digest()  # stored with every checkpoint: resuming needs the same annotations
     sampler = AmbientSampler(table.sigma_min, table.sigma_max, batch_size=config.batch_size, p_mean=config.p_mean,
-                             p_std=config.p_std, max_weight=config.max_weight, seed=config.seed)
+                             p_std=config.p_std, max_weight=config.max_weight, seed=config.seed,
+                             acceptance=table.acceptance)  # density-ratio weights, if the file has them
     stored_channels, resolution = dataset.shape[0], dataset.shape[-1]
     is_latent = bool(getattr(dataset, "is_latent", False))
     channels = stored_channels // 2 if is_latent else stored_channels
