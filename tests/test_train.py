@@ -35,7 +35,7 @@ def tiny_config(**overrides):
 def test_presets_build_and_round_trip():
     for name in PRESETS:
         config = preset(name)
-        assert json.loads(config.to_json())["network"]["arch"] in ("unet", "edm2")
+        assert json.loads(config.to_json())["network"]["arch"] in ("unet", "edm2", "dit")
     xxl = preset("edm2-img512-xxl")
     assert xxl.network.model_channels == 448 and xxl.ref_lr == 0.0065 and xxl.p_mean == -0.4
     assert preset("tiny-cpu", **{"network.num_blocks": 2}).network.num_blocks == 2

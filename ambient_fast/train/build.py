@@ -3,19 +3,23 @@ from __future__ import annotations
 
 import torch
 
-from ..networks import EDM2UNet, UNet, seeded
+from ..networks import DiT, EDM2UNet, UNet, seeded
 from .config import NetworkConfig
 
-ARCHITECTURES = {"unet": UNet, "edm2": EDM2UNet}
+ARCHITECTURES = {"unet": UNet, "edm2": EDM2UNet, "dit": DiT}
 
 
 def build_network(config: NetworkConfig, *, img_channels: int, img_resolution: int, label_dim: int, seed: int) -> torch.nn.Module:
     """The configured network, initialised from `seed` without touching the global generator."""
     if config.arch not in ARCHITECTURES:
         raise ValueError(f"unknown network arch {config.arch!r}; choose from {sorted(ARCHITECTURES)}")
+    label_dim = label_dim if config.class_conditional else 0
+    if config.arch == "dit":  # no captions in the trainer's data yet: built without the caption branch
+        return seeded(seed, lambda: DiT(img_channels, img_resolution, size=config.dit_size, label_dim=label_dim,
+                                        caption_dim=0))
     return seeded(seed, lambda: ARCHITECTURES[config.arch](
         img_channels, img_resolution, config.model_channels, tuple(config.channel_mult), config.num_blocks,
-        attn_resolutions=tuple(config.attn_resolutions), label_dim=label_dim if config.class_conditional else 0,
+        attn_resolutions=tuple(config.attn_resolutions), label_dim=label_dim,
         dropout=config.dropout,
     ))
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 
+from ..networks.dit_presets import DIT_PRESETS
 from ..networks.edm2 import EDM2_IMG512
 
 # EDM2's standardisation of SD-VAE posterior samples (per channel): x0 = (z - mean) / std * 0.5.
@@ -24,7 +26,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class NetworkConfig:
-    arch: str = "unet"  # "unet" (compact EDM-style, networks/unet.py) or "edm2" (magnitude-preserving)
+    arch: str = "unet"  # "unet" (compact EDM-style, networks/unet.py), "edm2" (magnitude-preserving) or "dit"
+    dit_size: str = "dit-tiny"  # arch "dit" only: a row of networks/dit_presets.py DIT_PRESETS (the fields below
+    # are for the UNets; a DiT built by the trainer has no caption branch: its data carry no captions yet)
     model_channels: int = 32  # channels at the first resolution
     channel_mult: tuple[int, ...] = (1, 2)  # channels per resolution level, as multiples of model_channels
     num_blocks: int = 1  # residual blocks per level (encoder; the decoder has one more)
@@ -84,8 +88,10 @@ class TrainConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.network.arch not in ("unet", "edm2"):
-            raise ConfigError(f"network.arch must be 'unet' or 'edm2', got {self.network.arch!r}")
+        if self.network.arch not in ("unet", "edm2", "dit"):
+            raise ConfigError(f"network.arch must be 'unet', 'edm2' or 'dit', got {self.network.arch!r}")
+        if self.network.arch == "dit" and self.network.dit_size not in DIT_PRESETS:
+            raise ConfigError(f"network.dit_size must be one of {sorted(DIT_PRESETS)}, got {self.network.dit_size!r}")
         for name in ("batch_size", "total_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -204,6 +210,23 @@ PRESETS: dict[str, dict] = {
     ),
     # EDM2 ImageNet-512 (64x64x4 SD-VAE latents), sizes XS..XXL of Karras et al. 2024.
     **{f"edm2-img512-{size}": _edm2_img512(size) for size in EDM2_IMG512},
+    # The CPU toy with the 0.5M-parameter DiT (networks/dit_presets.py "dit-tiny") in place of the UNet.
+    "dit-tiny-cpu": dict(
+        network=dict(arch="dit", dit_size="dit-tiny"),
+        batch_size=64, total_steps=2000, ref_lr=1e-3, lr_decay_steps=0, lr_rampup_steps=100, num_workers=0,
+        snapshot_every=250, checkpoint_every=250, log_every=20,
+    ),
+    # MicroDiT_XL_2 (1.17B) with the first phase of the MicroDiffusion recipe that Ambient-o follows (Appendix F.3:
+    # lr 2.4e-4, batch 2048; the release's configs/res_256_pretrain.yaml: 250k steps, 2500 warm-up steps, bf16,
+    # ln sigma ~ N(-0.6, 1.2^2) for sigma_data 0.9, shifted by ln(0.5 / 0.9) for latents standardised to 0.5).
+    # NOT yet the full recipe: captions, 75% patch masking, AdamW (weight decay 0.1), cosine decay and gradient
+    # clipping 0.25 are not in the trainer; this trains the same network class-conditionally / unconditionally.
+    "microdit-1.1b": dict(
+        network=dict(arch="dit", dit_size="microdit-1.1b"),
+        batch_size=2048, total_steps=250_000, ref_lr=2.4e-4, lr_decay_steps=0, lr_rampup_steps=2500,
+        p_mean=round(-0.6 + math.log(0.5 / 0.9), 4), p_std=1.2, precision="bf16", snapshot_every=4096,
+        checkpoint_every=2048, log_every=100, num_workers=4,
+    ),
 }
 
 
