@@ -56,9 +56,10 @@ class DiT(nn.Module):
         dim, mixer_dim = size.dim, size.mixer_dim if size.mixer_depth else size.dim
 
         self.patch_embed = nn.Conv2d(img_channels, dim, kernel_size=p, stride=p)
-        with torch.device("cpu"):  # fixed values, also when the network is built on the meta device
-            self.register_buffer("positions", sincos_positions(dim, self.grid), persistent=False)
-            self.noise_fourier = MPFourier(NOISE_FREQUENCIES)
+        device = torch.empty(0).device  # the default device (meta when counting parameters)
+        with torch.device("cpu"):  # fixed values computed on the CPU (seeded generator), then moved
+            self.register_buffer("positions", sincos_positions(dim, self.grid).to(device), persistent=False)
+            self.noise_fourier = MPFourier(NOISE_FREQUENCIES).to(device)
         self.noise_mlp = nn.Sequential(nn.Linear(NOISE_FREQUENCIES, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.label_embed = nn.Linear(label_dim, dim, bias=False) if label_dim else None
         self.caption = (CaptionEncoder(self.caption_dim, dim, head_dim=size.head_dim,

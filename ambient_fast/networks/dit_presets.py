@@ -30,7 +30,7 @@ class DiTSize:
     mixer_mlp_ratio: float  # feed-forward width / mixer_dim in the patch mixer (attention width = mixer_dim)
     num_experts: int  # experts of the MoE feed-forward layers; 0 = all dense
     expert_capacity: float  # expert-choice capacity factor: each expert takes capacity * tokens / num_experts tokens
-    experts_every: int  # every n-th block (1-based: blocks n-1, 2n-1, ...) has an MoE feed-forward, never the last
+    experts_every: int  # every n-th block (0-based n-1, 2n-1, ...) has an MoE feed-forward (not the backbone's last)
     caption_dim: int  # width of the precomputed caption embeddings [B, L, caption_dim]
     multiple_of: int  # feed-forward widths are rounded up to a multiple of this
     source: str  # where the numbers come from
