@@ -10,12 +10,14 @@ Arms (Section 5, Appendix E, Table 7), all trained with the same network, steps 
   classifier   Ambient-o with per-sample sigma_min from the noise classifier (Section 5)
   crops        Ambient-o with per-sample sigma_max from the crops classifier (Section 3.2, Table 2b)
   fixed_crops  out-of-distribution data at one given sigma_max for all (Table 2b's "Fixed sigma" rows)
+  weighted     classifier's sigma_min as the gate, plus density-ratio acceptance a_i(s) = min(1, P / (1 - P)) of
+               the corrupted samples (beyond the paper; docs/annotation.md "Density-ratio acceptance")
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-ARM_KINDS = ("only_clean", "all_data", "fixed", "classifier", "crops", "fixed_crops")
+ARM_KINDS = ("only_clean", "all_data", "fixed", "classifier", "crops", "fixed_crops", "weighted")
 
 
 @dataclass(frozen=True)
@@ -149,9 +151,10 @@ class Experiment:
         kinds = {arm.kind for arm in self.arms}
         if len({arm.name for arm in self.arms}) != len(self.arms):
             raise ValueError(f"experiment {self.name!r}: arm names must be distinct; got {[a.name for a in self.arms]}")
-        if self.data.out_of_distribution and kinds & {"fixed", "classifier"}:
-            raise ValueError(f"experiment {self.name!r}: arms fixed / classifier annotate corrupted samples, and an "
-                             "out-of-distribution experiment has none (its extra data is annotated by crops arms)")
+        if self.data.out_of_distribution and kinds & {"fixed", "classifier", "weighted"}:
+            raise ValueError(f"experiment {self.name!r}: arms fixed / classifier / weighted annotate corrupted "
+                             "samples, and an out-of-distribution experiment has none (its extra data is annotated by "
+                             "crops arms)")
         if not self.data.out_of_distribution and kinds & {"crops", "fixed_crops"}:
             raise ValueError(f"experiment {self.name!r}: crops arms annotate out-of-distribution data; set "
                              "data.extra_classes")

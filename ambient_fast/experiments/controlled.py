@@ -160,7 +160,8 @@ def prepare_data(experiment: Experiment, *, data_path=None, test_path=None) -> E
 
 
 def _needs_classifier(experiment: Experiment) -> bool:
-    return any(arm.kind == "classifier" or (arm.kind == "fixed" and arm.fixed_sigma is None) for arm in experiment.arms)
+    return any(arm.kind in ("classifier", "weighted") or (arm.kind == "fixed" and arm.fixed_sigma is None)
+               for arm in experiment.arms)
 
 
 @contextlib.contextmanager
@@ -326,7 +327,7 @@ def arm_training_set(arm: Arm, mixed: MixedDataset, annotation: ClassifierAnnota
         return mixed.images, sigma_min, sigma_max
     if arm.kind == "fixed":
         sigma_min[~mixed.is_clean] = arm.fixed_sigma if arm.fixed_sigma is not None else annotation.single
-    elif arm.kind == "classifier":
+    elif arm.kind in ("classifier", "weighted"):  # weighted: the same gate, thinned by its acceptance table
         sigma_min[~mixed.is_clean] = annotation.sigma_min
     else:
         raise ValueError(f"unknown arm kind {arm.kind!r}")
@@ -334,7 +335,7 @@ def arm_training_set(arm: Arm, mixed: MixedDataset, annotation: ClassifierAnnota
 
 
 def train_arm(images, sigma_min, sigma_max, *, experiment: Experiment, seed: int, run_dir: Path, device, log=print,
-              note=print):
+              note=print, acceptance=None):
     """Train (or resume / reuse a finished run in run_dir) with the experiment's preset; every arm alike. A run in
     run_dir made with other annotations is set aside (renamed), never reused. log: the trainer's lines; note: the
     runner's own."""
@@ -343,7 +344,7 @@ def train_arm(images, sigma_min, sigma_max, *, experiment: Experiment, seed: int
     from ..train import preset, train
 
     dataset = TensorDataset(images)
-    table = Annotations(torch.arange(images.shape[0]), sigma_min, sigma_max,
+    table = Annotations(torch.arange(images.shape[0]), sigma_min, sigma_max, acceptance=acceptance,
                         provenance={"experiment": experiment.name, "seed": seed})
     _set_aside_if_other_annotations(run_dir, dataset.annotations(table).digest(), log=note)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -455,13 +456,20 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
                     f"{100 * float((crops.sigma_max > 0).double().mean()):.1f}% of the extra images; {crops.seconds:.0f} s")
             run_dir = out_dir / f"{arm.name}-seed{seed}"
             images, sigma_min, sigma_max = arm_training_set(arm, mixed, annotation, crops)
-            if arm.kind in ("fixed", "classifier") and arm.name not in selection:
-                selection[arm.name] = selection_diagnostic(train_images, mixed.images, mixed.is_clean, sigma_min)
+            acceptance = None
+            if arm.kind == "weighted":  # density-ratio acceptance from the same (cached) classifiers
+                from .weighted import weighted_acceptance
+
+                acceptance = weighted_acceptance(mixed, experiment, seed=seed, device=device,
+                                                 cache=out_dir / f"classifier-seed{seed}.safetensors", log=log)
+            if arm.kind in ("fixed", "classifier", "weighted") and arm.name not in selection:
+                selection[arm.name] = selection_diagnostic(train_images, mixed.images, mixed.is_clean, sigma_min,
+                                                           acceptance=acceptance)
             seconds = {}
             tick = time.perf_counter()
             log(f"  seed {seed}, arm {arm.name}: {images.shape[0]} training images")
             train_arm(images, sigma_min, sigma_max, experiment=experiment, seed=seed, run_dir=run_dir, device=device,
-                      log=lambda line: None, note=log)
+                      log=lambda line: None, note=log, acceptance=acceptance)
             seconds["train"] = time.perf_counter() - tick
             tick = time.perf_counter()
             samples = generate(run_dir, count=experiment.generated_count, num_steps=experiment.sampler_steps,

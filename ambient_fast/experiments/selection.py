@@ -83,37 +83,6 @@ def selection_diagnostic(originals: torch.Tensor, corrupted: torch.Tensor, is_cl
 
 
 # ------------------------------------------------------------------------------------ threshold vs weights
-def classifiers_for(experiment, mixed, *, seed: int, device, cache: Path, log=print):
-    """The experiment's cross-fitted classifiers (its ClassifierSetting, as controlled.annotate_with_classifier
-    trains them), cached at `cache` (reused when present)."""
-    from ..annotate.classifier import ClassifierConfig
-    from ..annotate.classifier import TrainConfig as ClassifierTrainConfig
-    from ..annotate.crossfit import load_classifier_set, save_classifier_set, train_crossfit
-    from ..annotate.sigma_min import LevelGrid
-    from .controlled import cpu_threads
-
-    if cache.is_file():
-        log(f"classifiers: {cache} (cached)")
-        return load_classifier_set(cache, device=device)
-    setting = experiment.classifier
-    grid = LevelGrid(levels=setting.levels)
-    with cpu_threads(setting.cpu_threads, device), torch.random.fork_rng(devices=[]):
-        classifiers = train_crossfit(
-            mixed.clean_images, mixed.corrupted_images, folds=setting.folds,
-            config=ClassifierConfig(img_channels=mixed.images.shape[1], img_resolution=mixed.images.shape[-1],
-                                    model_channels=setting.model_channels),
-            train=ClassifierTrainConfig(steps=setting.steps, batch_size=setting.batch_size, lr=setting.lr, seed=seed,
-                                        log_every=max(1, setting.steps // 5), p_mean=setting.p_mean,
-                                        p_std=setting.p_std, uniform_fraction=setting.uniform_fraction,
-                                        augment=setting.augment, sigma_lo=grid.sigma_lo, sigma_hi=grid.sigma_hi),
-            grid=grid, report_draws=2, report_samples=setting.report_samples, device=device,
-            progress=lambda fold, step, loss, accuracy: log(f"  classifier {fold + 1}/{setting.folds} step {step}: "
-                                                            f"BCE {loss:.3f}, accuracy {accuracy:.3f}"))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    save_classifier_set(classifiers, cache, provenance={"experiment": experiment.name, "seed": seed})
-    return classifiers
-
-
 def compare_threshold_and_weights(experiment_name: str, *, seed: int = 0, out_dir: str | Path, clips=(1.0,),
                                   floors=(0.05,), levels: int = 32, draws: int = 4, device="cpu",
                                   log=print) -> dict:
@@ -125,6 +94,7 @@ def compare_threshold_and_weights(experiment_name: str, *, seed: int = 0, out_di
     from ..annotations import Acceptance
     from .configs import EXPERIMENTS
     from .controlled import cpu_threads, prepare_data
+    from .weighted import classifiers_for
 
     experiment = EXPERIMENTS[experiment_name]
     out_dir = Path(out_dir)

@@ -1,0 +1,51 @@
+"""The `weighted` experiment arm: the classifier arm's gate plus density-ratio acceptance, trained with the
+acceptance table in its annotation file, from classifiers cached under a settings key."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from ambient_fast.annotations import Annotations
+from ambient_fast.experiments import configs
+
+
+def test_weighted_arm_trains_with_the_acceptance_table(tmp_path):
+    pytest.importorskip("skimage", reason="the embedded dataset reads photographs shipped with scikit-image")
+    from ambient_fast.experiments.controlled import prepare_data, run_experiment
+    from ambient_fast.experiments.weighted import WEIGHT_LEVELS, weighted_acceptance
+
+    demo = configs.experiment("demo-cpu-blur1.0")
+    tiny = dataclasses.replace(
+        demo, arms=(configs.Arm("classifier"), configs.Arm("weighted")),
+        data=dataclasses.replace(demo.data, train_count=48, test_count=16),
+        train_overrides=(("total_steps", 2), ("network.model_channels", 8), ("checkpoint_every", 100),
+                         ("snapshot_every", 0), ("log_every", 100)),
+        classifier=configs.ClassifierSetting(steps=2, batch_size=8, model_channels=8, draws=1, levels=16,
+                                             if_uninformative="per-sample"),
+        generated_count=8, sampler_steps=2, metrics=("fd_pixels",))
+    result = run_experiment(tiny, out_dir=tmp_path, device="cpu", log=lambda line: None)
+    classifier, weighted = result.arms
+    torch.testing.assert_close(weighted.sigma_min, classifier.sigma_min, rtol=0, atol=0)  # the same gate
+    table = Annotations.load(tmp_path / "weighted-seed0" / "annotations.safetensors")
+    mixed = prepare_data(tiny).mixed
+    assert table.acceptance.table.shape == (48, WEIGHT_LEVELS)
+    assert bool((table.acceptance.table[mixed.is_clean] == 1).all())
+    assert Annotations.load(tmp_path / "classifier-seed0" / "annotations.safetensors").acceptance is None
+    assert set(result.selection) == {"classifier", "weighted"}
+    # the classifiers are cached under a key of the settings: the same settings reuse them (same table), others
+    # retrain
+    cache = tmp_path / "classifier-seed0.safetensors"
+    logged = []
+    again = weighted_acceptance(mixed, tiny, seed=0, device="cpu", cache=cache, log=logged.append)
+    assert torch.equal(again.table, table.acceptance.table) and "(cached)" in logged[0]
+    other = dataclasses.replace(tiny, classifier=dataclasses.replace(tiny.classifier, lr=1e-3))
+    weighted_acceptance(mixed, other, seed=0, device="cpu", cache=cache, log=logged.append)
+    assert "other settings" in logged[1]
+
+
+def test_weighted_arms_refuse_out_of_distribution_experiments():
+    ood = configs.experiment("demo-cpu-ood")
+    with pytest.raises(ValueError, match="weighted"):
+        dataclasses.replace(ood, arms=(*ood.arms, configs.Arm("weighted")))
