@@ -263,3 +263,31 @@ def test_trainer_config_selects_the_dit():
     assert big.network.dit_size == "microdit-1.1b" and big.ref_lr == 2.4e-4 and big.batch_size == 2048
     with pytest.raises(ValueError, match="network.dit_size must be one of"):
         preset("dit-tiny-cpu", **{"network.dit_size": "dit-huge"})
+
+
+@pytest.mark.gpu
+def test_on_cuda_bf16_and_inductor_agree_with_fp32():
+    """Skipped without CUDA. MicroDiT_Tiny_2 (200M) on 4x32x32 latents with 75% masking: bf16 autocast within 5%
+    (relative L2) of fp32, backward finite; dit-tiny compiled by Inductor (fullgraph) matches eager."""
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    net = randomise(DiT(4, 32, size="microdit-tiny")).to(device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(8, 4, 32, 32, device=device, generator=generator)
+    caption = torch.randn(8, 77, 1024, device=device, generator=generator)
+    mask = torch.arange(77, device=device) < torch.randint(1, 78, (8, 1), device=device, generator=generator)
+    keep = random_keep(8, 256, mask_ratio=0.75, device=device)
+    c_noise = torch.randn(8, device=device, generator=generator) * 0.5
+    reference = net(x, c_noise, caption=caption, caption_mask=mask, keep=keep)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        low = net(x, c_noise, caption=caption, caption_mask=mask, keep=keep)
+    assert (low.float() - reference).norm() / reference.norm() < 0.05
+    low.float().square().mean().backward()
+    assert all(p.grad is None or p.grad.isfinite().all() for p in net.parameters())
+
+    small = randomise(tiny()).to(device).eval()
+    x, c_noise, labels, caption, mask = (t.to(device) for t in inputs())
+    torch._dynamo.reset()
+    compiled = torch.compile(small, fullgraph=True)
+    torch.testing.assert_close(compiled(x, c_noise, labels, caption=caption, caption_mask=mask),
+                               small(x, c_noise, labels, caption=caption, caption_mask=mask), rtol=1e-2, atol=1e-3)
