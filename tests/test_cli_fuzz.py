@@ -249,6 +249,9 @@ RECIPES = {  # by command, as commands() names them
     "annotate sigma-min": Recipe(SIGMA_MIN, [("--images", "images"), ("--classifier", "classifier"),
                                              ("--trusted", "trusted"), ("--base", "annotations")],
                                  [("--out", "file")], accepts=("--trusted|empty-file",)),  # no more trusted images
+    "annotate weights": Recipe(["--levels", "4", "--draws", "1", "--device", "cpu"],
+                               [("--images", "images"), ("--classifier", "classifier"),
+                                ("--annotations", "annotations")], [("--out", "file")]),
     "annotate train-crops": Recipe(["--steps", "1", "--crop-sizes", "4", "--model-channels", "4", "--channel-mult",
                                     "1", "--batch-size", "8"], [("--target", "images"), ("--other", "images")],
                                    [("--out", "file")]),
