@@ -219,3 +219,28 @@ def test_cap_gate_and_level_statistics():
         assert math.isclose(row.clipped, float((a > 0.5).double().mean()))
     with pytest.raises(ValueError, match="clip"):
         dr.acceptance_from_ratio(accept, clip=0.0)
+
+
+def test_selection_diagnostic_weighs_admitted_samples_by_their_acceptance():
+    from ambient_fast.experiments.selection import high_frequency_power, selection_diagnostic
+
+    generator = torch.Generator().manual_seed(0)
+    originals = torch.rand(40, 3, 8, 8, generator=generator) * 2 - 1
+    used = originals * 0.5
+    is_clean = torch.arange(40) < 8
+    sigma_min = torch.where(is_clean, 0.0, 0.05).double()
+    hard = selection_diagnostic(originals, used, is_clean, sigma_min, levels=(0.1,))[0]
+    ones = selection_diagnostic(originals, used, is_clean, sigma_min, levels=(0.1,),
+                                acceptance=Acceptance(GRID, torch.ones(40, 2)))[0]
+    for name in ("corrupted_share", "selection_decades", "leak_decades", "taken", "ess"):
+        assert math.isclose(getattr(hard, name), getattr(ones, name), rel_tol=1e-12, abs_tol=1e-12), name
+    a = torch.rand(40, generator=generator)
+    row = selection_diagnostic(originals, used, is_clean, sigma_min, levels=(0.1,),
+                               acceptance=Acceptance(GRID, a.unsqueeze(1).repeat(1, 2)))[0]
+    weight = a.double() * ~is_clean
+    power, power_used = high_frequency_power(originals), high_frequency_power(used)
+    assert math.isclose(row.selection_decades,
+                        float((weight * power).sum() / weight.sum() - power.mean()), rel_tol=1e-9)
+    assert math.isclose(row.leak_decades, float((weight * (power_used - power)).sum() / weight.sum()), rel_tol=1e-9)
+    assert math.isclose(row.corrupted_share, float(weight.sum() / (8 + weight.sum())), rel_tol=1e-12)
+    assert math.isclose(row.ess, float(weight.sum() ** 2 / (weight ** 2).sum()), rel_tol=1e-12)
