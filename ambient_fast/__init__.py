@@ -16,6 +16,7 @@ from ._validate import check_device_errors
 from .buffer import SigmaSelection, buffer_factor, select_sigma_tn
 from .ops.ambient_loss import AmbientLoss, ambient_loss, ambient_loss_precond
 from .ops.ambient_noising import ambient_noising
+from .ops.flow_loss import FlowLoss, flow_loss
 from .ops.noising import AddNoise, add_noise
 from .ops.sample_noise import sample_noise
 from .reference import ambient_loss_reference
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AddNoise",
     "AmbientLoss",
+    "FlowLoss",
     "SigmaSelection",
     "add_noise",
     "ambient_loss",
@@ -34,6 +36,7 @@ __all__ = [
     "backends",
     "buffer_factor",
     "check_device_errors",
+    "flow_loss",
     "has_native",
     "has_native_cuda",
     "has_triton",

@@ -24,7 +24,7 @@ SKIP_CHECKS_ENV = "AMBIENT_FAST_SKIP_CHECKS"
 
 # Device error word: one bit per (op, condition). Kernels OR codes << OP_SHIFT[op] into it.
 SIGMA_T_BAD, SIGMA_TN_BAD, SIGMA_TN_NOT_BELOW, SAMPLE_ID_NEGATIVE = 1, 2, 4, 8
-OP_SHIFT = {"ambient_loss": 0, "add_noise": 4, "ambient_noising": 8}
+OP_SHIFT = {"ambient_loss": 0, "add_noise": 4, "ambient_noising": 8, "flow_loss": 12}  # flow_loss: bit 1 is t in (0, 1)
 CONDITIONS = {
     SIGMA_T_BAD: "sigma_t must be > 0 and finite",
     SIGMA_TN_BAD: "sigma_tn must be >= 0 and finite",

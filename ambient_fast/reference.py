@@ -76,3 +76,36 @@ def annotate_reference(x0, sigma_tn, noise) -> torch.Tensor:
     """x_tn = x0 + sigma_tn * n_i: the annotated sample, n_i fixed per sample (DESIGN.md section 1)."""
     s_tn = _per_sample(sigma_tn, x0).to(torch.float64 if x0.dtype == torch.float64 else torch.float32)
     return (x0.to(s_tn.dtype) + s_tn * noise.to(s_tn.dtype)).to(x0.dtype)
+
+
+# ------------------------------------------------------------------------------- rectified flow (docs/flow.md)
+
+def flow_loss_reference(velocity, z_t, x_tn, t, sigma_tn) -> torch.Tensor:
+    """Per-sample ambient rectified-flow loss [B], transcribed from the paper's VE form (docs/flow.md).
+
+    z_t = (1 - t) x_t maps the VE sample x_t at s = t/(1-t); the velocity implies the x0 estimate D = z_t - t v;
+    x_tn_hat = alpha D + (1 - alpha) x_t (eq. 2.2), weighted by lambda_amb = 1/alpha^2 (eq. D.1) and by 1/t^2
+    (flow matching's weight in x0 units: |v - (eps - x0)|^2 = |D - x0|^2 / t^2). Promoted dtype of the inputs.
+    """
+    t = _per_sample(t, velocity).to(velocity.dtype)
+    s_tn = _per_sample(sigma_tn, velocity).to(velocity.dtype)
+    s_t = t / (1 - t)  # VE level of RF time t
+    x_t = z_t / (1 - t)
+    denoised = z_t - t * velocity
+    alpha = precond.ambient_alpha(s_t, s_tn)
+    x_tn_hat = alpha * denoised + (1 - alpha) * x_t  # eq. 2.2
+    weight = precond.ambient_weight(s_t, s_tn) / t**2
+    return (weight * (x_tn_hat - x_tn) ** 2).flatten(1).mean(dim=1)
+
+
+def flow_matching_reference(velocity, x0, noise) -> torch.Tensor:
+    """The standard flow-matching loss mean((v - (eps - x0))^2) per sample: what sigma_tn = 0 must reproduce."""
+    return ((velocity - (noise - x0)) ** 2).flatten(1).mean(dim=1)
+
+
+def flow_noising_reference(x_tn, t, sigma_tn, noise) -> torch.Tensor:
+    """z_t = (1 - t) (x_tn + sqrt(s^2 - sigma_tn^2) eps), s = t/(1-t): the network input of an annotated sample."""
+    t = _per_sample(t, x_tn).to(x_tn.dtype)
+    s_tn = _per_sample(sigma_tn, x_tn).to(x_tn.dtype)
+    s_t = t / (1 - t)
+    return (1 - t) * (x_tn + (s_t**2 - s_tn**2).sqrt() * noise)
