@@ -82,12 +82,23 @@ def run_eval(args) -> int:
                 extractors.append(make(path or None, trust_torchscript=trust))
         except (UntrustedWeightsError, WeightsNotFoundError) as error:
             raise UserError(str(error)) from None
-    config = EvaluationConfig(swd=SWDConfig(seed=args.seed), feature_extractors=extractors, seed=args.seed)
+    if args.bootstrap < 0:
+        raise UserError(f"--bootstrap must be >= 0 (0: no intervals), got {args.bootstrap}")
+    config = EvaluationConfig(swd=SWDConfig(seed=args.seed), feature_extractors=extractors, seed=args.seed,
+                              bootstrap=args.bootstrap)
     results = evaluate(generated, references=references, train=references.get("train"), test=references.get("test"),
                        config=config)
+    from ..metrics.bootstrap import percentile_interval
+
     for name, row in results.items():
-        scalars = {k: v for k, v in row.items() if not isinstance(v, list)}
-        print(f"{name:>12}: " + "  ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
+        scalars = {k: v for k, v in row.items() if isinstance(v, (int, float))}
+        replicates = row.get("bootstrap", {})
+        print(f"{name:>12}: " + "  ".join(
+            f"{k}={v:.4g}" + ("[{:.4g}, {:.4g}]".format(*percentile_interval(replicates[k], estimate=v))
+                              if k in replicates else "") for k, v in scalars.items()))
+    if args.bootstrap:
+        print(f"(95% bootstrap intervals over {args.bootstrap} resamples of the generated and reference sets, "
+              "re-centred on the estimate: ambient_fast/metrics/bootstrap.py)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=1))
@@ -147,6 +158,8 @@ def register(subparsers) -> None:
     evaluate.add_argument("--json", help="write all results (per-band spectra included) to this file")
     evaluate.add_argument("--seed", type=int, default=0,
                           help="seed of the sliced Wasserstein projections and the memorisation split")
+    evaluate.add_argument("--bootstrap", type=int, default=50,
+                          help="resamples for each metric's 95%% interval (0: none)")
     evaluate.set_defaults(func=run_eval)
 
     experiment = subparsers.add_parser("experiment", help="a controlled experiment (or a paper table) end to end")

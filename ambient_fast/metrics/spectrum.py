@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 HIGH_FREQUENCY_CYCLES_PER_PX = 0.25  # half the Nyquist frequency: the part blur removes first
@@ -20,20 +21,31 @@ class RadialSpectrum:
     power: torch.Tensor  # [K] mean power per band (float64)
 
 
-def radial_power_spectrum(images: torch.Tensor) -> RadialSpectrum:
+def _band_power_per_image(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(band centres [K] in cycles per pixel, mean power per image and band float64 [B, K], channels averaged)."""
     if images.dim() != 4 or images.shape[-1] != images.shape[-2]:
         raise ValueError(f"images must be square [B, C, N, N], got shape {tuple(images.shape)}")
     size = images.shape[-1]
     x = images.double().cpu()
     x = x - x.mean(dim=(-2, -1), keepdim=True)
     window = torch.hann_window(size, periodic=False, dtype=torch.float64)
-    power = torch.fft.fft2(x * torch.outer(window, window)).abs().pow(2).mean(dim=(0, 1))  # [N, N]
+    power = torch.fft.fft2(x * torch.outer(window, window)).abs().pow(2).mean(dim=1)  # [B, N, N]
     frequencies = torch.fft.fftfreq(size, dtype=torch.float64)
     radius = torch.sqrt(frequencies[:, None] ** 2 + frequencies[None, :] ** 2)
     band = torch.round(radius * size).long()  # band k holds radii in [(k - 1/2)/N, (k + 1/2)/N)
     bands = torch.arange(1, size // 2 + 1)
-    mean_power = torch.stack([power[band == k].mean() for k in bands])
-    return RadialSpectrum(frequency=bands.double() / size, power=mean_power)
+    per_image = torch.stack([power[:, band == k].mean(dim=1) for k in bands], dim=1)
+    return bands.double() / size, per_image
+
+
+def radial_power_spectrum(images: torch.Tensor) -> RadialSpectrum:
+    frequency, per_image = _band_power_per_image(images)
+    return RadialSpectrum(frequency=frequency, power=per_image.mean(dim=0))
+
+
+def _summaries(log_ratio: torch.Tensor, frequency: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(RMS over bands, mean over bands above HIGH_FREQUENCY_CYCLES_PER_PX) of log ratios [..., K]."""
+    return log_ratio.pow(2).mean(dim=-1).sqrt(), log_ratio[..., frequency > HIGH_FREQUENCY_CYCLES_PER_PX].mean(dim=-1)
 
 
 def spectrum_error(images: torch.Tensor, reference: torch.Tensor) -> dict[str, float | list[float]]:
@@ -41,10 +53,22 @@ def spectrum_error(images: torch.Tensor, reference: torch.Tensor) -> dict[str, f
     'spectrum_high_freq': its mean over bands above 0.25 cycles/px (signed: < 0 means missing detail, i.e. blur)."""
     generated, target = radial_power_spectrum(images), radial_power_spectrum(reference)
     log_ratio = torch.log10(generated.power.clamp_min(1e-30) / target.power.clamp_min(1e-30))
-    high = generated.frequency > HIGH_FREQUENCY_CYCLES_PER_PX
+    rms, high = _summaries(log_ratio, generated.frequency)
     return {
-        "spectrum_error": log_ratio.pow(2).mean().sqrt().item(),
-        "spectrum_high_freq": log_ratio[high].mean().item(),
+        "spectrum_error": rms.item(),
+        "spectrum_high_freq": high.item(),
         "spectrum_log_ratio": log_ratio.tolist(),
         "spectrum_frequency": generated.frequency.tolist(),
     }
+
+
+def spectrum_error_replicates(images: torch.Tensor, reference: torch.Tensor, counts_a: torch.Tensor,
+                              counts_b: torch.Tensor) -> dict[str, np.ndarray]:
+    """{'spectrum_error', 'spectrum_high_freq'}: float64 [B] for bootstrap counts per image [B, N] of each set
+    (the band powers are means over images, so a resample is a weighted mean)."""
+    frequency, power_a = _band_power_per_image(images)
+    _, power_b = _band_power_per_image(reference)
+    mean_a = counts_a.double() @ power_a / counts_a.sum(dim=1, keepdim=True).double()
+    mean_b = counts_b.double() @ power_b / counts_b.sum(dim=1, keepdim=True).double()
+    rms, high = _summaries(torch.log10(mean_a.clamp_min(1e-30) / mean_b.clamp_min(1e-30)), frequency)
+    return {"spectrum_error": rms.numpy(), "spectrum_high_freq": high.numpy()}
