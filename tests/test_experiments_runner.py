@@ -15,7 +15,9 @@ from ambient_fast.experiments.controlled import (
     ArmResult, ClassifierAnnotation, CropsAnnotation, ExperimentResult, arm_training_set, usable_per_level,
 )
 from ambient_fast.experiments.mixed_dataset import make_mixed_dataset, make_out_of_distribution_dataset
-from ambient_fast.experiments.report import conclusion, format_report
+from ambient_fast.experiments.report import (
+    _scored, arm_interval, comparison_lines, compare, conclusion, format_report,
+)
 
 
 @pytest.fixture
@@ -77,31 +79,70 @@ def test_usable_per_level_follows_the_buffer():
     assert counts == [3, 2, 1, 1, 3, 3]
 
 
-def _fake_result(metric_values: dict[str, float]) -> ExperimentResult:
+def _fake_result(metric_values: dict[str, float], *, spread: float = 0.01, seeds: tuple[int, ...] = (0,)
+                 ) -> ExperimentResult:
+    """Made-up metrics per arm: every metric = the arm's value, with 50 bootstrap replicates uniform within +- spread
+    (relative) around it; per seed the value moves by +- spread / 2 when several seeds are given."""
     experiment = configs.experiment("demo-cpu-blur1.0")
+    offsets = torch.linspace(-1, 1, 50, dtype=torch.float64)
     arms = []
-    for arm in experiment.arms:
-        value = metric_values[arm.name]
-        reference = {"fd_pixels": value, "swd": value, "spectrum_high_freq": -value, "spectrum_error": value,
-                     "spectrum_log_ratio": [-value] * 8, "spectrum_frequency": [k / 16 for k in range(1, 9)]}
-        arms.append(ArmResult(arm.name, 0, torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64),
-                              {"test": reference, "train": dict(reference),
-                               "memorization": {"copy_fraction": value, "copy_fraction_test": 0.01,
-                                                "nn_train_ratio": 1.0, "diversity_ratio": 1.0}},
-                              torch.zeros(1, 3, 16, 16)))
+    for seed in seeds:
+        for arm in experiment.arms:
+            value = metric_values[arm.name] * (1 + (spread / 2 if len(seeds) > 1 and seed % 2 else 0))
+            boot = lambda v: (v + offsets * spread * abs(v)).tolist()  # noqa: E731
+            reference = {"fd_pixels": value, "swd": value, "spectrum_high_freq": -value, "spectrum_error": value,
+                         "spectrum_log_ratio": [-value] * 8, "spectrum_frequency": [k / 16 for k in range(1, 9)]}
+            reference["bootstrap"] = {k: boot(v) for k, v in reference.items() if isinstance(v, float)}
+            memorised = {"copy_fraction": value, "copy_fraction_test": 0.01, "nn_train_ratio": 1.0, "diversity_ratio": 1.0,
+                         "bootstrap": {"copy_fraction": boot(value), "nn_train_ratio": boot(1.0)}}
+            arms.append(ArmResult(arm.name, seed, torch.zeros(4, dtype=torch.float64), torch.zeros(4, dtype=torch.float64),
+                                  {"test": reference, "train": dict(reference), "memorization": memorised},
+                                  torch.zeros(1, 3, 16, 16)))
     return ExperimentResult(experiment, arms, {0: _annotation(10)}, Path("unused"), seconds=60.0)
 
 
 def test_conclusion_is_computed_from_the_numbers():
     good_classifier = conclusion(_fake_result({"only_clean": 2.0, "all_data": 3.0, "fixed": 1.5, "classifier": 1.0}))
     assert "FD_pix test: classifier" in good_classifier[0]
-    assert "classifier vs only_clean: better on 7 of 7 metrics" in good_classifier
+    assert any(line.startswith("classifier vs only_clean: better on 7 of 7 metrics (intervals separate)")
+               for line in good_classifier)
     bad_classifier = conclusion(_fake_result({"only_clean": 1.0, "all_data": 3.0, "fixed": 1.5, "classifier": 2.0}))
     assert "FD_pix test: only_clean" in bad_classifier[0]
-    assert any(line.startswith("classifier vs only_clean: better on 0 of 7") for line in bad_classifier)
+    assert any(line.startswith("classifier vs only_clean: better on 0 of 7") and "worse on FD_pix test" in line
+               for line in bad_classifier)
     report = format_report(_fake_result({"only_clean": 2.0, "all_data": 3.0, "fixed": 1.5, "classifier": 1.0}))
     for arm in ("only_clean", "all_data", "fixed", "classifier"):
         assert arm in report
+    assert "classifier better than only_clean" in report
+
+
+def test_differences_inside_the_intervals_are_not_called():
+    values = {"only_clean": 1.00, "all_data": 1.02, "fixed": 1.04, "classifier": 0.98}
+    separated = _fake_result(values, spread=0.005)  # intervals +-0.5%: 2% apart separates
+    overlapping = _fake_result(values, spread=0.05)  # intervals +-5%: nothing separates
+    fd_line = comparison_lines(separated)[0]
+    assert fd_line.startswith("FD_pix test: ") and "classifier better than only_clean" in fd_line
+    assert "only_clean better than fixed" in fd_line and "not separated" not in fd_line
+    lines = comparison_lines(overlapping)
+    assert lines and all(line.endswith("not separated (no two arms' intervals separate)") for line in lines)
+    text = conclusion(overlapping)
+    assert "FD_pix test: not separated" in text[0] and "better than" not in "\n".join(lines)
+    assert any(line.startswith("classifier vs only_clean: better on 0 of 7") and "not separated on 7" in line
+               for line in text)
+    # Several seeds: the interval widens by the seeds' spread (t quantile), and is centred on the mean over seeds.
+    mean, low, high = arm_interval(_fake_result(values, spread=0.005, seeds=(0, 1, 2)).arms, "fixed", "test", "fd_pixels")
+    per_seed = [1.04, 1.04 * 1.0025, 1.04]
+    assert mean == pytest.approx(sum(per_seed) / 3)
+    half_seeds = 4.303 * torch.tensor(per_seed, dtype=torch.float64).std().item() / math.sqrt(3)
+    assert high - mean > half_seeds and high - mean == pytest.approx(mean - low)
+
+
+def test_interval_of_a_signed_error_is_the_interval_of_its_size():
+    assert _scored((-0.2, -0.3, -0.1), "abs") == (0.2, 0.1, 0.3)
+    assert _scored((0.05, -0.1, 0.2), "abs") == (0.05, 0.0, 0.2)  # spans 0: the size can be 0
+    assert compare((1.0, 0.9, 1.1), (2.0, 1.8, 2.2)) == -1 and compare((2.0, 1.8, 2.2), (1.0, 0.9, 1.1)) == 1
+    assert compare((1.0, 0.9, 1.9), (2.0, 1.8, 2.2)) == 0
+    assert compare((1.0, math.nan, math.nan), (2.0, 1.8, 2.2)) == 0  # no interval: never called
 
 
 def test_tiny_experiment_end_to_end(tmp_path):
@@ -144,6 +185,16 @@ def test_tiny_experiment_end_to_end(tmp_path):
         with Image.open(tmp_path / name) as image:
             assert image.size[0] > 0
     assert "conclusion" in format_report(result)
+    # Every metric has bootstrap replicates; the samples are saved, and the report is recomputed from them alone.
+    test_row = result.arms[0].metrics["test"]
+    assert {"fd_pixels", "fd_pca", "kid_pixels", "swd", "spectrum_high_freq"} <= set(test_row["bootstrap"])
+    assert all(len(v) == 50 for v in test_row["bootstrap"].values())
+    from ambient_fast import cli
+
+    assert cli.main(["experiment-report", str(tmp_path), "--bootstrap", "20"]) == 0
+    rescored = json.loads((tmp_path / "results.json").read_text())["arms"][0]["metrics"]["test"]
+    assert rescored["fd_pixels"] == pytest.approx(test_row["fd_pixels"], rel=1e-9)  # the same samples and references
+    assert len(rescored["bootstrap"]["fd_pca"]) == 20
 
     # A rerun reuses the stored annotation and the finished training runs.
     again = run_experiment(dataclasses.replace(tiny, arms=tiny.arms[:1]), out_dir=tmp_path, device="cpu",

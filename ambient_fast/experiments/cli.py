@@ -1,6 +1,7 @@
 """`ambient-fast corrupt` (a mixed clean/corrupted dataset from a clean one), `ambient-fast eval` (metrics of a
-generated set against test and training references) and `ambient-fast experiment` (a controlled experiment or a
-whole paper table from ambient_fast.experiments.configs)."""
+generated set against test and training references), `ambient-fast experiment` (a controlled experiment or a
+whole paper table from ambient_fast.experiments.configs) and `ambient-fast experiment-report` (its metrics
+recomputed from the saved samples)."""
 from __future__ import annotations
 
 import json
@@ -129,6 +130,65 @@ def run_experiment_command(args) -> int:
     return 0
 
 
+def rescore(run_dir: Path, *, data_path=None, test_path=None, bootstrap: int = 50, device: str = "cpu"):
+    """Recompute every arm's metrics (with intervals) of a finished experiment folder from its saved samples
+    (samples_<arm>-seed<k>.safetensors) and the experiment's references; writes them into results.json and returns
+    an ExperimentResult holding the arms (no annotations: their sections are the run's own report)."""
+    import dataclasses
+
+    import torch
+    from safetensors.torch import load_file
+
+    from ..metrics import EvaluationConfig, evaluate
+    from .configs import DataSetting
+    from .configs import experiment as experiment_named
+    from .controlled import ArmResult, ExperimentResult, feature_extractors, prepare_data
+
+    summary_path = run_dir / "results.json"
+    if not summary_path.is_file():
+        raise UserError(f"{run_dir} has no results.json: give the output folder of a finished experiment")
+    summary = json.loads(summary_path.read_text())
+    with user_input(hint="see ambient-fast experiment --list"):
+        item = experiment_named(summary["experiment"])
+    if "data" in summary:  # the run's own data setting (a modified experiment keeps its name); JSON made tuples lists
+        def tuples(value):
+            return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+
+        item = dataclasses.replace(item, data=DataSetting(**{k: tuples(v) for k, v in summary["data"].items()}))
+    extractors = feature_extractors(item, device=device)
+    prepared = prepare_data(item, data_path=data_path, test_path=test_path)
+    cache, arms = {}, []
+    for entry in summary["arms"]:
+        path = run_dir / f"samples_{entry['arm']}-seed{entry['seed']}.safetensors"
+        if not path.is_file():
+            raise UserError(f"{path} is missing (runs made before the samples were saved): rerun `ambient-fast "
+                            "experiment` into this folder, which reuses the trained runs and saves them")
+        samples = load_file(str(path))["samples"]
+        entry["metrics"] = evaluate(samples, references={"test": prepared.test, "train": prepared.train},
+                                    train=prepared.train, test=prepared.test, reference_cache=cache,
+                                    config=EvaluationConfig(seed=entry["seed"], feature_extractors=extractors,
+                                                            bootstrap=bootstrap))
+        empty = torch.zeros(0, dtype=torch.float64)
+        arms.append(ArmResult(entry["arm"], entry["seed"], empty, empty, entry["metrics"], samples))
+    summary_path.write_text(json.dumps(summary, indent=1))
+    present = {a.arm for a in arms}
+    item = dataclasses.replace(item, arms=tuple(a for a in item.arms if a.name in present))
+    return ExperimentResult(item, arms, {}, run_dir)
+
+
+def run_experiment_report(args) -> int:
+    from .report import comparison_lines, conclusion, metric_table
+
+    if args.bootstrap < 0:
+        raise UserError(f"--bootstrap must be >= 0 (0: no intervals), got {args.bootstrap}")
+    result = rescore(Path(args.run_dir), data_path=args.data, test_path=args.test, bootstrap=args.bootstrap,
+                     device=args.device or "cpu")
+    print("\n".join([f"== {result.experiment.name}: metrics recomputed from the saved samples in {args.run_dir}",
+                     *metric_table(result), "", "-- pairwise comparisons (95% intervals)", *comparison_lines(result),
+                     "", "-- conclusion (computed from the numbers above)", *conclusion(result)]))
+    return 0
+
+
 def register(subparsers) -> None:
     from ..corruptions import CORRUPTIONS
 
@@ -172,3 +232,12 @@ def register(subparsers) -> None:
     experiment.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the experiment's)")
     experiment.add_argument("--device", type=device_arg, help="cpu or cuda (default: the experiment's)")
     experiment.set_defaults(func=run_experiment_command)
+
+    report = subparsers.add_parser("experiment-report", help="recompute an experiment's metrics, intervals and "
+                                                             "comparisons from its saved samples (no training)")
+    report.add_argument("run_dir", help="the experiment's output folder (results.json, samples_<arm>-seed<k>.safetensors)")
+    report.add_argument("--data", help="clean training set, for 'path' experiments (as given to `experiment`)")
+    report.add_argument("--test", help="held-out test set, for 'path' experiments")
+    report.add_argument("--bootstrap", type=int, default=50, help="resamples for each metric's 95%% interval")
+    report.add_argument("--device", type=device_arg, help="device of FID / FD_DINOv2 feature networks (default cpu)")
+    report.set_defaults(func=run_experiment_report)

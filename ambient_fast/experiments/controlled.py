@@ -410,6 +410,8 @@ def feature_extractors(experiment: Experiment, *, device) -> list:
 def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=None, test_path=None,
                    seeds: tuple[int, ...] | None = None, device: str | torch.device | None = None,
                    log=print) -> ExperimentResult:
+    from safetensors.torch import save_file
+
     from ..metrics import EvaluationConfig, evaluate
     from ..sampling import save_image_grid
 
@@ -475,6 +477,8 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
             samples = generate(run_dir, count=experiment.generated_count, num_steps=experiment.sampler_steps,
                                seed=seed, ema_std=experiment.ema_std, device=device)
             save_image_grid(samples[:64], out_dir / f"samples_{arm.name}-seed{seed}.png")
+            # Every sample, so that `ambient-fast experiment-report` recomputes the metrics without sampling again.
+            save_file({"samples": samples.contiguous()}, str(out_dir / f"samples_{arm.name}-seed{seed}.safetensors"))
             seconds["sample"] = time.perf_counter() - tick
             tick = time.perf_counter()
             metrics = evaluate(samples, references={"test": test_images, "train": train_images},
@@ -516,6 +520,7 @@ def _write_outputs(result: ExperimentResult) -> None:
                            title=f"{result.experiment.name}: training samples usable at each noise level")
     summary = {
         "experiment": result.experiment.name, "seconds": result.seconds,
+        "data": dataclasses.asdict(result.experiment.data),  # the references, for `experiment-report`
         "annotations": {seed: {"mean_finite": _finite_mean(a.sigma_min), "median": float(a.sigma_min.median()),
                                "single": a.single, "reached": a.reached, "capped": a.capped,
                                "fallback": a.fallback, "classifier_report": a.report}

@@ -1,67 +1,95 @@
 """The printed report of a controlled experiment: one table of metrics per arm (test and train references,
 memorisation), the annotation distribution, usable samples per level, the radial spectrum per arm, and a
-conclusion computed from those numbers (nothing is written in advance)."""
+conclusion computed from those numbers (nothing is written in advance). Every metric carries a 95% interval
+(bootstrap over generated and reference samples, combined with the spread over training seeds); a difference
+between arms is called only where the intervals separate, "not separated" otherwise."""
 from __future__ import annotations
 
+import math
 import statistics
 
 import torch
 
 from ..annotate.report import ClassifierReport
+from ..metrics.bootstrap import combined_interval
 from .controlled import ExperimentResult, usable_per_level
 
 # (reference, metric, header, orientation): lower is better for all, |x| for the signed spectrum error.
 COLUMNS = (
     ("test", "fd_pixels", "FD_pix test", "lower"),
+    ("test", "fd_pca", "FD_pca test", "lower"),
+    ("test", "kid_pixels", "KID_pix test", "lower"),
+    ("test", "kid_pca", "KID_pca test", "lower"),
     ("test", "swd", "SWD test", "lower"),
     ("test", "spectrum_high_freq", "HF dec test", "abs"),
     ("test", "spectrum_error", "spec RMS", "lower"),
     ("train", "fd_pixels", "FD_pix train", "lower"),
+    ("train", "fd_pca", "FD_pca train", "lower"),
     ("train", "swd", "SWD train", "lower"),
     ("memorization", "copy_fraction", "copies", "lower"),
     ("memorization", "nn_train_ratio", "NN/test NN", None),
 )
 REPORT_LEVELS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-NETWORK_COLUMNS = (("test", "fd_inception", "FID test", "lower"), ("test", "fd_dinov2", "FD_DINO test", "lower"))
+NETWORK_COLUMNS = (("test", "fd_inception", "FID test", "lower"), ("test", "kid_inception", "KID_incep test", "lower"),
+                   ("test", "fd_dinov2", "FD_DINO test", "lower"))
 
 
-def columns(result: ExperimentResult) -> tuple:
-    """COLUMNS, preceded by FID / FD_DINOv2 when the run computed them (local weights were given)."""
-    present = result.arms[0].metrics["test"]
-    return tuple(c for c in NETWORK_COLUMNS if c[1] in present) + COLUMNS
+def columns(records) -> tuple:
+    """COLUMNS present in the run (older runs have no fd_pca / kid_*), preceded by FID / KID / FD_DINOv2 when the
+    run computed them (local weights were given). records: ArmResult-like (.arm, .seed, .metrics)."""
+    first = records[0].metrics
+    return tuple(c for c in NETWORK_COLUMNS + COLUMNS if c[1] in first.get(c[0], {}))
 
 
 def _name_width(result: ExperimentResult) -> int:
     return max(14, 1 + max(len(arm.name) for arm in result.experiment.arms))
 
 
-def _values(result: ExperimentResult, arm: str, reference: str, metric: str) -> list[float]:
-    return [r.metrics[reference][metric] for r in result.arms if r.arm == arm]
+def arm_interval(records, arm: str, reference: str, metric: str) -> tuple[float, float, float]:
+    """(mean over seeds, 95% low, high) of one arm's metric: the bootstrap interval for one seed, combined with the
+    seeds' spread for several (metrics.bootstrap.combined_interval); NaN bounds when there is neither."""
+    rows = [r.metrics[reference] for r in records if r.arm == arm]
+    replicates = [row.get("bootstrap", {}).get(metric) for row in rows]
+    return combined_interval([row[metric] for row in rows], None if None in replicates else replicates)
 
 
-def _score(value: float, orientation: str) -> float:
-    return abs(value) if orientation == "abs" else value
+def _scored(interval: tuple[float, float, float], orientation: str | None) -> tuple[float, float, float]:
+    """The interval of the score that is lower-is-better: |x| for a signed error (0 when x's interval spans 0)."""
+    mean, low, high = interval
+    if orientation != "abs":
+        return interval
+    ends = sorted((abs(low), abs(high)))
+    return abs(mean), (0.0 if low <= 0 <= high else ends[0]), ends[1]
+
+
+def compare(a: tuple[float, float, float], b: tuple[float, float, float]) -> int:
+    """-1 when a's score interval lies wholly below b's (a better), +1 when wholly above, 0 otherwise ("not
+    separated"; also when either has no interval)."""
+    if any(math.isnan(v) for v in (*a[1:], *b[1:])):
+        return 0
+    return -1 if a[2] < b[1] else 1 if a[1] > b[2] else 0
+
+
+def _cell(interval: tuple[float, float, float]) -> str:
+    mean, low, high = interval
+    return f"{mean:.4g}" + ("" if math.isnan(low) else f" [{low:.3g}, {high:.3g}]")
 
 
 def metric_table(result: ExperimentResult) -> list[str]:
+    """One row per metric, one column per arm: the value (mean over seeds) and its 95% interval."""
     arms = [arm.name for arm in result.experiment.arms]
     seeds = sorted({r.seed for r in result.arms})
-    width = _name_width(result)
-    lines = [f"{'arm':<{width}}" + "".join(f"{header:>14}" for _, _, header, _ in columns(result))
-             + ("" if len(seeds) == 1 else f"   (mean over seeds {seeds}, +- std)")]
-    for arm in arms:
-        cells = []
-        for reference, metric, _, _ in columns(result):
-            values = _values(result, arm, reference, metric)
-            text = f"{statistics.fmean(values):.4g}"
-            if len(values) > 1:
-                text += f"+-{statistics.stdev(values):.2g}"
-            cells.append(f" {text:>13}")  # the leading space: long cells never run together
-        lines.append(f"{arm:<{width}}" + "".join(cells))
+    cells = {(arm, c[2]): _cell(arm_interval(result.arms, arm, c[0], c[1])) for arm in arms for c in columns(result.arms)}
+    width = max(22, 2 + max(len(text) for text in cells.values()), *(len(arm) + 2 for arm in arms))
+    lines = [f"{'metric':<15}" + "".join(f"{arm:>{width}}" for arm in arms)]
+    for _, _, header, _ in columns(result.arms):
+        lines.append(f"{header:<15}" + "".join(f"{cells[(arm, header)]:>{width}}" for arm in arms))
     baseline = statistics.fmean(r.metrics["memorization"]["copy_fraction_test"] for r in result.arms)
-    lines.append(f"(copies: generated samples closer to a training image than 1/3 of the median test-to-train "
-                 f"distance; {baseline:.3f} of held-out test images meet that rule. HF dec: mean log10 power ratio "
-                 "above 0.25 cycles/px, < 0 = blur in the samples.)")
+    lines.append(f"([low, high]: 95% interval; " + ("bootstrap over the generated and reference samples" if len(seeds) == 1
+                 else f"mean over seeds {seeds}, bootstrap and seed spread combined") + "; KID x 1e3; pca: the "
+                 f"test set's first principal components, whitened. copies: generated samples closer to a training "
+                 f"image than 1/3 of the median test-to-train distance; {baseline:.3f} of held-out test images meet "
+                 "that rule. HF dec: mean log10 power ratio above 0.25 cycles/px, < 0 = blur in the samples.)")
     return lines
 
 
@@ -134,30 +162,53 @@ def spectrum_lines(result: ExperimentResult) -> list[str]:
     return lines
 
 
-def conclusion(result: ExperimentResult) -> list[str]:
-    """Which arm is best on each metric, and how the per-sample annotation compares with the two baselines."""
+def comparison_lines(result: ExperimentResult) -> list[str]:
+    """Per metric, the pairs of arms whose intervals separate ("A better than B"); the rest are not separated."""
     arms = [arm.name for arm in result.experiment.arms]
-    scored = [column for column in columns(result) if column[3]]
-    means = {(arm, header): statistics.fmean(_score(v, orientation) for v in _values(result, arm, reference, metric))
-             for arm in arms for reference, metric, header, orientation in scored}
-    lines = ["best arm per metric: " + ", ".join(
-        f"{header}: {min(arms, key=lambda a: means[(a, header)])}" for _, _, header, _ in scored)]
+    lines = []
+    for reference, metric, header, orientation in columns(result.arms):
+        if orientation is None:
+            continue
+        scores = {arm: _scored(arm_interval(result.arms, arm, reference, metric), orientation) for arm in arms}
+        pairs = [(a, b) for i, a in enumerate(arms) for b in arms[i + 1:]]
+        separated = []
+        for a, b in pairs:
+            order = compare(scores[a], scores[b])
+            if order:
+                better, worse = (a, b) if order < 0 else (b, a)
+                separated.append(f"{better} better than {worse}")
+        rest = len(pairs) - len(separated)
+        lines.append(f"{header}: " + ("; ".join(separated) + (f"; {rest} other pair(s) not separated" if rest else "")
+                                      if separated else "not separated (no two arms' intervals separate)"))
+    return lines
+
+
+def conclusion(result: ExperimentResult) -> list[str]:
+    """Which arm is best on each metric where its interval separates from every other arm's, and how each
+    annotated arm compares with the two baselines, counting only separated differences."""
+    arms = [arm.name for arm in result.experiment.arms]
+    scored = [column for column in columns(result.arms) if column[3]]
+    scores = {(arm, header): _scored(arm_interval(result.arms, arm, reference, metric), orientation)
+              for arm in arms for reference, metric, header, orientation in scored}
+    best = []
+    for _, _, header, _ in scored:
+        winners = [a for a in arms if all(compare(scores[(a, header)], scores[(b, header)]) < 0 for b in arms if b != a)]
+        best.append(f"{header}: {winners[0] if winners else 'not separated'}")
+    lines = ["best arm per metric (its interval below every other arm's): " + ", ".join(best)]
     seeds = len({r.seed for r in result.arms})
     baselines = [arm.name for arm in result.experiment.arms if arm.kind in ("only_clean", "all_data")]
     candidates = [arm.name for arm in result.experiment.arms if arm.kind not in ("only_clean", "all_data")]
     for candidate in candidates:
         for baseline in baselines:
-            def margin(header):  # relative difference, > 0 when the candidate is better
-                a, b = means[(candidate, header)], means[(baseline, header)]
-                return (b - a) / max(abs(a), abs(b), 1e-12)
-
-            wins = [h for _, _, h, _ in scored if margin(h) > 1e-6]
-            losses = [h for _, _, h, _ in scored if margin(h) < -1e-6]
+            order = {h: compare(scores[(candidate, h)], scores[(baseline, h)]) for _, _, h, _ in scored}
+            wins = [h for h, o in order.items() if o < 0]
+            losses = [h for h, o in order.items() if o > 0]
             ties = len(scored) - len(wins) - len(losses)
-            lines.append(f"{candidate} vs {baseline}: better on {len(wins)} of {len(scored)} metrics"
-                         + (f", worse on {', '.join(losses)}" if losses else "") + (f", {ties} tied" if ties else ""))
-    lines.append(f"{seeds} training seed(s); at this scale one arm's FD varies up to 2x between seeds (DESIGN.md "
-                 "section 6), so small margins from one seed are not conclusive.")
+            lines.append(f"{candidate} vs {baseline}: better on {len(wins)} of {len(scored)} metrics (intervals separate)"
+                         + (f": {', '.join(wins)}" if wins else "") + (f"; worse on {', '.join(losses)}" if losses else "")
+                         + (f"; not separated on {ties}" if ties else ""))
+    lines.append(f"{seeds} training seed(s); a difference is called only where the 95% intervals separate "
+                 "(ambient_fast/metrics/bootstrap.py says how they are made).")
     return lines
 
 
@@ -194,6 +245,7 @@ def format_report(result: ExperimentResult) -> str:
             "decades (selection: their originals vs all originals; leak: as used vs their originals)",
         *selection_lines(result),
         "", "-- radial spectrum of the samples vs the test set, log10 power ratio per band", *spectrum_lines(result),
+        "", "-- pairwise comparisons (95% intervals)", *comparison_lines(result),
         "", "-- conclusion (computed from the numbers above)", *conclusion(result),
         "", f"-- figures (PNG; SVG beside the plots) in {result.out_dir}", *figure_lines(result),
     ]
