@@ -142,6 +142,10 @@ def test_by_source_command_on_a_folder_and_its_shards(tmp_path, capsys):
     assert rows["synthetic"][0] == "3" and rows["synthetic"][1:] == \
         [f"{float(s > b * 2):.3f}" for s in (0.002, 0.02, 0.2, 0.5, 2.0, 5.0, 20.0)]
     assert rows["clean"][1:] == ["1.000"] * 7 and rows[ALL][0] == "12"
+    # dataset info: the shard set's own sources, for a file without a source column too.
+    Annotations(folder.sample_ids, folder.sigma_min, folder.sigma_max, keys=folder.keys).save(tmp_path / "plain.st")
+    assert cli.main(["dataset", "info", str(tmp_path / "shards"), "--annotations", str(tmp_path / "plain.st")]) == 0
+    assert rows["synthetic"] == capsys.readouterr().out.split("synthetic", 1)[1].split("\n")[0].split()
     user_error(capsys, ["annotate", "by-source", "--data", root, "--sources", table, "--out",
                         tmp_path / "folder.safetensors"], "exists; pass --force")
 
