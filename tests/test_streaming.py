@@ -221,6 +221,16 @@ def test_to_shards_command(tmp_path, capsys):
     user_error(capsys, ["dataset", "to-shards", src, tmp_path / "o4", "--source-from-folder"],
                r"not in a source folder \(first: \['loose.png'\]\)")
     assert not any((tmp_path / name).exists() for name in ("o2", "o3", "o4", "o4.partial"))
+    # A stopped conversion's work folder is cleared and redone; a folder of other files there is never deleted.
+    (src / "loose.png").unlink()
+    (tmp_path / "o5.partial").mkdir()
+    (tmp_path / "o5.partial" / "shard-000000.tar").write_bytes(b"half")
+    assert cli.main(["dataset", "to-shards", str(src), str(tmp_path / "o5")]) == 0
+    assert len(ShardDataset(tmp_path / "o5")) == 6 and not (tmp_path / "o5.partial").exists()
+    (tmp_path / "o6.partial").mkdir()
+    (tmp_path / "o6.partial" / "notes.txt").write_text("mine")
+    user_error(capsys, ["dataset", "to-shards", src, tmp_path / "o6"], r"o6.partial exists and holds other files")
+    assert (tmp_path / "o6.partial" / "notes.txt").read_text() == "mine"
 
 
 def test_load_captions_forms(tmp_path):

@@ -119,9 +119,7 @@ def write_shards(source: FileDataset, destination: str | Path, *, source_name: s
         names, source_index = [source_name or source.path.stem], np.zeros(count, np.int32)
     if captions is not None and captions[0].shape[0] != count:
         raise UserError(f"captions have {captions[0].shape[0]} rows for {count} samples")
-    work = destination.with_name(destination.name + ".partial")
-    shutil.rmtree(work, ignore_errors=True)  # an earlier stopped conversion: start over
-    work.mkdir(parents=True)
+    work = _fresh_work_folder(destination.with_name(destination.name + ".partial"))
     columns = {name: np.zeros(count, np.int64) for name in ("data_offset", "data_size", "caption_offset",
                                                              "caption_size", "mask_offset", "mask_size")}
     shard_of, shards = np.zeros(count, np.int32), []
@@ -146,6 +144,20 @@ def write_shards(source: FileDataset, destination: str | Path, *, source_name: s
     (work / INDEX).write_text(json.dumps(index))
     work.rename(destination)
     return index
+
+
+def _fresh_work_folder(work: Path) -> Path:
+    """An empty work folder; one left by a stopped conversion (only shard-set files inside) is cleared first, any
+    other existing folder is refused rather than deleted."""
+    if work.exists():
+        foreign = [p.name for p in work.iterdir() if not (p.name in (INDEX, OFFSETS) or
+                                                          (p.name.startswith("shard-") and p.name.endswith(".tar")))]
+        if foreign or not work.is_dir():
+            raise UserError(f"{work} exists and holds other files ({foreign[:3]}); remove it or choose another "
+                            "destination")
+        shutil.rmtree(work)  # an earlier stopped conversion: start over
+    work.mkdir(parents=True)
+    return work
 
 
 def _record(source: FileDataset, sample_id: int, source_name: str, captions) -> dict:
