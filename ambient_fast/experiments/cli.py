@@ -137,6 +137,7 @@ def rescore(run_dir: Path, *, data_path=None, test_path=None, bootstrap: int = 5
     import dataclasses
 
     import torch
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from ..metrics import EvaluationConfig, evaluate
@@ -147,23 +148,30 @@ def rescore(run_dir: Path, *, data_path=None, test_path=None, bootstrap: int = 5
     summary_path = run_dir / "results.json"
     if not summary_path.is_file():
         raise UserError(f"{run_dir} has no results.json: give the output folder of a finished experiment")
-    summary = json.loads(summary_path.read_text())
+    with user_input(str(summary_path), ValueError, KeyError, TypeError, UnicodeDecodeError,
+                    hint="not an experiment's results.json"):
+        summary = json.loads(summary_path.read_text())
+        name, entries = summary["experiment"], [(entry["arm"], int(entry["seed"])) for entry in summary["arms"]]
     with user_input(hint="see ambient-fast experiment --list"):
-        item = experiment_named(summary["experiment"])
+        item = experiment_named(name)
     if "data" in summary:  # the run's own data setting (a modified experiment keeps its name); JSON made tuples lists
         def tuples(value):
             return tuple(tuples(v) for v in value) if isinstance(value, list) else value
 
-        item = dataclasses.replace(item, data=DataSetting(**{k: tuples(v) for k, v in summary["data"].items()}))
+        with user_input(f"{summary_path} 'data'", ValueError, TypeError, AttributeError):
+            item = dataclasses.replace(item, data=DataSetting(**{k: tuples(v) for k, v in summary["data"].items()}))
+    for arm, seed in entries:  # every samples file before any work
+        path = run_dir / f"samples_{arm}-seed{seed}.safetensors"
+        if not path.is_file():
+            raise UserError(f"{path} is missing (runs made before the samples were saved): rerun `ambient-fast "
+                            "experiment` into this folder, which reuses the trained runs and saves them")
     extractors = feature_extractors(item, device=device)
     prepared = prepare_data(item, data_path=data_path, test_path=test_path)
     cache, arms = {}, []
     for entry in summary["arms"]:
         path = run_dir / f"samples_{entry['arm']}-seed{entry['seed']}.safetensors"
-        if not path.is_file():
-            raise UserError(f"{path} is missing (runs made before the samples were saved): rerun `ambient-fast "
-                            "experiment` into this folder, which reuses the trained runs and saves them")
-        samples = load_file(str(path))["samples"]
+        with user_input(str(path), OSError, KeyError, RuntimeError, ValueError, SafetensorError):
+            samples = load_file(str(path))["samples"]
         entry["metrics"] = evaluate(samples, references={"test": prepared.test, "train": prepared.train},
                                     train=prepared.train, test=prepared.test, reference_cache=cache,
                                     config=EvaluationConfig(seed=entry["seed"], feature_extractors=extractors,
