@@ -19,7 +19,6 @@ COLUMNS = (
     ("test", "fd_pixels", "FD_pix test", "lower"),
     ("test", "fd_pca", "FD_pca test", "lower"),
     ("test", "kid_pixels", "KID_pix test", "lower"),
-    ("test", "kid_pca", "KID_pca test", "lower"),
     ("test", "swd", "SWD test", "lower"),
     ("test", "spectrum_high_freq", "HF dec test", "abs"),
     ("test", "spectrum_error", "spec RMS", "lower"),
