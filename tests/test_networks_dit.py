@@ -10,7 +10,8 @@ from ambient_fast.networks import DIT_PRESETS, DiT, Precond
 from ambient_fast.networks.dit_ffn import ExpertChoiceMoE
 from ambient_fast.networks.dit_mask import kept_count, patch_keep_mask, pixel_keep_mask, random_keep
 from ambient_fast.networks.dit_presets import DiTSize
-from ambient_fast.train import preset
+from ambient_fast.data import TensorDataset
+from ambient_fast.train import preset, train
 from ambient_fast.train.build import build_network, parameter_count
 from test_networks_unet import one_thread  # noqa: F401  (autouse fixture: one thread)
 
@@ -263,6 +264,16 @@ def test_trainer_config_selects_the_dit():
     assert big.network.dit_size == "microdit-1.1b" and big.ref_lr == 2.4e-4 and big.batch_size == 2048
     with pytest.raises(ValueError, match="network.dit_size must be one of"):
         preset("dit-tiny-cpu", **{"network.dit_size": "dit-huge"})
+
+
+def test_the_trainer_trains_the_dit_preset(tmp_path):
+    images = torch.linspace(-1, 1, 16).expand(16, 3, 16, 16) * torch.linspace(0.2, 1, 16).view(16, 1, 1, 1)
+    config = preset("dit-tiny-cpu", total_steps=3, batch_size=8, log_every=1, checkpoint_every=3, snapshot_every=3,
+                    cpu_threads=1)
+    messages = []
+    losses = train(config, run_dir=tmp_path, dataset=TensorDataset(images.contiguous()), log=messages.append)["losses"]
+    assert len(losses) == 3 and all(0 < loss < 10 for loss in losses)
+    assert any("network: dit, 0.38M parameters" in m for m in messages)
 
 
 @pytest.mark.gpu
