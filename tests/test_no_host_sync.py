@@ -164,3 +164,31 @@ def test_the_gpu_path_reads_nothing():
     names = {str(op) for op in recorder.ops}
     assert {"ambient_fast.ambient_loss_triton.default", "ambient_fast.ambient_noising_triton.default",
             "ambient_fast.add_noise_triton.default"} <= names
+
+
+def test_a_trainer_step_between_log_intervals_reads_nothing(monkeypatch, tmp_path):
+    """The trainer's step (noising, network, loss, backward, the non-finite check, masked Adam, EMA, the loss kept
+    on the device) reads nothing back; the losses and flags are read only at log, checkpoint and stop steps
+    (log_every=4, checkpoint_every=6, total 8 steps: flushes after steps 0, 4, 5, 7)."""
+    from test_train import smooth_images, tiny_config
+
+    from ambient_fast.data import TensorDataset
+    from ambient_fast.train import loop, train
+
+    stepped, flushed = [], []
+    step_call, flush_call = loop.Stepper.__call__, loop.Stepper.flush
+
+    def guarded_step(self, step, batch):
+        with no_host_reads():
+            step_call(self, step, batch)
+        stepped.append(step)
+
+    def recorded_flush(self):
+        flushed.append(stepped[-1])
+        return flush_call(self)
+
+    monkeypatch.setattr(loop.Stepper, "__call__", guarded_step)
+    monkeypatch.setattr(loop.Stepper, "flush", recorded_flush)
+    config = tiny_config(total_steps=8, log_every=4, checkpoint_every=6, snapshot_every=0)
+    result = train(config, run_dir=tmp_path, dataset=TensorDataset(smooth_images(16)), log=lambda *_: None)
+    assert stepped == list(range(8)) and flushed == [0, 4, 5, 7] and len(result["losses"]) == 8

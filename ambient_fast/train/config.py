@@ -61,7 +61,11 @@ class TrainConfig:
     adam_betas: tuple[float, float] = (0.9, 0.99)
     adam_eps: float = 1e-8
     precision: str = "fp32"  # "fp32", "bf16" or "fp16": autocast for the network, fp32 master weights and loss
-    max_nonfinite_steps: int = 10  # abort after this many consecutive steps with NaN/inf gradients (skipped)
+    max_nonfinite_steps: int = 10  # abort after more than this many consecutive steps with NaN/inf gradients
+    # (each skipped on the device; counted, and the run stopped, when the flags are read at the next log/checkpoint step)
+    compile: bool = False  # torch.compile(fullgraph=True) of network + preconditioning + ambient loss (one graph)
+    compile_mode: str = "default"  # Inductor mode with compile: "default", "reduce-overhead" (CUDA graphs),
+    # "max-autotune" or "max-autotune-no-cudagraphs"
     # noise levels and the ambient loss
     p_mean: float = -1.2  # ln(sigma_t) ~ N(p_mean, p_std^2): EDM pixels -1.2/1.2, EDM2 latents -0.4/1.0
     p_std: float = 1.2
@@ -84,7 +88,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Reject values that would otherwise fail late or silently: the message names the field."""
-        choices = {"precision": ("fp32", "bf16", "fp16"), "on_corrupt": ("raise", "skip")}
+        choices = {"precision": ("fp32", "bf16", "fp16"), "on_corrupt": ("raise", "skip"),
+                   "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

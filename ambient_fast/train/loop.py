@@ -4,12 +4,19 @@ Resume by rerunning the same command: the newest checkpoint in run_dir that veri
 reported and the previous one used; when none can be read the run stops, naming them, unless restart=True), and training continues with the same samples, levels and noise as an
 uninterrupted run, because every random choice is keyed by (seed, step, slice) rather than by a running
 generator.
+
+A step reads nothing back from the device (docs/training.md, "What syncs"): whether the gradients are finite is
+decided on the device, where it masks the Adam step and the EMA update (as GradScaler's found_inf does), and the
+step's loss and that flag stay on the device until the next log or checkpoint step, where all of them are read at
+once (one all-reduce across ranks, one read). With config.compile the network, the preconditioning and the fused
+ambient loss run as one torch.compile(fullgraph=True) graph.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,9 +35,13 @@ from .schedule import learning_rate
 
 # Fields that may change between a run and its resumption (they do not change what is computed).
 # allow_missing only permits: what the run trains on is guarded by the annotations digest.
+# compile / compile_mode change the rounding, not the computation: a run may resume with or without them.
 RESUMABLE_CHANGES = {"total_steps", "log_every", "num_workers", "tensorboard", "checkpoint_every", "keep_checkpoints",
-                     "snapshot_every", "cpu_threads", "allow_missing", "verify_data"}
+                     "snapshot_every", "cpu_threads", "allow_missing", "verify_data", "compile", "compile_mode"}
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# torch.compile backend of config.compile. Tests use "aot_eager" (Dynamo's graph and AOT autograd, without
+# Inductor's code generation, which takes about a minute on a 2-core CPU for the tiny network).
+COMPILE_BACKEND = "inductor"
 
 
 class TrainingStep(torch.nn.Module):
@@ -48,6 +59,146 @@ class TrainingStep(torch.nn.Module):
         # Fused ambient loss (DESIGN.md section 1) with D = c_skip x_t + c_out F formed in the kernel, fp32.
         return ambient_loss_precond(raw.float(), x_t, x_tn, sigma_t, sigma_tn, sigma_data=self.precond.sigma_data,
                                     logvar=None if logvar is None else logvar.float(), reduction="mean")
+
+
+def compile_step(module: torch.nn.Module, *, mode: str = "default", backend=None):
+    """torch.compile(module, fullgraph=True): the network, the preconditioning and the fused ambient loss (a custom
+    operator, opaque to Inductor) in one graph, forward and backward; a graph break raises instead of splitting the
+    step. mode is Inductor's ("reduce-overhead": CUDA graphs); other backends take none."""
+    backend = backend or COMPILE_BACKEND
+    options = {"mode": mode} if backend == "inductor" and mode != "default" else {}
+    return torch.compile(module, fullgraph=True, backend=backend, **options)
+
+
+def nonfinite_flag(parameters, found: torch.Tensor, one: torch.Tensor) -> torch.Tensor:
+    """found (float32 [1], on the gradients' device) := 1.0 when any gradient holds NaN or inf, else 0.0, decided on
+    the device: GradScaler's check (one pass over the gradients), with scale 1, which leaves their values as they are."""
+    found.zero_()
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for p in parameters:
+        if p.grad is not None:
+            groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
+    for grads in groups.values():
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found, one)
+    return found
+
+
+def masked_adam(parameters, *, lr: float, betas, eps: float) -> torch.optim.Adam:
+    """Adam whose step is skipped on the device when its `found_inf` (a 0-dim float tensor, set by the trainer) is 1:
+    the fused kernel then leaves parameters, moments and step counters exactly as they were (as under GradScaler).
+    Its finite steps are torch.optim.Adam's update up to float32 rounding (the fused kernel rounds the second moment
+    differently in the last place now and then, so a run is not bit-identical to one with the default Adam; runs and
+    their resumptions with this one are: tests/test_train_step.py)."""
+    return torch.optim.Adam(parameters, lr=lr, betas=betas, eps=eps, fused=True)
+
+
+class StepRecords:
+    """Each step's loss (this rank's share, float64) and non-finite flag, kept on the device until flush() reads the
+    steps since the previous flush at once: one all-reduce across ranks and one device-to-host read."""
+
+    def __init__(self, capacity: int, device: torch.device):
+        self.values = torch.zeros(capacity, 2, dtype=torch.float64, device=device)
+        self.steps: list[int] = []
+
+    def slot(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, flag) views of the row for `step`."""
+        if len(self.steps) == self.values.shape[0]:
+            raise RuntimeError(f"{len(self.steps)} steps recorded without a flush (capacity {self.values.shape[0]})")
+        row = self.values[len(self.steps)]
+        self.steps.append(step)
+        return row[0], row[1]
+
+    def flush(self, dist_info: distributed.Distributed) -> list[tuple[int, float, bool]]:
+        """[(step, loss averaged over ranks, non-finite)] of the steps since the previous flush."""
+        if not self.steps:
+            return []
+        block = self.values[: len(self.steps)].clone()
+        dist_info.all_reduce_mean(block)  # the flag is the same on every rank (the gradients are all-reduced)
+        rows = block.tolist()  # the device read
+        out = [(step, loss, flag > 0) for step, (loss, flag) in zip(self.steps, rows)]
+        self.steps = []
+        return out
+
+
+@dataclass
+class HostStats:
+    """What the host knows after a flush; checkpointed, so that a resumed run logs what an uninterrupted one logs."""
+    skipped: int = 0  # steps skipped for non-finite gradients, in the whole run
+    consecutive: int = 0  # the current run of skipped steps
+    pending: list[float] = field(default_factory=list)  # losses of the steps since the last metrics row
+
+    def absorb(self, records, *, limit: int, say, run_dir) -> None:
+        """Count skipped steps in order; stop when more than `limit` came in a row (at the flush that reads them)."""
+        for step, loss, nonfinite in records:
+            self.pending.append(loss)
+            if not nonfinite:
+                self.consecutive = 0
+                continue
+            self.skipped += 1
+            self.consecutive += 1
+            say(f"step {step}: non-finite gradients, step skipped ({self.consecutive} in a row, {self.skipped} in total)")
+            if self.consecutive > limit:
+                raise FloatingPointError(
+                    f"{self.consecutive} consecutive steps had NaN/inf gradients, the last at step {step} (limit "
+                    f"max_nonfinite_steps={limit}; parameters, Adam state and EMAs were left unchanged by each); "
+                    f"last good checkpoint in {run_dir}")
+
+
+class Stepper:
+    """One optimizer step (every accumulation round, the masked Adam step, the EMA update), with no device-to-host
+    read: the loss and the non-finite flag go to StepRecords, which flush() reads at log and checkpoint steps."""
+
+    def __init__(self, config: TrainConfig, *, model, net, optimizer, scaler, ema, chunks: list[int], batch_gpu: int,
+                 device: torch.device, standardise, label_dim: int, dist_info: distributed.Distributed):
+        self.config, self.model, self.net, self.optimizer, self.scaler, self.ema = config, model, net, optimizer, scaler, ema
+        self.chunks, self.batch_gpu, self.device, self.standardise, self.label_dim = chunks, batch_gpu, device, standardise, label_dim
+        self.dist_info = dist_info
+        # The network, preconditioning and loss: one compiled graph (forward and backward), or eager.
+        self.forward = compile_step(model, mode=config.compile_mode) if config.compile else model
+        self.records = StepRecords(config.log_every, device)  # a flush at least every log_every steps
+        self.found = torch.zeros(1, device=device)  # 1.0: a gradient of this step is NaN/inf
+        self.one = torch.ones(1, device=device)
+        if not getattr(optimizer, "_step_supports_amp_scaling", False):
+            raise TypeError("the trainer's optimizer must skip its step on found_inf (Adam with fused=True)")
+        optimizer.found_inf, optimizer.grad_scale = self.found.view(()), None  # read by the fused kernel
+
+    def __call__(self, step: int, batch: dict) -> None:
+        config, rounds = self.config, len(self.chunks)
+        lr = learning_rate(step, ref_lr=config.ref_lr, decay_steps=config.lr_decay_steps, rampup_steps=config.lr_rampup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_slot, flag_slot = self.records.slot(step)
+        for r, chunk in enumerate(self.chunks):
+            part = slice(r * self.batch_gpu, (r + 1) * self.batch_gpu)
+            seed = chunk_seed(config.seed, step, chunk)
+            x0 = batch["image"][part].to(self.device, non_blocking=True)
+            if self.standardise is not None:
+                x0 = self.standardise(x0, seed + 1)
+            ids = batch["sample_id"][part].to(self.device)
+            sigma_t, sigma_tn = batch["sigma_t"][part].to(self.device), batch["sigma_tn"][part].to(self.device)
+            labels = batch["label"][part].to(self.device) if self.label_dim else None
+            # x_tn = x0 + s_tn n_i (n_i fixed per sample id), x_t = x_tn + sqrt(s_t^2 - s_tn^2) eps (Section 3.1)
+            x_t, x_tn = ambient_noising(x0, ids, sigma_t, sigma_tn, annotation_seed=config.annotation_seed, seed=seed)
+            last = r == rounds - 1
+            sync = self.model.no_sync() if self.dist_info.enabled and not last else contextlib.nullcontext()
+            with sync, torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(seed)  # dropout, inside a forked generator: the global one is left alone
+                loss = self.forward(x_t, x_tn, sigma_t, sigma_tn, labels) / rounds
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+            (loss_slot.copy_ if r == 0 else loss_slot.add_)(loss.detach())  # float64, on the device
+
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        nonfinite_flag(self.net.parameters(), self.found, self.one)
+        self.optimizer.step()  # skipped by the kernel when found is 1: parameters, moments and step counts unchanged
+        if self.scaler is not None:
+            self.scaler.update()  # halves the scale after an overflow, from the scaler's own device-side check
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.net, step=step + 1, skip=self.found)  # unchanged on a skipped step
+        flag_slot.copy_(self.found[0])
+
+    def flush(self) -> list[tuple[int, float, bool]]:
+        return self.records.flush(self.dist_info)
 
 
 def _latent_standardiser(config: TrainConfig, channels: int, device: torch.device):
@@ -141,12 +292,12 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
     if dist_info.enabled:
         step_module = torch.nn.parallel.DistributedDataParallel(
             step_module, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.ref_lr, betas=tuple(config.adam_betas), eps=config.adam_eps)
+    optimizer = masked_adam(net.parameters(), lr=config.ref_lr, betas=tuple(config.adam_betas), eps=config.adam_eps)
     scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
     ema = PowerEMA(net, config.ema_stds)
 
     # ---- resume
-    start_step, skipped, consecutive_bad = 0, 0, 0
+    start_step, stats = 0, HostStats()
     try:
         latest = checkpoint.load_latest(run_dir, log=say)
     except checkpoint.UnreadableCheckpointsError as error:
@@ -171,7 +322,8 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
         sampler.load_state_dict(meta["sampler"])
         if scaler is not None and meta.get("scaler"):
             scaler.load_state_dict(meta["scaler"])
-        start_step, skipped = saved_step + 1, meta["skipped_steps"]
+        start_step = saved_step + 1
+        stats = HostStats(meta["skipped_steps"], meta.get("consecutive_nonfinite", 0), list(meta.get("pending_losses", [])))
     batches = StepBatches(sampler, total_steps=config.total_steps, num_chunks=dist_info.world_size * rounds, chunks=chunks)
     standardise = _latent_standardiser(config, stored_channels, device) if is_latent else None
 
@@ -184,7 +336,8 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
         f"  usable fraction at sigma " + ", ".join(f"{s:g}: {f:.2f}" for s, f in usable.items()) + "\n"
         f"  network: {config.network.arch if network is None else type(network).__name__}, {parameter_count(net) / 1e6:.2f}M parameters\n"
         f"  batch {config.batch_size} = {dist_info.world_size} rank(s) x {rounds} round(s) x {batch_gpu}, device {device}, "
-        f"precision {config.precision}\n"
+        f"precision {config.precision}"
+        + (f", compiled (torch.compile fullgraph, {config.compile_mode})" if config.compile else "") + "\n"
         f"  steps {start_step} -> {config.total_steps}" + (f" (resumed from step {start_step - 1})" if start_step else "")
         + f", lr {config.ref_lr:g} (decay after {config.lr_decay_steps}, ramp-up {config.lr_rampup_steps}), EMA stds {config.ema_stds}")
     if dist_info.is_main:
@@ -197,7 +350,8 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
         optim_tensors, optim_meta = checkpoint.optimizer_to_flat(optimizer)
         tensors = {**{f"net.{k}": v for k, v in net.state_dict().items()}, **optim_tensors, **ema.tensors()}
         meta = {"step": step, "config": json.loads(config.to_json()), "sampler": batches.state_after(step),
-                "optimizer": optim_meta, "skipped_steps": skipped, "scaler": scaler.state_dict() if scaler else None,
+                "optimizer": optim_meta, "skipped_steps": stats.skipped,
+                "consecutive_nonfinite": stats.consecutive, "pending_losses": stats.pending, "scaler": scaler.state_dict() if scaler else None,
                 "img_channels": channels, "img_resolution": resolution, "label_dim": label_dim, "is_latent": is_latent,
                 "network": network_name, "annotations_digest": annotations_digest}
         if dist_info.is_main:
@@ -211,71 +365,42 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
                              "img_channels": channels, "img_resolution": resolution, "label_dim": label_dim,
                              "is_latent": is_latent, "network": network_name})
 
+    stepper = Stepper(config, model=step_module, net=net, optimizer=optimizer, scaler=scaler, ema=ema, chunks=chunks,
+                      batch_gpu=batch_gpu, device=device, standardise=standardise, label_dim=label_dim, dist_info=dist_info)
     losses = []
     net.train()
     data_iter = iter(loader(dataset, batches, num_workers=config.num_workers, pin_memory=device.type == "cuda"))
     step = start_step - 1
-    tick = time.perf_counter()
+    since_row, data_sec, row_time = 0, 0.0, time.perf_counter()
     for step in range(start_step, config.total_steps):
+        waited = time.perf_counter()
         batch = next(data_iter)
         assert batch["step"] == step, "data loader out of step with training"
-        data_sec = time.perf_counter() - tick
-        lr = learning_rate(step, ref_lr=config.ref_lr, decay_steps=config.lr_decay_steps, rampup_steps=config.lr_rampup_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        total = torch.zeros((), dtype=torch.float64, device=device)
-        for r, chunk in enumerate(chunks):
-            part = slice(r * batch_gpu, (r + 1) * batch_gpu)
-            seed = chunk_seed(config.seed, step, chunk)
-            x0 = batch["image"][part].to(device, non_blocking=True)
-            if standardise is not None:
-                x0 = standardise(x0, seed + 1)
-            ids = batch["sample_id"][part].to(device)
-            sigma_t, sigma_tn = batch["sigma_t"][part].to(device), batch["sigma_tn"][part].to(device)
-            labels = batch["label"][part].to(device) if label_dim else None
-            # x_tn = x0 + s_tn n_i (n_i fixed per sample id), x_t = x_tn + sqrt(s_t^2 - s_tn^2) eps (Section 3.1)
-            x_t, x_tn = ambient_noising(x0, ids, sigma_t, sigma_tn, annotation_seed=config.annotation_seed, seed=seed)
-            last = r == rounds - 1
-            sync = step_module.no_sync() if dist_info.enabled and not last else contextlib.nullcontext()
-            with sync, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(seed)  # dropout, inside a forked generator: the global one is left alone
-                loss = step_module(x_t, x_tn, sigma_t, sigma_tn, labels) / rounds
-                (scaler.scale(loss) if scaler else loss).backward()
-            total += loss.detach().double()
-
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        grads = [p.grad for p in net.parameters() if p.grad is not None]
-        finite = bool(torch.stack([g.isfinite().all() for g in grads]).all()) if grads else True
-        if finite:
-            (scaler.step(optimizer) if scaler else optimizer.step())
-            consecutive_bad = 0
-        else:
-            skipped += 1
-            consecutive_bad += 1
-            say(f"step {step}: non-finite gradients, step skipped ({consecutive_bad} in a row, {skipped} in total)")
-            if consecutive_bad > config.max_nonfinite_steps:
-                raise FloatingPointError(f"{consecutive_bad} consecutive steps had NaN/inf gradients (limit "
-                                         f"max_nonfinite_steps={config.max_nonfinite_steps}); last good checkpoint in {run_dir}")
-        if scaler is not None:
-            scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-        ema.update(net, step=step + 1)
-
-        loss_value = float(dist_info.all_reduce_mean(total).item())
-        losses.append(loss_value)
-        now = time.perf_counter()
-        row = {"step": step, "loss": loss_value, "lr": lr, "sec_per_step": now - tick, "data_sec": data_sec,
-               "skipped_steps": skipped, "images": (step + 1) * config.batch_size}
-        if step % config.log_every == 0 or step == config.total_steps - 1:
+        data_sec += time.perf_counter() - waited
+        stepper(step, batch)  # no device read
+        since_row += 1
+        log_now = step % config.log_every == 0 or step == config.total_steps - 1
+        checkpoint_now = (step + 1) % config.checkpoint_every == 0 or step == config.total_steps - 1
+        stop_now = stop_after is not None and step + 1 - start_step >= stop_after
+        if log_now or checkpoint_now or stop_now:  # read the steps since the last flush; may stop the run
+            records = stepper.flush()
+            losses += [loss for s, loss, _ in records if s >= start_step]
+            stats.absorb(records, limit=config.max_nonfinite_steps, say=say, run_dir=run_dir)
+        if log_now:
+            now = time.perf_counter()
+            row = {"step": step, "loss": stats.pending[-1], "loss_mean": sum(stats.pending) / len(stats.pending),
+                   "lr": learning_rate(step, ref_lr=config.ref_lr, decay_steps=config.lr_decay_steps,
+                                       rampup_steps=config.lr_rampup_steps),
+                   "sec_per_step": (now - row_time) / since_row, "data_sec": data_sec / since_row,
+                   "skipped_steps": stats.skipped, "images": (step + 1) * config.batch_size}
             metrics.write(row)
             metrics.progress(row)
+            stats.pending, since_row, data_sec, row_time = [], 0, 0.0, now
         if config.snapshot_every and (step + 1) % config.snapshot_every == 0:
             snapshot(step)
-        if (step + 1) % config.checkpoint_every == 0 or step == config.total_steps - 1:
+        if checkpoint_now:
             save(step)
-        tick = time.perf_counter()
-        if stop_after is not None and step + 1 - start_step >= stop_after:
+        if stop_now:
             break
     metrics.close()
-    return {"step": step, "losses": losses, "skipped_steps": skipped}
+    return {"step": step, "losses": losses, "skipped_steps": stats.skipped}

@@ -41,14 +41,21 @@ class PowerEMA:
         self.averages = [{name: p.detach().float().clone() for name, p in module.state_dict().items()} for _ in self.stds]
 
     @torch.no_grad()
-    def update(self, module: torch.nn.Module, *, step: int) -> None:
-        """After optimizer step number `step` (1-based: the t of beta_t = (1 - 1/t)^(gamma + 1))."""
+    def update(self, module: torch.nn.Module, *, step: int, skip: torch.Tensor | None = None) -> None:
+        """After optimizer step number `step` (1-based: the t of beta_t = (1 - 1/t)^(gamma + 1)). skip: a float
+        tensor of one element on the module's device, 1.0 when the optimizer step was skipped (non-finite
+        gradients): the floating-point averages are then left as they are, decided on the device (no host read)."""
         state = module.state_dict()
         floating = [name for name, value in state.items() if value.is_floating_point()]
         values = [state[name].float() for name in floating]
+        keep = None if skip is None else 1 - skip.reshape(()).float()  # 0.0 on a skipped step
         for gamma, average in zip(self.gammas, self.averages):
             beta = (1 - 1 / step) ** (gamma + 1)  # EDM2 eq. 3; beta_1 = 0 copies the weights
-            torch._foreach_lerp_([average[name] for name in floating], values, 1 - beta)  # one launch per group
+            targets = [average[name] for name in floating]
+            if keep is None:
+                torch._foreach_lerp_(targets, values, 1 - beta)  # one launch per group
+            else:  # weight (1 - beta) (1 - skip): the same float32 weight as above when not skipped, so the same bits
+                torch._foreach_lerp_(targets, values, [keep * (1 - beta)] * len(targets))
             for name, value in state.items():
                 if not value.is_floating_point():
                     average[name].copy_(value)
