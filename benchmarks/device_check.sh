@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared run on a GPU machine (H100/H200; no network; PyTorch, Triton and nvcc installed), at most 9.5 minutes
-# (stage timeouts 150 + 200 + 110 + 50 + 60 s; typically less):
+# (stage timeouts 150 + 200 + 110 + 50 + 60 s, then the trainer-step check in what is left of 570 s):
 #   1. build the extension with CUDA (sm_90a),
 #   2. run the GPU tests: compiled Triton against float64, fixed noise bit-identical CPU vs CUDA, a training step
 #      under torch.cuda.set_sync_debug_mode("error") (no op synchronises), device-side value checks,
@@ -8,7 +8,9 @@
 #      CUDA-graph (reduce-overhead) replay; plus the compile/opcheck and no-host-read tests on CPU tensors,
 #   3. run the benchmarks and print the summary table (op, shape, dtype, eager, compile, ambient_fast, GB/s,
 #      % of measured copy bandwidth, ambient_fast with validate=False and the cost of the default checks, and a
-#      compiled step that calls ambient_fast).
+#      compiled step that calls ambient_fast),
+#   4. the trainer's step eager, compiled and with CUDA graphs (reduce-overhead), sync-free after warm-up: each
+#      outcome recorded in trainer_step.json (a failure is recorded, not fatal).
 # Logs go to $OUT (the device tool's folder) when set, else ./device_check_out.
 # Usage: bash benchmarks/device_check.sh        (AMBIENT_FAST_BENCH_COMPILE=0 drops the torch.compile column)
 set -uo pipefail
@@ -46,7 +48,7 @@ AMBIENT_FAST_BENCH_COMPILE=0 timeout 110 "$PYTHON" -m pytest $OP_BENCHMARKS --be
 grep -E "passed|failed|error" "$LOGS/benchmarks.log" | tail -3
 
 stage "benchmarks: training step (ambient vs plain EDM) and the crops op (batching vs classifier time)"
-timeout 50 "$PYTHON" -m pytest benchmarks/test_bench_train.py benchmarks/test_bench_crops.py --benchmark-only -q -s \
+AMBIENT_FAST_BENCH_COMPILE=0 timeout 50 "$PYTHON" -m pytest benchmarks/test_bench_train.py benchmarks/test_bench_crops.py --benchmark-only -q -s \
   -p no:cacheprovider >"$LOGS/benchmarks_train_crops.log" 2>&1 || status=1
 grep -E "train step on|overhead|passed|failed|error" "$LOGS/benchmarks_train_crops.log" | tail -6
 
@@ -55,6 +57,59 @@ timeout "${COMPILE_SECONDS:-60}" "$PYTHON" -m pytest $OP_BENCHMARKS --benchmark-
   >"$LOGS/benchmarks_compile.log" 2>&1 || echo "(compile baseline incomplete or failed: see benchmarks_compile.log)"
 grep -E "passed|failed|error" "$LOGS/benchmarks_compile.log" | tail -3
 "$PYTHON" benchmarks/summary.py "$AMBIENT_FAST_BENCH_RESULTS" | tee "$LOGS/summary.txt"
+
+# The trainer's step on the GPU, eager, compiled (Inductor) and compiled with CUDA graphs (mode="reduce-overhead"):
+# 30 steps each of the tiny-cpu network at 16x16, batch 64; from step 4 on every step runs under
+# torch.cuda.set_sync_debug_mode("error") (the losses and flags are read only at the log steps, outside the step).
+# Each outcome (ms/step of the last 9 steps, losses against eager's, or the error) goes to trainer_step.json; a
+# failure is recorded, not fatal. It gets the time left of the 570 s (at most 150 s).
+stage "trainer step: eager, compiled, CUDA graphs (reduce-overhead)"
+left=$(( 570 - SECONDS )); [ "$left" -gt 150 ] && left=150
+if [ "$left" -lt 40 ]; then
+  echo "skipped: ${left} s left" | tee "$LOGS/trainer_step.log"
+else
+  LOGS="$LOGS" timeout "$left" "$PYTHON" - >"$LOGS/trainer_step.log" 2>&1 <<'PY' || echo "(trainer step check incomplete or failed: see trainer_step.log)"
+import json, os, time, traceback
+import torch, torch._dynamo
+from ambient_fast.data import TensorDataset
+from ambient_fast.train import loop, preset, train
+
+logs = os.environ["LOGS"]
+images = torch.rand(256, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+step_call = loop.Stepper.__call__
+
+def guarded(self, step, batch):  # a synchronising CUDA call inside a step raises (after 4 warm-up steps)
+    torch.cuda.set_sync_debug_mode("error" if step >= 4 else "default")
+    try:
+        step_call(self, step, batch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+loop.Stepper.__call__ = guarded
+results, eager = {}, None
+for name, extra in {"eager": {}, "compiled": {"compile": True},
+                    "reduce-overhead": {"compile": True, "compile_mode": "reduce-overhead"}}.items():
+    config = preset("tiny-cpu", total_steps=30, batch_size=64, log_every=10, checkpoint_every=1000, snapshot_every=0,
+                    num_workers=0, lr_rampup_steps=0, verify_data=False, **extra)
+    torch._dynamo.reset()
+    started = time.perf_counter()
+    try:
+        out = train(config, run_dir=f"{logs}/trainer_{name}", device="cuda", dataset=TensorDataset(images), log=lambda *_: None)
+        rows = [json.loads(line) for line in open(f"{logs}/trainer_{name}/metrics.jsonl")]
+        result = {"ok": True, "ms_per_step_last_rows": 1e3 * rows[-1]["sec_per_step"], "seconds_total": time.perf_counter() - started,
+                  "first_losses": out["losses"][:3], "finite": all(v == v for v in out["losses"])}
+        if eager is None:
+            eager = out["losses"]
+        else:
+            result["max_rel_diff_vs_eager_first_5"] = max(abs(a - b) / abs(b) for a, b in zip(out["losses"][:5], eager[:5]))
+    except Exception as error:
+        result = {"ok": False, "error": f"{type(error).__name__}: {str(error)[:800]}", "trace": traceback.format_exc()[-2000:]}
+    results[name] = result
+    print(name, json.dumps({k: v for k, v in result.items() if k != "trace"}), flush=True)
+    json.dump(results, open(f"{logs}/trainer_step.json", "w"), indent=1)
+PY
+  cat "$LOGS/trainer_step.log" | tail -6
+fi
 
 stage "done (status $status)"
 exit $status

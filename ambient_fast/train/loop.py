@@ -174,9 +174,12 @@ class Stepper:
             x0 = batch["image"][part].to(self.device, non_blocking=True)
             if self.standardise is not None:
                 x0 = self.standardise(x0, seed + 1)
-            ids = batch["sample_id"][part].to(self.device)
-            sigma_t, sigma_tn = batch["sigma_t"][part].to(self.device), batch["sigma_tn"][part].to(self.device)
-            labels = batch["label"][part].to(self.device) if self.label_dim else None
+            # non_blocking: from the loader's pinned memory, a copy that does not wait for the device (a plain copy
+            # from the host waits for all queued work: a synchronisation in every step)
+            ids = batch["sample_id"][part].to(self.device, non_blocking=True)
+            sigma_t = batch["sigma_t"][part].to(self.device, non_blocking=True)
+            sigma_tn = batch["sigma_tn"][part].to(self.device, non_blocking=True)
+            labels = batch["label"][part].to(self.device, non_blocking=True) if self.label_dim else None
             # x_tn = x0 + s_tn n_i (n_i fixed per sample id), x_t = x_tn + sqrt(s_t^2 - s_tn^2) eps (Section 3.1)
             x_t, x_tn = ambient_noising(x0, ids, sigma_t, sigma_tn, annotation_seed=config.annotation_seed, seed=seed)
             last = r == rounds - 1
