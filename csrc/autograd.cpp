@@ -82,6 +82,33 @@ class AmbientLossFunction : public torch::autograd::Function<AmbientLossFunction
   }
 };
 
+// The ambient rectified-flow loss (flow_loss_cpu.cpp): the same stored-gradient backward, without logvar.
+class FlowLossFunction : public torch::autograd::Function<FlowLossFunction> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& velocity, const at::Tensor& z_t,
+                               const at::Tensor& x_tn, const at::Tensor& t, const at::Tensor& sigma_tn,
+                               bool compute_grad, const std::string& reduction) {
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("ambient_fast::flow_loss_fwd", "")
+                         .typed<decltype(flow_loss_fwd_cpu)>();
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [loss, grad] = op.call(velocity, z_t, x_tn, t, sigma_tn, compute_grad, reduction);
+    ctx->save_for_backward({grad});
+    ctx->mark_non_differentiable({grad});
+    return {loss, grad};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const at::Tensor& grad_loss = grad_outputs[0];
+    const at::Tensor grad = ctx->get_saved_variables()[0];
+    at::Tensor grad_velocity;
+    if (grad_loss.defined() && ctx->needs_input_grad(0)) {
+      grad_velocity = is_all_ones(grad_loss) ? grad : grad * per_row(grad_loss, grad);
+    }
+    return {grad_velocity, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
 // sqrt((s_t - s_tn)(s_t + s_tn)) per sample in the op's compute type, as a [B, 1, ...] tensor of grad's dtype.
 at::Tensor noise_std_rows(const at::Tensor& sigma_t, const at::Tensor& sigma_tn, const at::Tensor& grad) {
   const auto compute = grad.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -136,6 +163,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ambient_loss_fwd_autograd(
       AmbientLossFunction::apply(prediction, x_t, x_tn, sigma_t, sigma_tn, logvar, sigma_data, precondition,
                                  compute_grad || needed, std::string(reduction));
   return {outputs[0], outputs[1], outputs[2]};
+}
+
+std::tuple<at::Tensor, at::Tensor> flow_loss_fwd_autograd(const at::Tensor& velocity, const at::Tensor& z_t,
+                                                          const at::Tensor& x_tn, const at::Tensor& t,
+                                                          const at::Tensor& sigma_tn, bool compute_grad,
+                                                          c10::string_view reduction) {
+  const bool needed = at::GradMode::is_enabled() && velocity.requires_grad();  // gradient made in the forward pass
+  const variable_list outputs =
+      FlowLossFunction::apply(velocity, z_t, x_tn, t, sigma_tn, compute_grad || needed, std::string(reduction));
+  return {outputs[0], outputs[1]};
 }
 
 at::Tensor add_noise_autograd(const at::Tensor& x, const at::Tensor& sigma_t, const std::optional<at::Tensor>& sigma_tn,

@@ -38,6 +38,9 @@ TORCH_LIBRARY(ambient_fast, m) {
       "ambient_loss_fwd(Tensor prediction, Tensor x_t, Tensor x_tn, Tensor sigma_t, Tensor sigma_tn, "
       "Tensor? logvar, float sigma_data, bool precondition, bool compute_grad, str reduction=\"none\") "
       "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "flow_loss_fwd(Tensor velocity, Tensor z_t, Tensor x_tn, Tensor t, Tensor sigma_tn, bool compute_grad, "
+      "str reduction=\"none\") -> (Tensor, Tensor)");
   m.def("add_noise(Tensor x, Tensor sigma_t, Tensor? sigma_tn, Tensor? noise, Tensor? seed, int offset) -> Tensor");
   m.def(
       "ambient_noising(Tensor x0, Tensor sample_ids, Tensor sigma_t, Tensor sigma_tn, int annotation_seed, "
@@ -52,6 +55,7 @@ TORCH_LIBRARY_IMPL(ambient_fast, CPU, m) {
   m.impl("philox4x32_10", &ambient_fast::philox4x32_10_cpu);
   m.impl("box_muller_parts", &ambient_fast::box_muller_parts_cpu);
   m.impl("ambient_loss_fwd", &ambient_fast::ambient_loss_fwd_cpu);
+  m.impl("flow_loss_fwd", &ambient_fast::flow_loss_fwd_cpu);
   m.impl("add_noise", &ambient_fast::add_noise_cpu);
   m.impl("ambient_noising", &ambient_fast::ambient_noising_cpu);
   m.impl("noisy_crops", &ambient_fast::noisy_crops_cpu);
@@ -65,6 +69,7 @@ TORCH_LIBRARY_IMPL(ambient_fast, Meta, m) {
 
 TORCH_LIBRARY_IMPL(ambient_fast, Autograd, m) {
   m.impl("ambient_loss_fwd", &ambient_fast::ambient_loss_fwd_autograd);
+  m.impl("flow_loss_fwd", &ambient_fast::flow_loss_fwd_autograd);
   m.impl("add_noise", &ambient_fast::add_noise_autograd);
 }
 

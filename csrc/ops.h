@@ -31,6 +31,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ambient_loss_fwd_cpu(
     const at::Tensor& sigma_tn, const std::optional<at::Tensor>& logvar, double sigma_data, bool precondition,
     bool compute_grad, c10::string_view reduction);
 
+// Ambient rectified-flow loss (docs/flow.md, flow_loss_cpu.cpp): (loss, d loss / d velocity); loss [B] for "none",
+// a scalar for "mean"/"sum"; the gradient is that of the returned loss and empty when not requested.
+std::tuple<at::Tensor, at::Tensor> flow_loss_fwd_cpu(const at::Tensor& velocity, const at::Tensor& z_t,
+                                                     const at::Tensor& x_tn, const at::Tensor& t,
+                                                     const at::Tensor& sigma_tn, bool compute_grad,
+                                                     c10::string_view reduction);
+
 // x + sqrt(sigma_t^2 - sigma_tn^2) eps, eps = noise or the fresh stream of (seed, offset) (noising_cpu.cpp).
 at::Tensor add_noise_cpu(const at::Tensor& x, const at::Tensor& sigma_t, const std::optional<at::Tensor>& sigma_tn,
                          const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& seed, int64_t offset);
@@ -55,6 +62,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ambient_loss_fwd_autograd(
     const at::Tensor& prediction, const at::Tensor& x_t, const at::Tensor& x_tn, const at::Tensor& sigma_t,
     const at::Tensor& sigma_tn, const std::optional<at::Tensor>& logvar, double sigma_data, bool precondition,
     bool compute_grad, c10::string_view reduction);
+std::tuple<at::Tensor, at::Tensor> flow_loss_fwd_autograd(const at::Tensor& velocity, const at::Tensor& z_t,
+                                                          const at::Tensor& x_tn, const at::Tensor& t,
+                                                          const at::Tensor& sigma_tn, bool compute_grad,
+                                                          c10::string_view reduction);
 at::Tensor add_noise_autograd(const at::Tensor& x, const at::Tensor& sigma_t, const std::optional<at::Tensor>& sigma_tn,
                               const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& seed,
                               int64_t offset);
