@@ -253,3 +253,29 @@ def test_the_requested_backend_runs(backend):
     if backend == "cpp":
         assert flow_module._native_has_flow_loss(), "ambient_fast._C predates flow_loss_fwd: rebuild (make install)"
     assert flow_module._flow_backend("cpu") == backend
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cuda_matches_float64_oracle(dtype):
+    """The compiled Triton kernels on a GPU (the default CUDA backend) against the oracle; a bad level is flagged on
+    the device and reported by check_device_errors, with no host sync in the call."""
+    generator = torch.Generator().manual_seed(7)
+    p = random_problem((8, 4, 64, 64), generator)
+    velocity, z_t, x_tn = (p[k].to(dtype).cuda() for k in ("velocity", "z_t", "x_tn"))
+    t, sigma_tn = p["t"].float().cuda(), p["sigma_tn"].float().cuda()
+    oracle_v = velocity.double().cpu().requires_grad_()
+    expected = flow_loss_reference(oracle_v, z_t.double().cpu(), x_tn.double().cpu(), t.double().cpu(),
+                                   sigma_tn.double().cpu())
+    expected.mean().backward()
+    op_v = velocity.clone().requires_grad_()
+    loss = ambient_fast.flow_loss(op_v, z_t, x_tn, t, sigma_tn, reduction="mean")
+    loss.backward()
+    assert relative_error(loss.cpu(), expected.detach()) <= TOLERANCE[dtype]
+    assert relative_error(op_v.grad.cpu(), oracle_v.grad) <= TOLERANCE[dtype]
+    ambient_fast.check_device_errors()
+    bad_t = t.clone()
+    bad_t[1] = 1.0
+    assert torch.isnan(ambient_fast.flow_loss(velocity, z_t, x_tn, bad_t, sigma_tn)[1].cpu())
+    with pytest.raises(ValueError, match=r"flow_loss on cuda"):
+        ambient_fast.check_device_errors()
