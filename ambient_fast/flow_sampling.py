@@ -29,9 +29,12 @@ def sigma_from_t(t):
 
 
 def vp_from_sigma(sigma):
-    """(a, b) of the variance-preserving sample a x0 + b eps at VE level sigma: a = 1/sqrt(1 + sigma^2), b = sigma a."""
+    """(a, b) of the variance-preserving sample a x0 + b eps at VE level sigma: a = 1/sqrt(1 + sigma^2), b = sigma a
+    (sigma = inf -> (0, 1), pure noise)."""
     a = 1 / (1 + sigma**2) ** 0.5
-    return a, sigma * a
+    if isinstance(sigma, torch.Tensor):
+        return a, torch.where(torch.isinf(sigma), torch.ones_like(sigma), sigma * a)
+    return a, 1.0 if math.isinf(sigma) else sigma * a
 
 
 def sigma_from_vp(a, b):

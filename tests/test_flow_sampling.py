@@ -37,6 +37,8 @@ def test_maps_between_parameterisations():
     a, b = fs.vp_from_sigma(sigma[:-1])
     torch.testing.assert_close(a**2 + b**2, torch.ones_like(a))  # variance preserving
     torch.testing.assert_close(fs.sigma_from_vp(a[1:], b[1:]), sigma[1:-1], rtol=1e-14, atol=0)
+    assert fs.vp_from_sigma(float("inf")) == (0.0, 1.0) and fs.t_from_sigma(float("inf")) == 1.0
+    assert [float(v) for v in fs.vp_from_sigma(sigma[-1:])] == [0.0, 1.0]
     # The RF sample is the VE sample scaled by 1 - t; the VP one scaled by a.
     x0, eps = torch.randn(2, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     for s in (0.3, 2.0):
