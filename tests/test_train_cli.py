@@ -245,3 +245,24 @@ def test_generate_writes_into_the_run_and_warns_about_a_single_snapshot(tmp_path
     assert cli.main(["generate", str(run / "training-00000001.safetensors"), "--num", "1", "--steps", "1",
                      "--device", "cpu"]) == 0  # a checkpoint file: its folder
     assert f"wrote {run / 'samples-ema0.05'}.npz" in capsys.readouterr().out
+
+
+def test_train_compile_flag_compiles_the_step_and_may_be_dropped_on_resume(tmp_path, capsys, monkeypatch):
+    """--compile sets config.compile (the run says so); rerunning without it resumes the same run."""
+    import torch._dynamo
+
+    from test_train_resume import write_png_dataset
+
+    from ambient_fast.train import loop
+
+    monkeypatch.setattr(loop, "COMPILE_BACKEND", "aot_eager")  # Inductor's code generation: device_check.sh
+    torch._dynamo.reset()
+    data = write_png_dataset(tmp_path / "data", n=16, size=8)
+    run = tmp_path / "run"
+    assert cli.main(tiny_train_args(data, run, "--compile", "--set", "total_steps=2")) == 0
+    assert "compiled (torch.compile fullgraph, default)" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["compile"] is True
+    assert cli.main(tiny_train_args(data, run, "--set", "total_steps=3")) == 0
+    out = capsys.readouterr().out
+    assert "resumed from step 1" in out and "compiled" not in out
+    torch._dynamo.reset()
