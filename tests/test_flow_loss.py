@@ -43,7 +43,7 @@ def check_against_oracle(shape, dtype, generator):
     t, sigma_tn = p["t"].to(level_dtype), p["sigma_tn"].to(level_dtype)
     weights = torch.rand(shape[0], generator=generator, dtype=torch.float64) + 0.5  # non-uniform incoming gradient
 
-    oracle_v = velocity.detach().double().clone().requires_grad_()  # the oracle sees exactly the rounded inputs of the op
+    oracle_v = velocity.detach().double().clone().requires_grad_()  # the oracle sees the op's rounded inputs
     expected = flow_loss_reference(oracle_v, z_t.double(), x_tn.double(), t.double(), sigma_tn.double())
     (expected * weights).sum().backward()
 
@@ -56,7 +56,8 @@ def check_against_oracle(shape, dtype, generator):
     assert relative_error(op_v.grad, oracle_v.grad) <= TOLERANCE[dtype]
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (4, 1023), (2, 3, 17, 19), (3, 4, 64, 64)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", [(1, 1), (4, 1023), (2, 3, 17, 19), (3, 4, 64, 64)],
+                         ids=lambda s: "x".join(map(str, s)))
 def test_matches_float64_oracle(backend, shape, generator):
     check_against_oracle(shape, torch.float64, generator)
 

@@ -318,7 +318,8 @@ def flow_loss(
     compute_grad = torch.is_grad_enabled() and velocity.requires_grad
     backend = _flow_backend(device.type)
     if backend == "cpp":  # checks the levels itself, on the host (CPU tensors only)
-        loss, _ = torch.ops.ambient_fast.flow_loss_fwd.default(velocity, z_t, x_tn, t, sigma_tn, compute_grad, reduction)
+        loss, _ = torch.ops.ambient_fast.flow_loss_fwd.default(velocity, z_t, x_tn, t, sigma_tn, compute_grad,
+                                                               reduction)
     else:
         loss, _ = _PYTHON_OPS[backend](velocity, z_t, x_tn, t, sigma_tn, compute_grad, reduction,
                                        _validate.device_checks(validate))
