@@ -10,8 +10,8 @@ seed and bootstrap replicate is measured in the same coordinates.
 k = 128 was chosen by measuring, at n = 1000 embedded crops against the test set, each k's value between clean
 crops and the test set (the floor), its spread over independent draws, and how far a blur of 0.4 / 0.6 / 1.0 px
 moves it in units of that spread (docs/results.md, "Metrics and their power"; benchmarks/metric_power.py): k = 16
-and 32 hardly see a 0.6 px blur (z = 0 and 0.7), 64 does (4.7), 128 most (12.6, with 2.6% relative spread), and 256
-is no longer monotone in the blur (0.4 px lowers it: its trailing components are the test set's noise)."""
+and 32 do not see a 0.6 px blur (z = -0.2 and +0.2), 64 does (4.0), 128 most (11.8, with 2.5% relative spread), and
+256 is no longer monotone in the blur (0.4 px lowers it: its trailing components are the test set's noise)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
