@@ -43,6 +43,12 @@ CANDIDATES: dict[str, tuple[int, int, tuple[int, ...], int]] = {
 }
 
 
+def arm_of(text: str) -> Arm:
+    """'classifier', or 'fixed=0.31' for a fixed arm at a given sigma_min (Table 7's single level, given)."""
+    kind, _, sigma = text.partition("=")
+    return Arm(kind, fixed_sigma=float(sigma)) if sigma else Arm(kind)
+
+
 def candidate_experiment(name: str, arms: tuple[str, ...], threads: int):
     train_count, channels, mult, steps = CANDIDATES[name]
     base = experiment(BASE)
@@ -50,7 +56,7 @@ def candidate_experiment(name: str, arms: tuple[str, ...], threads: int):
     overrides.update({"total_steps": steps, "network.model_channels": channels, "network.channel_mult": mult,
                       "checkpoint_every": steps // 2, "cpu_threads": threads})
     return replace(base, name=f"regime-{name}", description=f"regime sweep candidate {name}",
-                   data=replace(base.data, train_count=train_count), arms=tuple(Arm(kind) for kind in arms),
+                   data=replace(base.data, train_count=train_count), arms=tuple(arm_of(text) for text in arms),
                    train_overrides=tuple(overrides.items()))
 
 
@@ -95,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
     parser.add_argument("--arms", nargs="+", default=["only_clean", "all_data"],
-                        help="arm kinds (default: the two baselines, which choose the regime)")
+                        help="arm kinds, fixed=SIGMA for a given single level (default: the two baselines, which "
+                             "choose the regime)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads for everything (default 1)")
     parser.add_argument("--out", default="runs/regime")
