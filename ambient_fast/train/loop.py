@@ -153,8 +153,7 @@ class Stepper:
         self.config, self.model, self.net, self.optimizer, self.scaler, self.ema = config, model, net, optimizer, scaler, ema
         self.chunks, self.batch_gpu, self.device, self.standardise, self.label_dim = chunks, batch_gpu, device, standardise, label_dim
         self.dist_info = dist_info
-        # The network, preconditioning and loss: one compiled graph (forward and backward), or eager.
-        self.forward = compile_step(model, mode=config.compile_mode) if config.compile else model
+        self.forward = model  # TrainingStep: compiled (config.compile) and/or in DDP
         self.records = StepRecords(config.log_every, device)  # a flush at least every log_every steps
         self.found = torch.zeros(1, device=device)  # 1.0: a gradient of this step is NaN/inf
         self.one = torch.ones(1, device=device)
@@ -292,6 +291,9 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
     network_name = "builtin" if network is None else f"{type(network).__module__}.{type(network).__qualname__}"
     precond = Precond(net, sigma_data=config.sigma_data, label_dim=label_dim)
     step_module = TrainingStep(precond, precision=config.precision)
+    if config.compile:  # inside DDP: Dynamo cannot trace DDP's forward (its bucket logic) in one graph; DDP's
+        # gradient hooks then all-reduce after the compiled backward
+        step_module = compile_step(step_module, mode=config.compile_mode)
     if dist_info.enabled:
         step_module = torch.nn.parallel.DistributedDataParallel(
             step_module, device_ids=[device.index] if device.type == "cuda" else None)
