@@ -238,7 +238,9 @@ RECIPES = {  # by command, as commands() names them
     "dataset encode": Recipe(["--device", "cpu", "--batch-size", "4"], [(None, "images"), ("--vae", "vae")],
                              [(None, "dir")]),
     "dataset info": Recipe(["--verify"], [(None, "images"), ("--annotations", "annotations")]),
-    "dataset to-shards": Recipe(["--samples-per-shard", "4"], [(None, "images")], [(None, "dir")]),
+    "dataset to-shards": Recipe(["--samples-per-shard", "4"], [(None, "images")], [(None, "dir")],
+                                # an .npz is a zip, and this one holds one float [4, S, S] .npy: a one-sample latent set
+                                accepts=("arg|npz-wrong-shape",)),
     "corrupt": Recipe(["--corruption", "gaussian_blur"], [("--source", "images")], [("--out", "dir")]),
     "eval": Recipe([], [("--generated", "images"), ("--test", "images"), ("--train", "images")],
                    [("--json", "file")]),

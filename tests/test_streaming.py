@@ -216,11 +216,14 @@ def test_to_shards_command(tmp_path, capsys):
                r"expected float embeddings \[6, T, D\]")
     user_error(capsys, ["dataset", "to-shards", src, tmp_path / "o3", "--source", "a", "--source-from-folder"],
                "not both")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "a.png").write_bytes((src / "web" / "img0000.png").read_bytes()[:40])
+    user_error(capsys, ["dataset", "to-shards", tmp_path / "bad", tmp_path / "o1"], r"a\.png.*convert again")
     (src / "dataset.json").unlink()
     (src / "loose.png").write_bytes((src / "web" / "img0000.png").read_bytes())
     user_error(capsys, ["dataset", "to-shards", src, tmp_path / "o4", "--source-from-folder"],
                r"not in a source folder \(first: \['loose.png'\]\)")
-    assert not any((tmp_path / name).exists() for name in ("o2", "o3", "o4", "o4.partial"))
+    assert not any((tmp_path / name).exists() for name in ("o1", "o1.partial", "o2", "o3", "o4", "o4.partial"))
     # A stopped conversion's work folder is cleared and redone; a folder of other files there is never deleted.
     (src / "loose.png").unlink()
     (tmp_path / "o5.partial").mkdir()

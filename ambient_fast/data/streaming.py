@@ -101,7 +101,8 @@ def write_shards(source: FileDataset, destination: str | Path, *, source_name: s
                  samples_per_shard: int = 1024, report=print) -> dict:
     """Convert a FileDataset (EDM2 folder or zip, images or latents) into a shard set at `destination`.
 
-    Written into `<destination>.partial/` and renamed at the end, so a stopped conversion never leaves a shard set
+    Every file is decoded once first (FileDataset.verify: unreadable ones are named). Written into
+    `<destination>.partial/` and renamed at the end, so a stopped conversion never leaves a shard set
     that looks complete. Each sample's source is `source_name` (default: the source path's name), or, with
     sources_from_folders, its top folder (folder_sources). captions: (embedding [N, T, D], mask [N, T]) in sample
     id order (load_captions). Returns the index (index.json's content)."""
@@ -119,6 +120,8 @@ def write_shards(source: FileDataset, destination: str | Path, *, source_name: s
         names, source_index = [source_name or source.path.stem], np.zeros(count, np.int32)
     if captions is not None and captions[0].shape[0] != count:
         raise UserError(f"captions have {captions[0].shape[0]} rows for {count} samples")
+    if not source.verified:  # decode each file once: a bad one is named now, not when training reaches it
+        source.verify(advice="fix or remove them, then convert again")
     work = _fresh_work_folder(destination.with_name(destination.name + ".partial"))
     columns = {name: np.zeros(count, np.int64) for name in ("data_offset", "data_size", "caption_offset",
                                                              "caption_size", "mask_offset", "mask_size")}
