@@ -1,8 +1,9 @@
 """The `weighted` arm (beyond the paper): the classifier arm's per-sample sigma_min as the gate, and density-ratio
 acceptance a_i(s) = min(1, w_i(s) / c), w = P / (1 - P), for the corrupted samples (docs/annotation.md,
 "Density-ratio acceptance"). The cross-fitted classifiers are trained with the experiment's ClassifierSetting and
-seed, as controlled.annotate_with_classifier trains them (the same classifiers, under the setting's fixed CPU
-thread count), and cached beside the runs, since their P_i(s) trajectories are needed here and not only sigma_min.
+seed, with the arguments controlled.annotate_with_classifier uses, and cached beside the runs under a key of those
+settings: their P_i(s) trajectories are needed here, and that function keeps only sigma_min. (Training them a
+second time costs the classifier's minutes once per seed.)
 """
 from __future__ import annotations
 
