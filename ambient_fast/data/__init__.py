@@ -3,7 +3,8 @@
 (latents.py: shared by the trainer and the annotation)."""
 from __future__ import annotations
 
-from .dataset import ArrayDataset, CorruptSampleError, FileDataset, TensorDataset, collate, open_dataset
+from .dataset import ArrayDataset, CorruptSampleError, FileDataset, TensorDataset, collate
+from .open import open_dataset
 from .latents import PIXELS, latent_space, posterior_noise, standardise_latents
 from .sampler import AmbientSampler, Batch, shard
 

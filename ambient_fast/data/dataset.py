@@ -292,15 +292,6 @@ class FileDataset(ArrayDataset):
         return torch.from_numpy(array.transpose(2, 0, 1).astype(np.float32)) / 127.5 - 1  # uint8 -> [-1, 1]
 
 
-def open_dataset(source, **kwargs) -> ArrayDataset:
-    """A dataset from a path (directory, zip or shard set) or a tensor [N, C, H, W]."""
-    if isinstance(source, torch.Tensor):
-        return TensorDataset(source, **kwargs)
-    from .streaming import ShardDataset, is_shard_set  # a shard set of `dataset to-shards`
-
-    return ShardDataset(source, **kwargs) if is_shard_set(source) else FileDataset(source, **kwargs)
-
-
 def collate(items: list[dict]) -> dict:
     return {
         "image": torch.stack([item["image"] for item in items]),

@@ -93,7 +93,7 @@ def compare_threshold_and_weights(experiment_name: str, *, seed: int = 0, out_di
     from ..annotate.sigma_min import LevelGrid, SigmaMinConfig, sigma_min_fast
     from ..annotations import Acceptance
     from .configs import EXPERIMENTS
-    from .controlled import cpu_threads, prepare_data
+    from .experiment_data import cpu_threads, prepare_data
     from .weighted import classifiers_for
 
     experiment = EXPERIMENTS[experiment_name]

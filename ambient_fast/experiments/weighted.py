@@ -25,7 +25,7 @@ def classifiers_for(experiment, mixed, *, seed: int, device, cache: Path, log=pr
     from ..annotate.classifier import TrainConfig as ClassifierTrainConfig
     from ..annotate.crossfit import load_classifier_set, save_classifier_set, train_crossfit
     from ..annotate.sigma_min import LevelGrid
-    from .controlled import cpu_threads
+    from .experiment_data import cpu_threads
 
     key = json.dumps({"data": asdict(experiment.data), "classifier": asdict(experiment.classifier), "seed": seed},
                      sort_keys=True)
@@ -60,7 +60,7 @@ def weighted_acceptance(mixed, experiment, *, seed: int, device, cache: Path, lo
     from ..annotate import density_ratio as dr
     from ..annotate.sigma_min import LevelGrid
     from ..annotations import Acceptance
-    from .controlled import cpu_threads
+    from .experiment_data import cpu_threads
 
     classifiers = classifiers_for(experiment, mixed, seed=seed, device=device, cache=cache, log=log)
     setting, corrupted = experiment.classifier, ~mixed.is_clean
