@@ -67,14 +67,24 @@ OPS = {
     "ambient_noising": (True, ("cpu",)),
     "sample_noise": (False, ("cpu", "cuda")),
     "noisy_crops": (False, ("cpu", "cuda")),  # ambient_fast.annotate.noisy_crops
+    "flow_loss": (True, ("cpu",)),  # ambient_fast.ops.flow_loss (rectified flow)
 }
+# ops added to the extension after its first release: an extension built before them lacks the kernel, and the
+# op then falls back to eager instead of failing (the key is the operator's name in torch.ops.ambient_fast)
+NATIVE_OP_NAMES = {"flow_loss": "flow_loss_fwd"}
+
+
+def native_has_op(op: str) -> bool:
+    """The built extension registers a kernel for `op` (a key of OPS)."""
+    return has_native() and hasattr(torch.ops.ambient_fast, NATIVE_OP_NAMES.get(op, op))
 
 
 @torch.compiler.assume_constant_result
 def for_op(op: str, device_type: str) -> str:
     """Backend of `op` (a key of OPS) for tensors on `device_type`; a constant while torch.compile traces."""
     triton_kernel, cpp_devices = OPS[op]
-    return select(torch.device(device_type), has_triton_kernel=triton_kernel, has_cpp_kernel=device_type in cpp_devices)
+    has_cpp_kernel = device_type in cpp_devices and (op not in NATIVE_OP_NAMES or native_has_op(op))
+    return select(torch.device(device_type), has_triton_kernel=triton_kernel, has_cpp_kernel=has_cpp_kernel)
 
 
 def op_backends(device: torch.device) -> dict[str, str]:

@@ -13,6 +13,8 @@
                      (Figure 10); a classifier checkpoint: its held-out report + figure
   by-source          one (sigma_min, sigma_max) per data source from a table, per-sample rows for the sources it
                      marks "per-sample" (sources.py)
+  weights            density-ratio acceptance per sample and level from the classifier's trajectory, clipped,
+                     optionally capped per level (density_ratio.py, weights_cli.py)
   merge              files with disjoint sample ids (per source, per step) into one
 """
 from __future__ import annotations

@@ -269,7 +269,7 @@ _register(_flow_loss_eager_op, "eager")
 
 
 def _native_has_flow_loss() -> bool:
-    return _backend.has_native() and hasattr(torch.ops.ambient_fast, "flow_loss_fwd")
+    return _backend.native_has_op("flow_loss")
 
 
 if _native_has_flow_loss():
@@ -328,10 +328,9 @@ def flow_loss(
 
 @torch.compiler.assume_constant_result
 def _flow_backend(device_type: str) -> str:
-    """'triton', 'cpp' or 'eager' as _backend.select, with the C++ kernel only where the built extension has it
-    (an extension built before this op existed falls back to eager instead of failing)."""
-    return _backend.select(torch.device(device_type), has_triton_kernel=True,
-                           has_cpp_kernel=device_type == "cpu" and _native_has_flow_loss())
+    """'triton', 'cpp' or 'eager' (_backend.for_op: the C++ kernel only where the built extension has it, so an
+    extension built before this op existed falls back to eager instead of failing)."""
+    return _backend.for_op("flow_loss", device_type)
 
 
 class FlowLoss(torch.nn.Module):
