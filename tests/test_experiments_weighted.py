@@ -25,7 +25,11 @@ def test_weighted_arm_trains_with_the_acceptance_table(tmp_path):
         classifier=configs.ClassifierSetting(steps=2, batch_size=8, model_channels=8, draws=1, levels=16,
                                              if_uninformative="per-sample"),
         generated_count=8, sampler_steps=2, metrics=("fd_pixels",))
-    result = run_experiment(tiny, out_dir=tmp_path, device="cpu", log=lambda line: None)
+    lines = []
+    result = run_experiment(tiny, out_dir=tmp_path, device="cpu", log=lines.append)
+    # the weighted arm reuses the classifier arm's classifiers (experiments/classifiers.py): trained once
+    assert sum("classifier 1/" in line for line in lines) == tiny.classifier.steps  # fold 1 logs every step, once
+    assert any("(cached)" in line for line in lines)
     classifier, weighted = result.arms
     torch.testing.assert_close(weighted.sigma_min, classifier.sigma_min, rtol=0, atol=0)  # the same gate
     table = Annotations.load(tmp_path / "weighted-seed0" / "annotations.safetensors")

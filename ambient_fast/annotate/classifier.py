@@ -91,6 +91,13 @@ class TrainConfig:
     # set, which a classifier otherwise memorises (held-out AUC at s = 0.002 0.62 -> 0.93 on the demo's data).
     # Use "none" for a corruption with a direction (motion blur at a fixed angle) or a layout the symmetry breaks.
     augment: str = "dihedral"
+    # Random translations of both classes by up to translate_px pixels along each axis (uniform integer offsets),
+    # the border filled by reflection, after the symmetries. Blur, noise and compression are local statistics, so
+    # a shifted crop is a new sample of them, and a small clean set gets more distinct views (docs/annotation.md,
+    # "A classifier from 100 clean crops"). 0 = none (keeps the earlier random stream).
+    translate_px: int = 0
+    # Decoupled weight decay (AdamW, per unit of lr) against fitting the small clean set; 0 = plain Adam.
+    weight_decay: float = 0.0
     seed: int = 0
     log_every: int = 100
 
@@ -101,6 +108,10 @@ class TrainConfig:
             raise ValueError(f"need 0 < sigma_lo < sigma_hi; got {self.sigma_lo}, {self.sigma_hi}")
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"augment must be one of {AUGMENTATIONS}; got {self.augment!r}")
+        if self.translate_px < 0:
+            raise ValueError(f"translate_px must be >= 0 (pixels); got {self.translate_px}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0; got {self.weight_decay}")
 
 
 AUGMENTATIONS = ("none", "flip", "dihedral")
@@ -119,6 +130,22 @@ def augmented(images: torch.Tensor, augment: str, generator: torch.Generator) ->
         if bool(chosen.any()):
             images = torch.where(chosen.view(-1, 1, 1, 1), torch.rot90(images, k, dims=(-2, -1)), images)
     return images
+
+
+def translated(images: torch.Tensor, max_px: int, generator: torch.Generator) -> torch.Tensor:
+    """Each image [N, C, H, W] shifted by its own integer offset in [-max_px, max_px] along each axis, the
+    uncovered border filled by reflection of the image (no draws when max_px = 0)."""
+    if max_px == 0:
+        return images
+    n, _, height, width = images.shape
+    if max_px >= min(height, width):
+        raise ValueError(f"translate_px must be smaller than the image side ({min(height, width)} px); got {max_px}")
+    padded = F.pad(images, (max_px,) * 4, mode="reflect")
+    offsets = torch.randint(0, 2 * max_px + 1, (2, n), generator=generator).to(images.device)
+    rows = offsets[0].view(n, 1) + torch.arange(height, device=images.device)  # [N, H] rows of the padded image
+    cols = offsets[1].view(n, 1) + torch.arange(width, device=images.device)
+    batch = torch.arange(n, device=images.device).view(n, 1, 1)
+    return padded.permute(0, 2, 3, 1)[batch, rows.view(n, height, 1), cols.view(n, 1, width)].permute(0, 3, 1, 2)
 
 
 def training_levels(count: int, train: TrainConfig, generator: torch.Generator) -> torch.Tensor:
@@ -178,7 +205,8 @@ def fit_balanced_bce(model: nn.Module, balanced_logits: Callable[[torch.Generato
     With `resume`, the state is saved every resume.every steps and a rerun continues from the last save."""
     if train.batch_size < 2 or train.batch_size % 2:
         raise ValueError(f"batch_size must be even and >= 2 (half per class); got {train.batch_size}")
-    optimizer = torch.optim.Adam(model.parameters(), lr=train.lr)
+    optimizer = (torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+                 if train.weight_decay > 0 else torch.optim.Adam(model.parameters(), lr=train.lr))
     generator = torch.Generator().manual_seed(train.seed)  # data order and noise; never the global RNG
     half = train.batch_size // 2
     labels = torch.cat([torch.ones(half), torch.zeros(half)]).to(device)
@@ -243,7 +271,8 @@ def train_classifier(clean: torch.Tensor, corrupted: torch.Tensor, *, config: Cl
 
     def balanced_logits(generator: torch.Generator) -> torch.Tensor:
         x0 = torch.cat([balanced_pick(clean, half, generator), balanced_pick(corrupted, half, generator)])
-        x0 = augmented(x0.to(device, torch.float32), train.augment, generator)
+        x0 = translated(augmented(x0.to(device, torch.float32), train.augment, generator), train.translate_px,
+                        generator)
         sigma = training_levels(x0.shape[0], train, generator).to(device)
         noise = torch.randn(x0.shape, generator=generator).to(device)
         return model(x0 + sigma.view(-1, 1, 1, 1) * noise, sigma)
@@ -287,4 +316,4 @@ def count_parameters(model: nn.Module) -> int:
 
 
 __all__ = ["ClassifierConfig", "NoiseClassifier", "TrainConfig", "TrainHistory", "train_classifier", "training_levels",
-           "save_classifier", "load_classifier", "checkpoint_provenance", "count_parameters"]
+           "translated", "save_classifier", "load_classifier", "checkpoint_provenance", "count_parameters"]

@@ -90,6 +90,8 @@ class ClassifierSetting:
     p_std: float = 1.5
     uniform_fraction: float = 0.25  # of the levels log-uniform over the annotation grid (TrainConfig)
     augment: str = "dihedral"  # random symmetries of the square for both classes (TrainConfig)
+    translate_px: int = 0  # random shifts of up to this many pixels, reflection at the border (TrainConfig)
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay (TrainConfig); 0 = Adam
     # Cross-fitting (annotate.crossfit): k classifiers, each annotating the fold it did not train on and reporting
     # on it; the calibrated rule capped at the chance level, or the paper's raw rule; what to do when the held-out
     # AUC is at chance at low noise ("single": one level for S_B, eq. 3.2; "per-sample": go on regardless).

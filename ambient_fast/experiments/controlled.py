@@ -92,35 +92,21 @@ def _needs_classifier(experiment: Experiment) -> bool:
 
 
 def annotate_with_classifier(mixed: MixedDataset, experiment: Experiment, *, seed: int, device,
-                             log=print) -> ClassifierAnnotation:
+                             log=print, cache: Path | None = None) -> ClassifierAnnotation:
     """Cross-fitted noise classifiers (eq. 3.1) on S_G vs S_B with their held-out report, then sigma_min per sample,
     each scored out of fold (annotate.crossfit), and one level for the set (eq. 3.2), with the setting's rule.
-    A classifier at chance at low noise gets the setting's if_uninformative policy (the report says so)."""
-    from ..annotate.classifier import ClassifierConfig
-    from ..annotate.classifier import TrainConfig as ClassifierTrainConfig
-    from ..annotate.crossfit import train_crossfit
+    A classifier at chance at low noise gets the setting's if_uninformative policy (the report says so).
+    cache: where the classifiers are kept for the weighted arm of the same seed (experiments/classifiers.py)."""
     from ..annotate.sigma_min import LevelGrid, SigmaMinConfig, sigma_min_fast, sigma_min_single
+    from .classifiers import classifiers_for
 
     setting = experiment.classifier
     start = time.perf_counter()
-    channels, resolution = mixed.images.shape[1], mixed.images.shape[-1]
     corrupted_ids = mixed.sample_ids[~mixed.is_clean]
     grid = LevelGrid(levels=setting.levels)
     config = SigmaMinConfig(grid=grid, draws=setting.draws, eps=setting.eps, seed=seed)
+    classifiers = classifiers_for(experiment, mixed, seed=seed, device=device, cache=cache, log=log)
     with cpu_threads(setting.cpu_threads, device):
-        with torch.random.fork_rng(devices=[]):  # whatever the classifier draws, our generator state is unchanged
-            classifiers = train_crossfit(
-                mixed.clean_images, mixed.corrupted_images, folds=setting.folds,
-                config=ClassifierConfig(img_channels=channels, img_resolution=resolution,
-                                        model_channels=setting.model_channels),
-                train=ClassifierTrainConfig(steps=setting.steps, batch_size=setting.batch_size, lr=setting.lr,
-                                            seed=seed, log_every=max(1, setting.steps // 5), p_mean=setting.p_mean,
-                                            p_std=setting.p_std, uniform_fraction=setting.uniform_fraction,
-                                            augment=setting.augment,
-                                            sigma_lo=grid.sigma_lo, sigma_hi=grid.sigma_hi),
-                grid=grid, report_draws=2, report_samples=setting.report_samples, device=device,
-                progress=lambda fold, step, loss, accuracy: log(
-                    f"    classifier {fold + 1}/{setting.folds} step {step}: BCE {loss:.3f}, accuracy {accuracy:.3f}"))
         report = classifiers.report
         calibrated = setting.rule == "calibrated"
         routing = classifiers.route(mixed.corrupted_images, scoring=setting.scoring)
@@ -349,8 +335,9 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
         if _needs_classifier(experiment):
             log(f"  seed {seed}: noise classifier (eq. 3.1) and sigma_min (eq. 3.2)")
             annotation = cached_annotation(out_dir / f"annotation-seed{seed}.safetensors", experiment, seed=seed,
-                                           make=lambda: annotate_with_classifier(mixed, experiment, seed=seed,
-                                                                                 device=device, log=log))
+                                           make=lambda: annotate_with_classifier(
+                                               mixed, experiment, seed=seed, device=device, log=log,
+                                               cache=out_dir / f"classifier-seed{seed}.safetensors"))
             annotations[seed] = annotation
             log(f"    per-sample sigma_min: median {annotation.sigma_min.median():.3f}, "
                 f"{100 * (1 - annotation.reached):.1f}% never clean-like (inf); single (eq. 3.2 over S_B) "

@@ -94,7 +94,7 @@ def compare_threshold_and_weights(experiment_name: str, *, seed: int = 0, out_di
     from ..annotations import Acceptance
     from .configs import EXPERIMENTS
     from .experiment_data import cpu_threads, prepare_data
-    from .weighted import classifiers_for
+    from .classifiers import classifiers_for
 
     experiment = EXPERIMENTS[experiment_name]
     out_dir = Path(out_dir)
