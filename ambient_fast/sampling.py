@@ -60,12 +60,24 @@ RAW_WEIGHTS = "raw"  # the optimizer's weights, no averaging
 
 def load_denoiser(source: str | Path, *, ema_std: float | str | None = TRACKED_EMA,
                   device: str | torch.device = "cpu"):
-    """(Precond denoiser, metadata) from a run directory or a checkpoint / EMA snapshot file.
+    """(denoiser, metadata) from a run directory or a checkpoint / EMA snapshot file: the Precond module of an EDM
+    run, or for a rectified-flow run (config objective "flow") its velocity network as a denoiser D(x, sigma)
+    (flow_sampling.denoiser_from_velocity), so every EDM-sampler caller works with both.
 
     ema_std: "tracked" (default) = the run's first tracked EMA, as EDM / EDM2 sample; "raw" or None = the newest
     checkpoint's raw weights; a tracked std (e.g. 0.10) = that EMA; any other std in (0, 0.289) = post-hoc
     reconstruction from the run's stored snapshots (EDM2 Section 3). metadata["weights"] says which was loaded.
     """
+    from .flow_sampling import denoiser_from_velocity
+
+    model, meta = load_model(source, ema_std=ema_std, device=device)
+    return (denoiser_from_velocity(model) if meta["objective"] == "flow" else model), meta
+
+
+def load_model(source: str | Path, *, ema_std: float | str | None = TRACKED_EMA, device: str | torch.device = "cpu"):
+    """(model, metadata) as load_denoiser, the model as trained: networks.Precond (D(x, sigma)) for objective
+    "edm", networks.velocity.Velocity (v(z, t), for flow_sampling.flow_sample) for "flow"; metadata["objective"]
+    says which (runs from before the field are "edm")."""
     from .train import checkpoint
     from .train.config import TrainConfig
 
@@ -82,7 +94,7 @@ def load_denoiser(source: str | Path, *, ema_std: float | str | None = TRACKED_E
                          "checkpoint's 'net.*' tensors (train.checkpoint.load + split) and sample with Precond(net)")
     config = TrainConfig.from_dict(meta["config"])
     state, weights = _weights(source, tensors, [float(s) for s in config.ema_stds], ema_std)
-    return _denoiser(config, meta, state, device), {**meta, "weights": weights}
+    return _model(config, meta, state, device), {**meta, "weights": weights, "objective": config.objective}
 
 
 def _weights(source: Path, tensors: dict, tracked: list[float], ema_std) -> tuple[dict, str]:
@@ -120,14 +132,18 @@ def _weights(source: Path, tensors: dict, tracked: list[float], ema_std) -> tupl
     return reconstruct(snapshots, ema_std), f"EMA std {ema_std:g} (post hoc, from {len(snapshots)} snapshots)"
 
 
-def _denoiser(config, meta: dict, state: dict, device):
-    """The builtin network of the run's config with `state` loaded, wrapped in EDM preconditioning."""
+def _model(config, meta: dict, state: dict, device):
+    """The builtin network of the run's config with `state` loaded, wrapped in EDM preconditioning (objective
+    "edm") or as a velocity field (objective "flow")."""
     from .networks import Precond
+    from .networks.velocity import Velocity
     from .train.build import build_network
 
     net = build_network(config.network, img_channels=meta["img_channels"], img_resolution=meta["img_resolution"],
                         label_dim=meta["label_dim"], seed=0)
     net.load_state_dict(state)
+    if config.objective == "flow":
+        return Velocity(net, label_dim=meta["label_dim"]).to(device).eval()
     return Precond(net, sigma_data=config.sigma_data, label_dim=meta["label_dim"]).to(device).eval()
 
 

@@ -1,6 +1,6 @@
 """Per-source annotation: one (sigma_min, sigma_max) for every sample of a source, read from a table, and per-sample
 rows (from a classifier) for the sources the table marks "per-sample", in one annotation file with a source column;
-and the usable data per source and noise level.
+and the usable data per source and noise level (ambient_fast/usable_sources.py, shared with the trainer).
 
 The paper's text-to-image run annotates whole sources: sigma_min = 2 for every DiffusionDB sample (synthetic, low
 quality) and sigma_min = 0 for the other datasets (Section 5, "Text-to-image results"). The table says that as
@@ -26,11 +26,10 @@ import torch
 
 from ..annotations import Annotations
 from ..errors import UserError
+from ..usable_sources import ALL, REPORT_LEVELS, usable_by_source, usable_table  # noqa: F401 (the report, re-exported)
 
 PER_SAMPLE = "per-sample"
 DEFAULT_ENTRY = "*"
-ALL = "(all)"  # the report's row of every sample
-REPORT_LEVELS = (0.002, 0.02, 0.2, 0.5, 2.0, 5.0, 20.0)  # sigma, in the training data's units
 
 
 @dataclass(frozen=True)
@@ -142,39 +141,3 @@ def _describe(entry) -> str | dict:
     if entry == PER_SAMPLE:
         return PER_SAMPLE
     return {"sigma_min": "inf" if math.isinf(entry.sigma_min) else entry.sigma_min, "sigma_max": entry.sigma_max}
-
-
-# ------------------------------------------------------------------------------------------------ report
-def usable_by_source(annotations: Annotations, sigmas=REPORT_LEVELS, *, max_weight: float = 4.0,
-                     names: list[str] | None = None, index=None) -> dict[str, list[float]]:
-    """{source: fraction of its samples usable at each level} (Section 3.2 with the eq. D.2 buffer, the sampler's
-    rule), plus ALL (every sample). The sources are the file's own, or names and index (the data's, for a file
-    without a source column)."""
-    if names is None:
-        if annotations.source is None:
-            raise ValueError("these annotations have no source column; pass names= and index=")
-        names, index = annotations.sources, annotations.source
-    index = torch.as_tensor(np.asarray(index), dtype=torch.int64)
-    usable = torch.stack([annotations.usable(float(s), max_weight=max_weight) for s in sigmas])  # [levels, N]
-    table = {}
-    for k, name in enumerate(names):
-        members = index == k
-        if members.any():
-            table[name] = usable[:, members].double().mean(dim=1).tolist()
-    table[ALL] = usable.double().mean(dim=1).tolist()
-    return table
-
-
-def usable_table(annotations: Annotations, sigmas=REPORT_LEVELS, *, max_weight: float = 4.0,
-                 names: list[str] | None = None, index=None) -> str:
-    """usable_by_source as text: one row per source (with its sample count), one column per level."""
-    fractions = usable_by_source(annotations, sigmas, max_weight=max_weight, names=names, index=index)
-    names, index = (annotations.sources, annotations.source) if names is None else (names, index)
-    counts = torch.bincount(torch.as_tensor(np.asarray(index), dtype=torch.int64), minlength=len(names)).tolist()
-    width = max(len(name) for name in fractions)
-    lines = [f"usable fraction per source and level (sigma; buffer L_max = {max_weight:g}):",
-             f"{'source':<{width}}  {'samples':>7}  " + "  ".join(f"{s:>7g}" for s in sigmas)]
-    for name, row in fractions.items():
-        count = len(annotations) if name == ALL else counts[names.index(name)]
-        lines.append(f"{name:<{width}}  {count:>7}  " + "  ".join(f"{v:>7.3f}" for v in row))
-    return "\n".join(lines)

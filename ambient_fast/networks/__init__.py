@@ -1,6 +1,6 @@
 """Denoiser networks: a compact EDM-style UNet (unet.py), the EDM2 magnitude-preserving UNet (edm2.py), a
-text-conditioned MicroDiT-style transformer (dit*.py), and the preconditioning wrapper every network plugs into
-(precond.py)."""
+text-conditioned MicroDiT-style transformer (dit*.py), the preconditioning wrapper every network plugs into
+(precond.py), and its rectified-flow counterpart (velocity.py)."""
 from __future__ import annotations
 
 from .dit import DiT
@@ -9,5 +9,6 @@ from .edm2 import EDM2_IMG512, EDM2UNet
 from .precond import Precond
 from .seeded import seeded
 from .unet import UNet, UNetEncoder
+from .velocity import Velocity
 
-__all__ = ["DIT_PRESETS", "DiT", "EDM2UNet", "EDM2_IMG512", "Precond", "UNet", "UNetEncoder", "seeded"]
+__all__ = ["DIT_PRESETS", "DiT", "EDM2UNet", "EDM2_IMG512", "Precond", "UNet", "UNetEncoder", "Velocity", "seeded"]

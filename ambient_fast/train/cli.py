@@ -37,7 +37,8 @@ def register(subparsers) -> None:
                        help="override a config field, e.g. --set total_steps=500 --set network.model_channels=64")
     train.set_defaults(func=_train)
 
-    generate = subparsers.add_parser("generate", help="sample with the EDM Heun sampler; writes a PNG grid and an npz")
+    generate = subparsers.add_parser("generate", help="sample with the Heun sampler (EDM's, or rectified flow's for a "
+                                                         "flow run); writes a PNG grid and an npz")
     generate.add_argument("source", help="run directory or checkpoint file")
     generate.add_argument("--ema", type=_ema_choice, default="tracked",
                           help="EMA std (tracked, or reconstructed post hoc from the snapshots); 'raw' for the raw "
@@ -143,7 +144,7 @@ def _train(args) -> int:
 
 
 def _generate(args) -> int:
-    from ..sampling import heun_sample, load_denoiser, save_outputs
+    from ..sampling import load_model, save_outputs
 
     for path, option in ((args.png, "--png"), (args.npz, "--npz")):  # before sampling, not after
         if path:
@@ -158,12 +159,12 @@ def _generate(args) -> int:
         torch.set_num_threads(args.cpu_threads)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        denoiser, meta = load_denoiser(args.source, ema_std=args.ema, device=device)
-        print(f"sampling {args.source}: {meta['weights']}")
+        model, meta = load_model(args.source, ema_std=args.ema, device=device)
+        print(f"sampling {args.source}: {meta['weights']}, objective {meta['objective']}")
         guide = None
         if args.guide:
-            guide, guide_meta = load_denoiser(args.guide, device=device)
-            print(f"guiding with {args.guide}: {guide_meta['weights']}")
+            guide, guide_meta = load_model(args.guide, device=device)
+            print(f"guiding with {args.guide}: {guide_meta['weights']}, objective {guide_meta['objective']}")
     for warning in caught:  # one line each, beside the rest of the output
         print(f"warning: {warning.message}")
     is_latent = meta.get("is_latent", False)
@@ -180,8 +181,11 @@ def _generate(args) -> int:
         raise UserError(f"--class-label {args.class_label}: " + (f"this model has classes 0..{label_dim - 1}"
                         if label_dim else "this model is unconditional; leave --class-label out"))
     shape = (meta["img_channels"], meta["img_resolution"], meta["img_resolution"])
-    print(f"generating {args.num} samples {shape}, {args.steps} Heun steps, seed {args.seed}, guidance "
-          f"{args.guidance}, on {device}")
+    sample = _sampler(model, meta["objective"], guide, None if guide is None else guide_meta["objective"],
+                      num_steps=args.steps, guidance=args.guidance)
+    print(f"generating {args.num} samples {shape}, {args.steps} Heun steps "
+          f"({'rectified flow, uniform in t from t(sigma 80)' if meta['objective'] == 'flow' else 'EDM sigmas'}), seed {args.seed}, "
+          f"guidance {args.guidance}, on {device}")
     generator = torch.Generator().manual_seed(args.seed)
     samples, labels = [], []
     for start in range(0, args.num, args.batch):
@@ -192,12 +196,34 @@ def _generate(args) -> int:
             batch_labels = (torch.full((n,), args.class_label) if args.class_label is not None
                             else torch.randint(0, label_dim, (n,), generator=generator)).to(device)
             labels.append(batch_labels.cpu())
-        samples.append(heun_sample(denoiser, noise, class_labels=batch_labels, num_steps=args.steps, guide=guide,
-                                   guidance=args.guidance).cpu())
+        samples.append(sample(noise, batch_labels).cpu())
     samples = torch.cat(samples)
     save_outputs(samples, torch.cat(labels) if labels else None, png=png, npz=npz)
     print(f"wrote {npz}" + (f" and {png}" if png else " (latents: decode them with the VAE to get images)"))
     return 0
+
+
+def _sampler(model, objective: str, guide, guide_objective: str | None, *, num_steps: int, guidance: float):
+    """sample(noise, labels): the EDM Heun sampler for an EDM run, the rectified-flow Heun sampler (flow_sampling)
+    for a flow run; a guide of the other objective is converted (v = (z - D) / t, or D = z - t v): guidance is
+    linear, v_w = v_g + w (v - v_g), the same mix as D_w = D_g + w (D - D_g)."""
+    from ..flow_sampling import denoiser_from_velocity, flow_sample, flow_times, t_from_sigma, velocity_from_denoiser
+    from ..sampling import heun_sample
+
+    if objective == "flow":
+        guide_v = (None if guide is None else guide if guide_objective == "flow" else velocity_from_denoiser(guide))
+
+        def velocity(z, t, labels):
+            v = model(z, t, labels)
+            return v if guide_v is None or guidance == 1 else guide_v(z, t, labels).lerp(v, guidance)
+
+        # From t(sigma = 80), EDM's sigma_max, as the EDM sampler: beyond it no level was trained (ln sigma ~ N(p_mean,
+        # p_std^2)), and z = t noise there differs from z_t by 0.012 x0
+        times = flow_times(num_steps, t_max=t_from_sigma(80.0))
+        return lambda noise, labels: flow_sample(velocity, noise, times=times, method="heun", class_labels=labels)
+    guide_d = None if guide is None else guide if guide_objective != "flow" else denoiser_from_velocity(guide)
+    return lambda noise, labels: heun_sample(model, noise, class_labels=labels, num_steps=num_steps, guide=guide_d,
+                                             guidance=guidance)
 
 
 def _encode(args) -> int:
@@ -249,7 +275,7 @@ def _info(args) -> int:
     sources = (table.sources, table.source) if table.source is not None else \
         (getattr(dataset, "sources", None), getattr(dataset, "source", None))  # the file's, else a shard set's
     if sources[0]:
-        from ..annotate.sources import usable_table
+        from ..usable_sources import usable_table
 
         print(usable_table(table, names=sources[0], index=sources[1]))
     return 0

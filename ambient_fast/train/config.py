@@ -71,7 +71,11 @@ class TrainConfig:
     p_std: float = 1.2
     sigma_data: float = 0.5
     max_weight: float = 4.0  # L_max of the buffer, eq. D.2 (sample trained at s_t only if s_t > b s_min)
-    ambient: bool = True  # False: plain EDM loss on everything (sigma_tn = 0, no rejection); a baseline
+    ambient: bool = True  # False: plain EDM / flow-matching loss on everything (sigma_tn = 0, no rejection); a baseline
+    objective: str = "edm"  # "edm": denoiser D with EDM preconditioning and the ambient loss (eq. 2.2, D.1);
+    # "flow": rectified flow, a velocity network on z_t = (1 - t) x_t at t = sigma / (1 + sigma), the ambient flow
+    # loss (docs/flow.md). Levels are drawn in sigma either way: ln sigma ~ N(p_mean, p_std^2) is the logit-normal
+    # law of t (logit t = ln sigma), so SD3's logit-normal(0, 1) is p_mean=0, p_std=1, and a time shift s adds ln s.
     # EMA, checkpoints, logging
     ema_stds: tuple[float, ...] = (0.05, 0.10)  # power-function EMA relative standard deviations (EDM2 sigma_rel)
     snapshot_every: int = 500  # steps between stored EMA snapshots for post-hoc reconstruction; 0 = never
@@ -88,7 +92,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Reject values that would otherwise fail late or silently: the message names the field."""
-        choices = {"precision": ("fp32", "bf16", "fp16"), "on_corrupt": ("raise", "skip"),
+        choices = {"precision": ("fp32", "bf16", "fp16"), "on_corrupt": ("raise", "skip"), "objective": ("edm", "flow"),
                    "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

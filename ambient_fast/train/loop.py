@@ -25,13 +25,16 @@ from .. import ambient_loss_precond, ambient_noising
 from ..data import AmbientSampler, open_dataset, standardise_latents
 from ..errors import UserError
 from ..networks import Precond
+from ..networks.velocity import Velocity
 from . import checkpoint, distributed
 from .build import build_network, parameter_count
 from .config import ConfigError, TrainConfig
 from .feed import StepBatches, chunk_seed, loader
+from .flow_step import FlowTrainingStep
 from .metrics import MetricsLog
 from .phema import PowerEMA
 from .schedule import learning_rate
+from .source_log import SourceLog
 
 # Fields that may change between a run and its resumption (they do not change what is computed).
 # allow_missing only permits: what the run trains on is guarded by the annotations digest.
@@ -289,8 +292,12 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
     net = net.to(device)
     # "builtin" networks are rebuilt from config.network by `generate`; a user's module is named for the record.
     network_name = "builtin" if network is None else f"{type(network).__module__}.{type(network).__qualname__}"
-    precond = Precond(net, sigma_data=config.sigma_data, label_dim=label_dim)
-    step_module = TrainingStep(precond, precision=config.precision)
+    if config.objective == "flow":  # rectified flow: a velocity network, the ambient flow loss (docs/flow.md)
+        step_module = FlowTrainingStep(Velocity(net, label_dim=label_dim), precision=config.precision,
+                                       autocast_dtypes=AUTOCAST)
+    else:
+        step_module = TrainingStep(Precond(net, sigma_data=config.sigma_data, label_dim=label_dim),
+                                   precision=config.precision)
     if config.compile:  # inside DDP: Dynamo cannot trace DDP's forward (its bucket logic) in one graph; DDP's
         # gradient hooks then all-reduce after the compiled backward
         step_module = compile_step(step_module, mode=config.compile_mode)
@@ -333,18 +340,21 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
     standardise = _latent_standardiser(config, stored_channels, device) if is_latent else None
 
     usable = {s: float(table.usable(s, max_weight=config.max_weight).double().mean()) for s in (0.01, 0.1, 1.0, 10.0)}
+    sources = SourceLog(table, dataset, max_weight=config.max_weight)  # per-source rows, when the data has sources
     say(f"ambient_fast train -> {run_dir}\n"
         f"  data: {len(dataset)} samples {tuple(dataset.shape)} ({'latents' if is_latent else 'pixels'}{checked}), labels: {label_dim or 'none'}, "
         f"annotations: {config.annotations if config.ambient and config.annotations else 'none (all clean)'}"
-        f"{'' if config.ambient else ' [ambient off: plain EDM loss]'}\n"
+        f"{'' if config.ambient else ' [ambient off: plain ' + ('flow-matching' if config.objective == 'flow' else 'EDM') + ' loss]'}\n"
         f"  {coverage[0]}\n"
         f"  usable fraction at sigma " + ", ".join(f"{s:g}: {f:.2f}" for s, f in usable.items()) + "\n"
-        f"  network: {config.network.arch if network is None else type(network).__name__}, {parameter_count(net) / 1e6:.2f}M parameters\n"
+        f"  network: {config.network.arch if network is None else type(network).__name__}, {parameter_count(net) / 1e6:.2f}M parameters, "
+        f"objective {config.objective}" + (" (rectified flow: velocity on z_t, t = sigma/(1+sigma))" if config.objective == "flow" else "") + "\n"
         f"  batch {config.batch_size} = {dist_info.world_size} rank(s) x {rounds} round(s) x {batch_gpu}, device {device}, "
         f"precision {config.precision}"
         + (f", compiled (torch.compile fullgraph, {config.compile_mode})" if config.compile else "") + "\n"
         f"  steps {start_step} -> {config.total_steps}" + (f" (resumed from step {start_step - 1})" if start_step else "")
-        + f", lr {config.ref_lr:g} (decay after {config.lr_decay_steps}, ramp-up {config.lr_rampup_steps}), EMA stds {config.ema_stds}")
+        + f", lr {config.ref_lr:g} (decay after {config.lr_decay_steps}, ramp-up {config.lr_rampup_steps}), EMA stds {config.ema_stds}"
+        + ("\n" + sources.startup_table() if sources.enabled else ""))
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(json.loads(config.to_json()), indent=2))
@@ -383,6 +393,8 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
         assert batch["step"] == step, "data loader out of step with training"
         data_sec += time.perf_counter() - waited
         stepper(step, batch)  # no device read
+        if sources.enabled:
+            sources.add(batch)  # the loader's host tensors
         since_row += 1
         log_now = step % config.log_every == 0 or step == config.total_steps - 1
         checkpoint_now = (step + 1) % config.checkpoint_every == 0 or step == config.total_steps - 1
@@ -397,7 +409,8 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
                    "lr": learning_rate(step, ref_lr=config.ref_lr, decay_steps=config.lr_decay_steps,
                                        rampup_steps=config.lr_rampup_steps),
                    "sec_per_step": (now - row_time) / since_row, "data_sec": data_sec / since_row,
-                   "skipped_steps": stats.skipped, "images": (step + 1) * config.batch_size}
+                   "skipped_steps": stats.skipped, "images": (step + 1) * config.batch_size,
+                   **(sources.row() if sources.enabled else {})}
             metrics.write(row)
             metrics.progress(row)
             stats.pending, since_row, data_sec, row_time = [], 0, 0.0, now

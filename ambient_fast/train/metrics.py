@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from .source_log import console_line
+
 
 class MetricsLog:
     def __init__(self, run_dir: Path, *, resume_step: int, total_steps: int, tensorboard: bool = False, enabled: bool = True):
@@ -65,6 +67,9 @@ class MetricsLog:
                 f"{1000 * row['data_sec']:.0f} ms)  skipped {row['skipped_steps']}  elapsed {_clock(elapsed)}, "
                 f"{rate:.2f} steps/s, ETA {_clock((self.total_steps - done) / rate)}")
         print(line, file=sys.stdout, flush=True)
+        per_source = console_line(row)
+        if per_source:
+            print(per_source, file=sys.stdout, flush=True)
 
     def close(self) -> None:
         if self.writer is not None:
