@@ -1,4 +1,4 @@
-"""`python -m ambient_fast.demo --arms`: three arms by default for the blur demo, the fixed ablation on request,
+"""`python -m ambient_fast.demo --arms`: three arms by default for the blur demo, the fixed and weighted ablations on request,
 an unknown arm refused with one line naming it."""
 import pytest
 
@@ -22,7 +22,8 @@ def captured(monkeypatch):
 
 @pytest.mark.parametrize("argv, arms", [
     ([], ["only_clean", "all_data", "classifier"]),
-    (["--arms", "all"], ["only_clean", "all_data", "fixed", "classifier"]),
+    (["--arms", "all"], ["only_clean", "all_data", "fixed", "classifier", "weighted"]),
+    (["--arms", "weighted", "classifier"], ["classifier", "weighted"]),
     (["--arms", "fixed", "only_clean"], ["only_clean", "fixed"]),
     (["--experiment", "demo-cpu-ood"], ["only_clean", "all_data", "fixed_crops_0.05", "fixed_crops_0.2", "crops"]),
 ])

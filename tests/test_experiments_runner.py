@@ -3,6 +3,7 @@ samples per level at the buffer's edge, and a conclusion computed from (made-up)
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,8 @@ def _fake_result(metric_values: dict[str, float], *, spread: float = 0.01, seeds
                  ) -> ExperimentResult:
     """Made-up metrics per arm: every metric = the arm's value, with 50 bootstrap replicates uniform within +- spread
     (relative) around it; per seed the value moves by +- spread / 2 when several seeds are given."""
-    experiment = configs.experiment("demo-cpu-blur1.0")
+    demo = configs.experiment("demo-cpu-blur1.0")
+    experiment = replace(demo, arms=tuple(arm for arm in demo.arms if arm.name in metric_values))
     offsets = torch.linspace(-1, 1, 50, dtype=torch.float64)
     arms = []
     for seed in seeds:

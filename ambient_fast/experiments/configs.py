@@ -236,6 +236,7 @@ _add(replace(
     description="CPU demo: 16x16 crops of scikit-image's photographs, 1000 of them, 10% clean + 90% blurred "
                 "(sigma_B = 1.0 px)",
     data=replace(_REGIME.data, train_count=1000),
+    arms=(*CLASSIC_ARMS, Arm("weighted")),  # weighted: density-ratio acceptance at the a-priori clip c = 1
     train_overrides=tuple({**dict(_REGIME.train_overrides), "total_steps": 3000, "checkpoint_every": 1500}.items()),
     paper=_paper(8.79, *_BLUR_PAPER[1.0]),
 ))
@@ -247,6 +248,7 @@ for _sigma in (0.8, 0.6, 0.4):
     _add(replace(EXPERIMENTS["demo-cpu-blur1.0"], name=f"demo-cpu-blur{_sigma}",
                  description=f"CPU Table 2a/7: 1000 embedded crops, 10% clean + 90% blurred (sigma_B = {_sigma} px)",
                  data=replace(EXPERIMENTS["demo-cpu-blur1.0"].data, corruption_parameters=(("sigma_px", _sigma),)),
+                 arms=CLASSIC_ARMS,
                  paper=_paper(8.79, *_BLUR_PAPER[_sigma])))
 for _quality, _fid in _JPEG_PAPER.items():
     _add(replace(EXPERIMENTS["demo-cpu-blur1.0"], name=f"demo-cpu-jpeg{_quality}",
