@@ -116,6 +116,15 @@ def run_experiment_command(args) -> int:
             print(f"table {name}: {', '.join(names)}")
         for name, item in EXPERIMENTS.items():
             print(f"{name}: {item.description}")
+        print("per-source: class-conditional DiT, EDM and rectified flow, per-source annotation (per_source.py)")
+        return 0
+    if args.name == "per-source" and not args.table:  # its own runner: two objectives, a source column, labels
+        from .per_source import run_per_source
+
+        check_writable(args.out, "--out", folder=True)
+        for result in run_per_source(out_dir=Path(args.out) / "per-source", seeds=tuple(args.seeds or ()) or None,
+                                     device=args.device):
+            print(format_report(result))
         return 0
     if bool(args.name) == bool(args.table):
         raise UserError("give one experiment NAME or --table T (see ambient-fast experiment --list)")
