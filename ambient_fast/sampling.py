@@ -140,7 +140,7 @@ def _model(config, meta: dict, state: dict, device):
     from .train.build import build_network
 
     net = build_network(config.network, img_channels=meta["img_channels"], img_resolution=meta["img_resolution"],
-                        label_dim=meta["label_dim"], seed=0)
+                        label_dim=meta["label_dim"], seed=0, caption_dim=meta.get("caption_dim", 0))
     net.load_state_dict(state)
     if config.objective == "flow":
         return Velocity(net, label_dim=meta["label_dim"]).to(device).eval()

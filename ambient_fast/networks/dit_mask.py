@@ -5,10 +5,12 @@ on the kept tokens only (75% masking: a quarter of the backbone's token work). T
 with `random_keep` (from its own generator: reproducible, and no random number is drawn inside a compiled graph)
 and passes them to the network as `keep=`; the network returns zeros at the dropped patches.
 
-Loss integration (not wired into the trainer yet): the loss must be restricted to the kept patches. With the
-per-element ambient loss w(sigma_t, sigma_tn) * (x_tn_hat - x_tn)^2 of paper eq. 2.2 / D.1, multiply it by
-`pixel_keep_mask(keep, ...)` and divide the per-sample sum by the number of kept pixels (= the mean over kept
-patches, as MicroDiffusion's EDM loss does); dropped patches carry no gradient and no loss.
+Loss integration (the trainer's network.mask_ratio): the loss is restricted to the kept patches, the mean over
+kept pixels (as MicroDiffusion's EDM loss). The fused losses take a mean over all pixels, so `loss_mask` gives the
+pixel mask and the factor num_patches / n_kept: the loss inputs (x_t or z_t, and x_tn) are multiplied by the mask,
+and since the network returns 0 at dropped patches, the error there is exactly 0 under both objectives (EDM:
+D = c_skip 0 + c_out 0, x_tn_hat = alpha D + (1 - alpha) 0 = 0 = x_tn; flow: u = k (0 - (1 - t) 0) - 0 = 0 = v);
+the factor turns the mean over all pixels into the mean over the kept ones. Dropped patches carry no gradient.
 """
 from __future__ import annotations
 
@@ -36,6 +38,13 @@ def patch_keep_mask(keep: torch.Tensor, num_patches: int) -> torch.Tensor:
     """bool [B, num_patches]: True where the patch was kept."""
     mask = torch.zeros(keep.shape[0], num_patches, dtype=torch.bool, device=keep.device)
     return mask.scatter(1, keep, True)
+
+
+def loss_mask(keep: torch.Tensor, net) -> tuple[torch.Tensor, float]:
+    """(pixel mask float [B, 1, H, W], num_patches / n_kept) for the DiT `net`'s patch grid: see the module
+    docstring (every sample keeps the same number of patches, so the factor is one number)."""
+    grid = net.grid
+    return pixel_keep_mask(keep, grid=grid, patch_size=net.size.patch_size), grid[0] * grid[1] / keep.shape[1]
 
 
 def pixel_keep_mask(keep: torch.Tensor, *, grid: tuple[int, int], patch_size: int) -> torch.Tensor:

@@ -22,11 +22,12 @@ class Precond(nn.Module):
         super().__init__()
         self.net, self.sigma_data, self.label_dim = net, sigma_data, label_dim
 
-    def raw(self, x_t: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None):
-        """(F, logvar or None) for inputs x_t at levels sigma [B] (data units)."""
+    def raw(self, x_t: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None, **extra):
+        """(F, logvar or None) for inputs x_t at levels sigma [B] (data units); `extra` goes to the network (the
+        DiT's caption, caption_mask, keep)."""
         sigma = sigma.reshape(-1).to(torch.float32)
         x_in = precond.c_in(sigma, self.sigma_data).view(-1, *[1] * (x_t.dim() - 1)) * x_t.to(torch.float32)
-        out = self.net(x_in, precond.c_noise(sigma), class_labels if self.label_dim else None)
+        out = self.net(x_in, precond.c_noise(sigma), class_labels if self.label_dim else None, **extra)
         if isinstance(out, tuple):
             raw, logvar = out
             return raw, logvar.reshape(-1)

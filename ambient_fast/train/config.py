@@ -28,7 +28,11 @@ class ConfigError(ValueError):
 class NetworkConfig:
     arch: str = "unet"  # "unet" (compact EDM-style, networks/unet.py), "edm2" (magnitude-preserving) or "dit"
     dit_size: str = "dit-tiny"  # arch "dit" only: a row of networks/dit_presets.py DIT_PRESETS (the fields below
-    # are for the UNets; a DiT built by the trainer has no caption branch: its data carry no captions yet)
+    # up to dropout are for the UNets)
+    mask_ratio: float = 0.0  # arch "dit" only: fraction of patches dropped in training (MicroDiT's deferred
+    # masking, networks/dit_mask.py; the loss is the mean over the kept patches); sampling sees every patch
+    captions: bool = True  # arch "dit" only: feed the data's caption embeddings (a shard set made with --captions)
+    # to the DiT's caption branch; the network is then built with it (caption_dim = the embeddings' width)
     model_channels: int = 32  # channels at the first resolution
     channel_mult: tuple[int, ...] = (1, 2)  # channels per resolution level, as multiples of model_channels
     num_blocks: int = 1  # residual blocks per level (encoder; the decoder has one more)
@@ -99,6 +103,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.network.arch not in ("unet", "edm2", "dit"):
             raise ConfigError(f"network.arch must be 'unet', 'edm2' or 'dit', got {self.network.arch!r}")
+        if not 0 <= self.network.mask_ratio < 1 or (self.network.mask_ratio and self.network.arch != "dit"):
+            raise ConfigError(f"network.mask_ratio must lie in [0, 1) and needs network.arch 'dit', got "
+                              f"{self.network.mask_ratio} with {self.network.arch!r}")
         if self.network.arch == "dit" and self.network.dit_size not in DIT_PRESETS:
             raise ConfigError(f"network.dit_size must be one of {sorted(DIT_PRESETS)}, got {self.network.dit_size!r}")
         for name in ("batch_size", "total_steps", "log_every", "checkpoint_every", "keep_checkpoints"):

@@ -16,6 +16,7 @@ import contextlib
 import torch
 
 from .. import flow_loss
+from ..networks.dit_mask import loss_mask
 from ..networks.velocity import Velocity
 
 
@@ -26,11 +27,16 @@ class FlowTrainingStep(torch.nn.Module):
         super().__init__()
         self.velocity, self.precision, self.autocast_dtypes = velocity, precision, autocast_dtypes
 
-    def forward(self, x_t, x_tn, sigma_t, sigma_tn, class_labels):
+    def forward(self, x_t, x_tn, sigma_t, sigma_tn, class_labels, caption=None, caption_mask=None, keep=None):
         t = sigma_t / (1 + sigma_t)  # float32 [B], in (0, 1) for the sampler's finite levels
         z_t = (1 - t).view(-1, *[1] * (x_t.dim() - 1)) * x_t
         autocast = (torch.autocast(x_t.device.type, dtype=self.autocast_dtypes[self.precision])
                     if self.precision in self.autocast_dtypes else contextlib.nullcontext())
+        extra = {k: v for k, v in (("caption", caption), ("caption_mask", caption_mask), ("keep", keep)) if v is not None}
         with autocast:
-            v = self.velocity.raw(z_t, t, class_labels)
-        return flow_loss(v.float(), z_t, x_tn, t, sigma_tn, reduction="mean")  # fused, fp32 (ops/flow_loss.py)
+            v = self.velocity.raw(z_t, t, class_labels, **extra)
+        scale = 1.0
+        if keep is not None:  # patch masking: the loss over the kept patches only (networks/dit_mask.py)
+            mask, scale = loss_mask(keep, self.velocity.net)
+            z_t, x_tn = z_t * mask, x_tn * mask
+        return flow_loss(v.float(), z_t, x_tn, t, sigma_tn, reduction="mean") * scale  # fused (ops/flow_loss.py)

@@ -25,6 +25,7 @@ from .. import ambient_loss_precond, ambient_noising
 from ..data import AmbientSampler, open_dataset, standardise_latents
 from ..errors import UserError
 from ..networks import Precond
+from ..networks.dit_mask import loss_mask, random_keep
 from ..networks.velocity import Velocity
 from . import checkpoint, distributed
 from .build import build_network, parameter_count
@@ -54,14 +55,19 @@ class TrainingStep(torch.nn.Module):
         super().__init__()
         self.precond, self.precision = precond, precision
 
-    def forward(self, x_t, x_tn, sigma_t, sigma_tn, class_labels):
+    def forward(self, x_t, x_tn, sigma_t, sigma_tn, class_labels, caption=None, caption_mask=None, keep=None):
         autocast = (torch.autocast(x_t.device.type, dtype=AUTOCAST[self.precision]) if self.precision in AUTOCAST
                     else contextlib.nullcontext())
+        extra = {k: v for k, v in (("caption", caption), ("caption_mask", caption_mask), ("keep", keep)) if v is not None}
         with autocast:
-            raw, logvar = self.precond.raw(x_t, sigma_t, class_labels)
+            raw, logvar = self.precond.raw(x_t, sigma_t, class_labels, **extra)
+        scale = 1.0
+        if keep is not None:  # patch masking: the loss over the kept patches only (networks/dit_mask.py)
+            mask, scale = loss_mask(keep, self.precond.net)
+            x_t, x_tn = x_t * mask, x_tn * mask
         # Fused ambient loss (DESIGN.md section 1) with D = c_skip x_t + c_out F formed in the kernel, fp32.
         return ambient_loss_precond(raw.float(), x_t, x_tn, sigma_t, sigma_tn, sigma_data=self.precond.sigma_data,
-                                    logvar=None if logvar is None else logvar.float(), reduction="mean")
+                                    logvar=None if logvar is None else logvar.float(), reduction="mean") * scale
 
 
 def compile_step(module: torch.nn.Module, *, mode: str = "default", backend=None):
@@ -152,10 +158,11 @@ class Stepper:
     read: the loss and the non-finite flag go to StepRecords, which flush() reads at log and checkpoint steps."""
 
     def __init__(self, config: TrainConfig, *, model, net, optimizer, scaler, ema, chunks: list[int], batch_gpu: int,
-                 device: torch.device, standardise, label_dim: int, dist_info: distributed.Distributed):
+                 device: torch.device, standardise, label_dim: int, dist_info: distributed.Distributed,
+                 caption_dim: int = 0):
         self.config, self.model, self.net, self.optimizer, self.scaler, self.ema = config, model, net, optimizer, scaler, ema
         self.chunks, self.batch_gpu, self.device, self.standardise, self.label_dim = chunks, batch_gpu, device, standardise, label_dim
-        self.dist_info = dist_info
+        self.dist_info, self.caption_dim = dist_info, caption_dim
         self.forward = model  # TrainingStep: compiled (config.compile) and/or in DDP
         self.records = StepRecords(config.log_every, device)  # a flush at least every log_every steps
         self.found = torch.zeros(1, device=device)  # 1.0: a gradient of this step is NaN/inf
@@ -182,13 +189,19 @@ class Stepper:
             sigma_t = batch["sigma_t"][part].to(self.device, non_blocking=True)
             sigma_tn = batch["sigma_tn"][part].to(self.device, non_blocking=True)
             labels = batch["label"][part].to(self.device, non_blocking=True) if self.label_dim else None
+            extra = {}
+            if self.caption_dim:  # a shard set's caption embeddings (data/streaming.py), for the DiT's caption branch
+                extra["caption"] = batch["caption"][part].to(self.device, non_blocking=True)
+                extra["caption_mask"] = batch["caption_mask"][part].to(self.device, non_blocking=True)
+            if config.network.mask_ratio:  # the kept patches, drawn on the device from the slice's seed
+                extra["keep"] = self.random_keep(x0.shape[0], seed + 2)
             # x_tn = x0 + s_tn n_i (n_i fixed per sample id), x_t = x_tn + sqrt(s_t^2 - s_tn^2) eps (Section 3.1)
             x_t, x_tn = ambient_noising(x0, ids, sigma_t, sigma_tn, annotation_seed=config.annotation_seed, seed=seed)
             last = r == rounds - 1
             sync = self.model.no_sync() if self.dist_info.enabled and not last else contextlib.nullcontext()
             with sync, torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                 torch.manual_seed(seed)  # dropout, inside a forked generator: the global one is left alone
-                loss = self.forward(x_t, x_tn, sigma_t, sigma_tn, labels) / rounds
+                loss = self.forward(x_t, x_tn, sigma_t, sigma_tn, labels, **extra) / rounds
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             (loss_slot.copy_ if r == 0 else loss_slot.add_)(loss.detach())  # float64, on the device
 
@@ -204,6 +217,13 @@ class Stepper:
 
     def flush(self) -> list[tuple[int, float, bool]]:
         return self.records.flush(self.dist_info)
+
+    def random_keep(self, batch: int, seed: int) -> torch.Tensor:
+        """int64 [batch, n_kept] indices of the kept patches (dit_mask.random_keep), drawn on the device from a
+        generator seeded by the slice: no host read, and a resumed run draws the same patches."""
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        return random_keep(batch, self.net.grid[0] * self.net.grid[1], mask_ratio=self.config.network.mask_ratio,
+                           generator=generator, device=self.device)
 
 
 def _latent_standardiser(config: TrainConfig, channels: int, device: torch.device):
@@ -277,6 +297,9 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
     is_latent = bool(getattr(dataset, "is_latent", False))
     channels = stored_channels // 2 if is_latent else stored_channels
     label_dim = dataset.label_dim if config.network.class_conditional else 0
+    # Caption embeddings of a shard set (dataset to-shards --captions) feed the DiT's caption branch
+    caption_shape = dataset.index.get("caption_shape") if getattr(dataset, "has_captions", False) else None
+    caption_dim = int(caption_shape[-1]) if caption_shape and config.network.captions and config.network.arch == "dit" else 0
 
     # ---- batch geometry: global batch = world_size x rounds x batch_gpu
     batch_gpu = config.batch_gpu or config.batch_size // dist_info.world_size
@@ -288,7 +311,8 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
 
     # ---- network, optimizer, EMA
     net = network if network is not None else build_network(
-        config.network, img_channels=channels, img_resolution=resolution, label_dim=label_dim, seed=config.seed)
+        config.network, img_channels=channels, img_resolution=resolution, label_dim=label_dim, seed=config.seed,
+        caption_dim=caption_dim)
     net = net.to(device)
     # "builtin" networks are rebuilt from config.network by `generate`; a user's module is named for the record.
     network_name = "builtin" if network is None else f"{type(network).__module__}.{type(network).__qualname__}"
@@ -343,6 +367,7 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
     sources = SourceLog(table, dataset, max_weight=config.max_weight)  # per-source rows, when the data has sources
     say(f"ambient_fast train -> {run_dir}\n"
         f"  data: {len(dataset)} samples {tuple(dataset.shape)} ({'latents' if is_latent else 'pixels'}{checked}), labels: {label_dim or 'none'}, "
+        f"captions: {f'{caption_dim}-wide embeddings' if caption_dim else 'none'}, "
         f"annotations: {config.annotations if config.ambient and config.annotations else 'none (all clean)'}"
         f"{'' if config.ambient else ' [ambient off: plain ' + ('flow-matching' if config.objective == 'flow' else 'EDM') + ' loss]'}\n"
         f"  {coverage[0]}\n"
@@ -350,7 +375,7 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
         f"  network: {config.network.arch if network is None else type(network).__name__}, {parameter_count(net) / 1e6:.2f}M parameters, "
         f"objective {config.objective}" + (" (rectified flow: velocity on z_t, t = sigma/(1+sigma))" if config.objective == "flow" else "") + "\n"
         f"  batch {config.batch_size} = {dist_info.world_size} rank(s) x {rounds} round(s) x {batch_gpu}, device {device}, "
-        f"precision {config.precision}"
+        f"precision {config.precision}" + (f", {config.network.mask_ratio:.0%} of patches masked" if config.network.mask_ratio else "")
         + (f", compiled (torch.compile fullgraph, {config.compile_mode})" if config.compile else "") + "\n"
         f"  steps {start_step} -> {config.total_steps}" + (f" (resumed from step {start_step - 1})" if start_step else "")
         + f", lr {config.ref_lr:g} (decay after {config.lr_decay_steps}, ramp-up {config.lr_rampup_steps}), EMA stds {config.ema_stds}"
@@ -368,7 +393,7 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
                 "optimizer": optim_meta, "skipped_steps": stats.skipped,
                 "consecutive_nonfinite": stats.consecutive, "pending_losses": stats.pending, "scaler": scaler.state_dict() if scaler else None,
                 "img_channels": channels, "img_resolution": resolution, "label_dim": label_dim, "is_latent": is_latent,
-                "network": network_name, "annotations_digest": annotations_digest}
+                "network": network_name, "annotations_digest": annotations_digest, "caption_dim": caption_dim}
         if dist_info.is_main:
             checkpoint.save(checkpoint.path_for(run_dir, step), tensors, meta)
             checkpoint.prune(run_dir, config.keep_checkpoints)
@@ -378,10 +403,11 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
             checkpoint.save(checkpoint.path_for(run_dir, step, "phema"), ema.tensors(),
                             {"step": step + 1, "stds": list(config.ema_stds), "config": json.loads(config.to_json()),
                              "img_channels": channels, "img_resolution": resolution, "label_dim": label_dim,
-                             "is_latent": is_latent, "network": network_name})
+                             "is_latent": is_latent, "network": network_name, "caption_dim": caption_dim})
 
     stepper = Stepper(config, model=step_module, net=net, optimizer=optimizer, scaler=scaler, ema=ema, chunks=chunks,
-                      batch_gpu=batch_gpu, device=device, standardise=standardise, label_dim=label_dim, dist_info=dist_info)
+                      batch_gpu=batch_gpu, device=device, standardise=standardise, label_dim=label_dim, dist_info=dist_info,
+                      caption_dim=caption_dim)
     losses = []
     net.train()
     data_iter = iter(loader(dataset, batches, num_workers=config.num_workers, pin_memory=device.type == "cuda"))
