@@ -185,3 +185,14 @@ def test_generate_samples_a_flow_run_with_the_flow_sampler(tmp_path, capsys, mon
     assert len(calls) == 1 and len(calls[0]["times"]) == 4 and calls[0]["class_labels"].tolist() == [1, 1, 1]
     samples = np.load(tmp_path / "run" / "samples-ema0.05.npz")["samples"]
     assert samples.shape == (3, 3, 8, 8) and np.isfinite(samples).all()
+
+
+def test_runs_saved_before_the_new_fields_resume_and_a_changed_objective_does_not():
+    config = tiny_config()
+    saved = json.loads(config.to_json())
+    del saved["objective"], saved["network"]["mask_ratio"], saved["network"]["captions"]
+    loop._check_resumable(saved, config)  # the fields' defaults: the same computation
+    with pytest.raises(ConfigError, match="objective"):
+        loop._check_resumable(saved, config.replace(objective="flow"))
+    with pytest.raises(ConfigError, match="network"):
+        loop._check_resumable(saved, config.replace(**{"network.mask_ratio": 0.5, "network.arch": "dit"}))

@@ -244,7 +244,9 @@ def _latent_standardiser(config: TrainConfig, channels: int, device: torch.devic
 
 
 def _check_resumable(saved: dict, config: TrainConfig) -> None:
-    mine = json.loads(config.to_json())
+    mine, defaults = json.loads(config.to_json()), json.loads(TrainConfig().to_json())
+    # A field added after the run was saved (e.g. objective, network.mask_ratio) has its default there
+    saved = {**defaults, **saved, "network": {**defaults["network"], **saved.get("network", {})}}
     changed = sorted(k for k in set(saved) | set(mine) if saved.get(k) != mine.get(k) and k not in RESUMABLE_CHANGES)
     if changed:
         raise ConfigError(f"run directory holds a run with a different config ({', '.join(changed)}); use a new run_dir")
