@@ -196,3 +196,43 @@ def test_runs_saved_before_the_new_fields_resume_and_a_changed_objective_does_no
         loop._check_resumable(saved, config.replace(objective="flow"))
     with pytest.raises(ConfigError, match="network"):
         loop._check_resumable(saved, config.replace(**{"network.mask_ratio": 0.5, "network.arch": "dit"}))
+
+
+def test_flow_training_with_compile_follows_the_eager_run(tmp_path, monkeypatch, fresh_dynamo):
+    monkeypatch.setattr(loop, "COMPILE_BACKEND", "aot_eager")
+    dataset, table = two_sources()
+    config = tiny_config(objective="flow", total_steps=3, checkpoint_every=100, snapshot_every=0)
+    compiled = train(config.replace(compile=True), run_dir=tmp_path / "compiled", dataset=dataset, **QUIET)
+    eager = train(config, run_dir=tmp_path / "eager", dataset=dataset, **QUIET)
+    torch.testing.assert_close(compiled["losses"], eager["losses"], rtol=1e-5, atol=0)
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_compiled_masked_flow_dit_step_never_synchronises(tmp_path, monkeypatch):
+    """Skipped without CUDA. Objective flow, the DiT with 50% patch masking, Inductor (fullgraph): after the first
+    (compiling) step, the steps between log steps make no synchronising call (torch.cuda.set_sync_debug_mode
+    "error"), and the losses are finite."""
+    from ambient_fast import _backend
+    from ambient_fast.train import preset
+
+    if _backend.triton_interpreted():
+        pytest.skip("TRITON_INTERPRET=1: run the GPU tests with TRITON_INTERPRET=0")
+    monkeypatch.setenv(_backend.BACKEND_ENV, "auto")
+    step_call = loop.Stepper.__call__
+
+    def guarded(self, step, batch):
+        if step == 0:
+            return step_call(self, step, batch)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            step_call(self, step, batch)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setattr(loop.Stepper, "__call__", guarded)
+    torch._dynamo.reset()
+    config = preset("dit-tiny-cpu", objective="flow", compile=True, total_steps=4, batch_size=16, log_every=4,
+                    checkpoint_every=4, snapshot_every=0, lr_rampup_steps=0, **{"network.mask_ratio": 0.5})
+    result = train(config, run_dir=tmp_path, dataset=TensorDataset(smooth_images(32, size=16)), device="cuda", **QUIET)
+    torch._dynamo.reset()
+    assert len(result["losses"]) == 4 and np.isfinite(result["losses"]).all()
