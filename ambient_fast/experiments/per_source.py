@@ -56,7 +56,8 @@ def experiment_for(objective: str, setting: PerSourceSetting = PerSourceSetting(
         description=f"class-conditional DiT ({setting.train_preset}), objective {objective}: 16x16 crops, sources "
                     f"clean (10%) + blurred (90%, sigma_B = 1 px), per-source sigma_min {setting.blurred_sigma_min:g}",
         data=setting.data,
-        arms=(Arm("only_clean"), Arm("all_data"), Arm("fixed", fixed_sigma=setting.blurred_sigma_min, label="per_source")),
+        arms=(Arm("only_clean"), Arm("all_data"),
+              Arm("fixed", fixed_sigma=setting.blurred_sigma_min, label="per_source")),
         train_preset=setting.train_preset,
         train_overrides=setting.train_overrides + (("objective", objective),),
         seeds=setting.seeds, generated_count=setting.generated_count, sampler_steps=setting.sampler_steps,

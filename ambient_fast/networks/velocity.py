@@ -21,7 +21,8 @@ class Velocity(nn.Module):
         super().__init__()
         self.net, self.label_dim = net, label_dim
 
-    def raw(self, z_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None, **extra) -> torch.Tensor:
+    def raw(self, z_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
+            **extra) -> torch.Tensor:
         """v for inputs z_t [B, ...] at rectified-flow times t [B] in (0, 1); `extra` goes to the network (the DiT's
         caption, caption_mask, keep)."""
         t = t.reshape(-1).to(torch.float32).clamp(T_EDGE, 1 - T_EDGE)  # finite at the ends (t = 1: pure noise)

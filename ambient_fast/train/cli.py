@@ -183,8 +183,8 @@ def _generate(args) -> int:
     shape = (meta["img_channels"], meta["img_resolution"], meta["img_resolution"])
     sample = _sampler(model, meta["objective"], guide, None if guide is None else guide_meta["objective"],
                       num_steps=args.steps, guidance=args.guidance)
-    print(f"generating {args.num} samples {shape}, {args.steps} Heun steps "
-          f"({'rectified flow, uniform in t from t(sigma 80)' if meta['objective'] == 'flow' else 'EDM sigmas'}), seed {args.seed}, "
+    schedule = "rectified flow, uniform in t from t(sigma 80)" if meta["objective"] == "flow" else "EDM sigmas"
+    print(f"generating {args.num} samples {shape}, {args.steps} Heun steps ({schedule}), seed {args.seed}, "
           f"guidance {args.guidance}, on {device}")
     generator = torch.Generator().manual_seed(args.seed)
     samples, labels = [], []

@@ -20,6 +20,11 @@ from ..networks.dit_mask import loss_mask
 from ..networks.velocity import Velocity
 
 
+def present(**inputs) -> dict:
+    """The keyword inputs that are not None (a network without captions or masking takes none of them)."""
+    return {name: value for name, value in inputs.items() if value is not None}
+
+
 class FlowTrainingStep(torch.nn.Module):
     """Forward of one slice up to the loss (a module, so DDP and torch.compile see the whole computation)."""
 
@@ -32,7 +37,7 @@ class FlowTrainingStep(torch.nn.Module):
         z_t = (1 - t).view(-1, *[1] * (x_t.dim() - 1)) * x_t
         autocast = (torch.autocast(x_t.device.type, dtype=self.autocast_dtypes[self.precision])
                     if self.precision in self.autocast_dtypes else contextlib.nullcontext())
-        extra = {k: v for k, v in (("caption", caption), ("caption_mask", caption_mask), ("keep", keep)) if v is not None}
+        extra = present(caption=caption, caption_mask=caption_mask, keep=keep)  # the DiT's keyword inputs
         with autocast:
             v = self.velocity.raw(z_t, t, class_labels, **extra)
         scale = 1.0

@@ -31,7 +31,7 @@ from . import checkpoint, distributed
 from .build import build_network, parameter_count
 from .config import ConfigError, TrainConfig
 from .feed import StepBatches, chunk_seed, loader
-from .flow_step import FlowTrainingStep
+from .flow_step import FlowTrainingStep, present
 from .metrics import MetricsLog
 from .phema import PowerEMA
 from .schedule import learning_rate
@@ -58,7 +58,7 @@ class TrainingStep(torch.nn.Module):
     def forward(self, x_t, x_tn, sigma_t, sigma_tn, class_labels, caption=None, caption_mask=None, keep=None):
         autocast = (torch.autocast(x_t.device.type, dtype=AUTOCAST[self.precision]) if self.precision in AUTOCAST
                     else contextlib.nullcontext())
-        extra = {k: v for k, v in (("caption", caption), ("caption_mask", caption_mask), ("keep", keep)) if v is not None}
+        extra = present(caption=caption, caption_mask=caption_mask, keep=keep)  # the DiT's keyword inputs
         with autocast:
             raw, logvar = self.precond.raw(x_t, sigma_t, class_labels, **extra)
         scale = 1.0
@@ -301,7 +301,8 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
     label_dim = dataset.label_dim if config.network.class_conditional else 0
     # Caption embeddings of a shard set (dataset to-shards --captions) feed the DiT's caption branch
     caption_shape = dataset.index.get("caption_shape") if getattr(dataset, "has_captions", False) else None
-    caption_dim = int(caption_shape[-1]) if caption_shape and config.network.captions and config.network.arch == "dit" else 0
+    use_captions = bool(caption_shape) and config.network.captions and config.network.arch == "dit"
+    caption_dim = int(caption_shape[-1]) if use_captions else 0
 
     # ---- batch geometry: global batch = world_size x rounds x batch_gpu
     batch_gpu = config.batch_gpu or config.batch_size // dist_info.world_size
@@ -367,11 +368,12 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
 
     usable = {s: float(table.usable(s, max_weight=config.max_weight).double().mean()) for s in (0.01, 0.1, 1.0, 10.0)}
     sources = SourceLog(table, dataset, max_weight=config.max_weight)  # per-source rows, when the data has sources
+    plain_loss = "flow-matching" if config.objective == "flow" else "EDM"
     say(f"ambient_fast train -> {run_dir}\n"
         f"  data: {len(dataset)} samples {tuple(dataset.shape)} ({'latents' if is_latent else 'pixels'}{checked}), labels: {label_dim or 'none'}, "
         f"captions: {f'{caption_dim}-wide embeddings' if caption_dim else 'none'}, "
         f"annotations: {config.annotations if config.ambient and config.annotations else 'none (all clean)'}"
-        f"{'' if config.ambient else ' [ambient off: plain ' + ('flow-matching' if config.objective == 'flow' else 'EDM') + ' loss]'}\n"
+        f"{'' if config.ambient else f' [ambient off: plain {plain_loss} loss]'}\n"
         f"  {coverage[0]}\n"
         f"  usable fraction at sigma " + ", ".join(f"{s:g}: {f:.2f}" for s, f in usable.items()) + "\n"
         f"  network: {config.network.arch if network is None else type(network).__name__}, {parameter_count(net) / 1e6:.2f}M parameters, "
