@@ -14,10 +14,10 @@ from ambient_fast.experiments.experiment_data import prepare_data
 from ambient_fast.experiments.report import format_report
 
 TOY = per_source.PerSourceSetting(
-    data=replace(per_source.PerSourceSetting().data, train_count=60, test_count=40),
+    data=replace(per_source.PerSourceSetting().data, train_count=60, test_count=40, resolution_px=8),
     train_overrides=(("total_steps", 3), ("batch_size", 8), ("checkpoint_every", 3), ("snapshot_every", 0),
                      ("log_every", 1), ("lr_rampup_steps", 0), ("cpu_threads", 1)),
-    generated_count=24, sampler_steps=2)
+    generated_count=24, sampler_steps=2, bootstrap=3)  # 3 resamples: the intervals exist, the 768-dim FDs are few
 
 
 def test_each_arm_is_annotated_by_source():
@@ -37,12 +37,17 @@ def test_each_arm_is_annotated_by_source():
 
 
 def test_both_objectives_train_sample_and_report(tmp_path, capsys):
-    results = per_source.run_per_source(out_dir=tmp_path, setting=TOY, log=lambda *_: None)
+    threads = torch.get_num_threads()  # one thread: beside another job, two threads on the 2 cores ran 20x slower
+    torch.set_num_threads(1)
+    try:
+        results = per_source.run_per_source(out_dir=tmp_path, setting=TOY, log=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
     assert [r.experiment.name for r in results] == ["per-source-edm", "per-source-flow"]
     for result, objective in zip(results, ("edm", "flow")):
         assert [a.arm for a in result.arms] == ["only_clean", "all_data", "per_source"]
         for arm in result.arms:
-            assert arm.samples.shape == (24, 3, 16, 16) and torch.isfinite(arm.samples).all()
+            assert arm.samples.shape == (24, 3, 8, 8) and torch.isfinite(arm.samples).all()
             assert "bootstrap" in arm.metrics["test"]  # intervals for the report
             config = json.loads((tmp_path / objective / f"{arm.arm}-seed0" / "config.json").read_text())
             assert config["objective"] == objective and config["network"]["arch"] == "dit"

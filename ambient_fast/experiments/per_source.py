@@ -47,6 +47,7 @@ class PerSourceSetting:
     sampler_steps: int = 10
     ema_std: float = 0.10
     seeds: tuple[int, ...] = (0,)
+    bootstrap: int = 50  # resamples per metric for the report's intervals (metrics.EvaluationConfig)
 
 
 def experiment_for(objective: str, setting: PerSourceSetting = PerSourceSetting()) -> Experiment:
@@ -155,7 +156,7 @@ def run_per_source(*, out_dir: str | Path, seeds: tuple[int, ...] | None = None,
                 seconds["sample"] = time.perf_counter() - tick
                 tick = time.perf_counter()
                 metrics = evaluate(samples, references={"test": prepared.test, "train": prepared.train},
-                                   train=prepared.train, test=prepared.test, config=EvaluationConfig(seed=seed),
+                                   train=prepared.train, test=prepared.test, config=EvaluationConfig(seed=seed, bootstrap=setting.bootstrap),
                                    reference_cache=cache)
                 seconds["eval"] = time.perf_counter() - tick
                 arms.append(ArmResult(arm.name, seed, annotations.sigma_min, annotations.sigma_max, metrics, samples,
