@@ -34,7 +34,7 @@ AMBIENT_FAST_CUDA=on AMBIENT_FAST_BUILD_JOBS=16 timeout 150 "$PYTHON" -m pip ins
 
 stage "GPU tests"
 timeout 200 "$PYTHON" -m pytest tests/test_gpu.py tests/test_sample_noise.py tests/test_crops_op.py tests/test_compile.py \
-  tests/test_no_host_sync.py tests/test_flow_loss.py tests/test_networks_dit.py -q -p no:cacheprovider 2>&1 | tee "$LOGS/gpu_tests.log" | tail -25
+  tests/test_no_host_sync.py tests/test_flow_loss.py tests/test_networks_dit.py tests/test_train_flow.py tests/test_train_dit.py -q -p no:cacheprovider 2>&1 | tee "$LOGS/gpu_tests.log" | tail -25
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 # The op benchmarks (loss, noising, copy bandwidth) first, so the table exists whatever happens later.
