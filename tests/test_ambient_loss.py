@@ -231,8 +231,11 @@ print("fallback ok")
 
 def test_backends_report():
     backends = ambient_fast.backends("cpu")
-    assert set(backends) == {"ambient_loss", "ambient_loss_precond", "add_noise", "ambient_noising", "sample_noise", "noisy_crops"}
+    assert set(backends) == {"ambient_loss", "ambient_loss_precond", "add_noise", "ambient_noising", "sample_noise",
+                             "noisy_crops", "flow_loss"}
     assert set(backends.values()) <= {"triton", "cpp", "eager"}
+    from ambient_fast.ops import flow_loss as flow_module  # the report names the backend the op really runs
+    assert backends["flow_loss"] == flow_module._flow_backend("cpu")
 
 
 def test_weights_match_the_paper():
