@@ -11,6 +11,7 @@ import torch
 import torch._dynamo
 from test_no_host_sync import no_host_reads
 from test_train import smooth_images, tiny_config
+from test_train_step import assert_one_graph_with_eager_gradients
 
 from ambient_fast import cli
 from ambient_fast.annotations import Annotations
@@ -21,7 +22,7 @@ from ambient_fast.sampling import load_denoiser, load_model
 from ambient_fast.train import loop, train
 from ambient_fast.train.config import ConfigError
 from ambient_fast.train.flow_step import FlowTrainingStep
-from ambient_fast.train.loop import AUTOCAST, compile_step
+from ambient_fast.train.loop import AUTOCAST
 
 QUIET = dict(log=lambda *_: None)
 
@@ -96,17 +97,7 @@ def test_the_compiled_flow_step_is_one_graph_with_the_gradients_of_eager(fresh_d
     sigma_t = sigma_tn * 1.2 + levels(generator, 4, 0.0)
     x_t = x_tn + (sigma_t**2 - sigma_tn**2).sqrt().view(-1, 1, 1, 1) * torch.randn(x_tn.shape, generator=generator)
     inputs = (x_t, x_tn, sigma_t, sigma_tn, torch.tensor([0, 2, 1, 2]))
-    explained = torch._dynamo.explain(step)(*inputs)
-    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
-    torch._dynamo.reset()
-    eager_loss = step(*inputs)
-    eager = torch.autograd.grad(eager_loss, list(step.parameters()))
-    compiled = compile_step(step, backend="aot_eager")
-    compiled_loss = compiled(*inputs)
-    grads = torch.autograd.grad(compiled_loss, list(step.parameters()))
-    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-6, atol=0)
-    for got, want in zip(grads, eager):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    assert_one_graph_with_eager_gradients(step, inputs)
 
 
 def two_sources(n=16):

@@ -179,17 +179,7 @@ def test_the_compiled_step_is_one_graph_with_the_gradients_of_eager(fresh_dynamo
         for p in step.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     inputs = _step_inputs(torch.Generator().manual_seed(4))
-    explained = torch._dynamo.explain(step)(*inputs)
-    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
-    torch._dynamo.reset()
-    eager_loss = step(*inputs)
-    eager = torch.autograd.grad(eager_loss, list(step.parameters()))
-    compiled = compile_step(step, backend="aot_eager")
-    compiled_loss = compiled(*inputs)
-    grads = torch.autograd.grad(compiled_loss, list(step.parameters()))
-    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-6, atol=0)
-    for got, want in zip(grads, eager):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    assert_one_graph_with_eager_gradients(step, inputs)
 
 
 def test_training_with_compile_follows_the_eager_run(tmp_path, monkeypatch, fresh_dynamo):
@@ -210,3 +200,18 @@ def test_compile_mode_is_checked_and_resumable():
     with pytest.raises(ValueError, match="compile_mode"):
         tiny_config(compile_mode="fast")
     assert {"compile", "compile_mode"} <= loop.RESUMABLE_CHANGES
+
+
+def assert_one_graph_with_eager_gradients(step, inputs):
+    """torch._dynamo.explain finds one graph and no break; the compiled step's loss and gradients equal eager's."""
+    explained = torch._dynamo.explain(step)(*inputs)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+    torch._dynamo.reset()
+    eager_loss = step(*inputs)
+    eager = torch.autograd.grad(eager_loss, list(step.parameters()))
+    compiled = compile_step(step, backend="aot_eager")
+    compiled_loss = compiled(*inputs)
+    grads = torch.autograd.grad(compiled_loss, list(step.parameters()))
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-6, atol=0)
+    for got, want in zip(grads, eager):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
