@@ -11,18 +11,11 @@ At sigma_tn = 0 for every sample this is plain flow matching, mean |v - (eps - x
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
 from .. import flow_loss
-from ..networks.dit_mask import loss_mask
 from ..networks.velocity import Velocity
-
-
-def present(**inputs) -> dict:
-    """The keyword inputs that are not None (a network without captions or masking takes none of them)."""
-    return {name: value for name, value in inputs.items() if value is not None}
+from .step_parts import autocast_for, kept_patches, present
 
 
 class FlowTrainingStep(torch.nn.Module):
@@ -35,13 +28,8 @@ class FlowTrainingStep(torch.nn.Module):
     def forward(self, x_t, x_tn, sigma_t, sigma_tn, class_labels, caption=None, caption_mask=None, keep=None):
         t = sigma_t / (1 + sigma_t)  # float32 [B], in (0, 1) for the sampler's finite levels
         z_t = (1 - t).view(-1, *[1] * (x_t.dim() - 1)) * x_t
-        autocast = (torch.autocast(x_t.device.type, dtype=self.autocast_dtypes[self.precision])
-                    if self.precision in self.autocast_dtypes else contextlib.nullcontext())
         extra = present(caption=caption, caption_mask=caption_mask, keep=keep)  # the DiT's keyword inputs
-        with autocast:
+        with autocast_for(x_t.device.type, self.precision, self.autocast_dtypes):
             v = self.velocity.raw(z_t, t, class_labels, **extra)
-        scale = 1.0
-        if keep is not None:  # patch masking: the loss over the kept patches only (networks/dit_mask.py)
-            mask, scale = loss_mask(keep, self.velocity.net)
-            z_t, x_tn = z_t * mask, x_tn * mask
+        z_t, x_tn, scale = kept_patches(keep, self.velocity.net, z_t, x_tn)  # patch masking: kept patches only
         return flow_loss(v.float(), z_t, x_tn, t, sigma_tn, reduction="mean") * scale  # fused (ops/flow_loss.py)

@@ -25,13 +25,14 @@ from .. import ambient_loss_precond, ambient_noising
 from ..data import AmbientSampler, open_dataset, standardise_latents
 from ..errors import UserError
 from ..networks import Precond
-from ..networks.dit_mask import loss_mask, random_keep
+from ..networks.dit_mask import random_keep
 from ..networks.velocity import Velocity
 from . import checkpoint, distributed
 from .build import build_network, parameter_count
 from .config import ConfigError, TrainConfig
 from .feed import StepBatches, chunk_seed, loader
-from .flow_step import FlowTrainingStep, present
+from .flow_step import FlowTrainingStep
+from .step_parts import autocast_for, kept_patches, present
 from .metrics import MetricsLog
 from .phema import PowerEMA
 from .schedule import learning_rate
@@ -56,15 +57,10 @@ class TrainingStep(torch.nn.Module):
         self.precond, self.precision = precond, precision
 
     def forward(self, x_t, x_tn, sigma_t, sigma_tn, class_labels, caption=None, caption_mask=None, keep=None):
-        autocast = (torch.autocast(x_t.device.type, dtype=AUTOCAST[self.precision]) if self.precision in AUTOCAST
-                    else contextlib.nullcontext())
         extra = present(caption=caption, caption_mask=caption_mask, keep=keep)  # the DiT's keyword inputs
-        with autocast:
+        with autocast_for(x_t.device.type, self.precision, AUTOCAST):
             raw, logvar = self.precond.raw(x_t, sigma_t, class_labels, **extra)
-        scale = 1.0
-        if keep is not None:  # patch masking: the loss over the kept patches only (networks/dit_mask.py)
-            mask, scale = loss_mask(keep, self.precond.net)
-            x_t, x_tn = x_t * mask, x_tn * mask
+        x_t, x_tn, scale = kept_patches(keep, self.precond.net, x_t, x_tn)  # patch masking: kept patches only
         # Fused ambient loss (DESIGN.md section 1) with D = c_skip x_t + c_out F formed in the kernel, fp32.
         return ambient_loss_precond(raw.float(), x_t, x_tn, sigma_t, sigma_tn, sigma_data=self.precond.sigma_data,
                                     logvar=None if logvar is None else logvar.float(), reduction="mean") * scale
