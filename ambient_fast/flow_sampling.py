@@ -6,8 +6,9 @@ z_t = (1 - t) x0 + t eps at t = sigma / (1 + sigma), and the variance-preserving
 (a^2 + b^2 = 1) at b / a = sigma. So an annotation sigma_min read from the annotation file means t_n =
 sigma_min / (1 + sigma_min) in rectified flow and b/a = sigma_min in VP; nothing is re-annotated.
 
-`velocity(z, t, class_labels) -> v` is any callable returning the velocity estimate (the network trained with
-ambient_fast.flow_loss), with t a float32 [B] tensor.
+`velocity(z, t, class_labels, **condition) -> v` is any callable returning the velocity estimate (the network
+trained with ambient_fast.flow_loss), with t a float32 [B] tensor (condition: the DiT's caption and caption_mask;
+sampling.classifier_free guides it).
 """
 from __future__ import annotations
 
@@ -66,10 +67,10 @@ def denoiser_from_velocity(velocity):
     """D(x, sigma) = z - t v(z, t) with z = (1 - t) x, t = sigma / (1 + sigma): a velocity network as the EDM
     sampler's denoiser (sampling.heun_sample)."""
 
-    def denoise(x, sigma, class_labels=None):
+    def denoise(x, sigma, class_labels=None, **condition):
         t = t_from_sigma(sigma.double()).view(-1, *([1] * (x.dim() - 1)))
         z = (1 - t) * x.double()
-        return (z - t * velocity(z.float(), t.flatten().float(), class_labels).double()).float()
+        return (z - t * velocity(z.float(), t.flatten().float(), class_labels, **condition).double()).float()
 
     return denoise
 
@@ -77,10 +78,10 @@ def denoiser_from_velocity(velocity):
 def velocity_from_denoiser(denoise):
     """v(z, t) = (z - D(z / (1 - t), sigma)) / t with sigma = t / (1 - t): an EDM denoiser as a velocity field."""
 
-    def velocity(z, t, class_labels=None):
+    def velocity(z, t, class_labels=None, **condition):
         t64 = t.double().view(-1, *([1] * (z.dim() - 1)))
         x = z.double() / (1 - t64)
-        d = denoise(x.float(), sigma_from_t(t.double()).float(), class_labels).double()
+        d = denoise(x.float(), sigma_from_t(t.double()).float(), class_labels, **condition).double()
         return ((z.double() - d) / t64).float()
 
     return velocity
@@ -88,14 +89,16 @@ def velocity_from_denoiser(denoise):
 
 @torch.no_grad()
 def flow_sample(velocity, noise: torch.Tensor, *, times: torch.Tensor | None = None, num_steps: int = 32,
-                shift: float = 1.0, method: str = "heun", class_labels=None) -> torch.Tensor:
+                shift: float = 1.0, method: str = "heun", class_labels=None,
+                condition: dict | None = None) -> torch.Tensor:
     """Integrates dz/dt = v(z, t) from t = times[0] (z = times[0] * noise: the pure-noise end of z_t = (1 - t) x0 +
     t eps, exact at t = 1) down to times[-1] (usually 0), in float64 between network calls.
 
     times: a decreasing schedule (flow_times, or times_from_sigmas(sampling.edm_sigmas(...)) for the EDM one);
     default flow_times(num_steps, shift=shift). method: 'euler' (1st order, one call per step) or 'heun' (2nd order,
     two calls per step; the last step to t = 0 is an Euler step, as in EDM's Algorithm 1). Euler here equals the EDM
-    sampler's Euler steps on the mapped sigmas exactly: both are exact for a constant x0 estimate.
+    sampler's Euler steps on the mapped sigmas exactly: both are exact for a constant x0 estimate. condition:
+    keyword inputs of every velocity call (the DiT's caption and caption_mask).
     """
     if method not in ("euler", "heun"):
         raise ValueError(f"method must be 'euler' or 'heun', got {method!r}")
@@ -109,7 +112,7 @@ def flow_sample(velocity, noise: torch.Tensor, *, times: torch.Tensor | None = N
 
     def v(z, t):
         level = torch.full((z.shape[0],), t, dtype=torch.float32, device=z.device)
-        return velocity(z.float(), level, class_labels).double()
+        return velocity(z.float(), level, class_labels, **(condition or {})).double()
 
     z = noise.double() * times[0]
     for i in range(times.numel() - 1):

@@ -1,8 +1,9 @@
 """The EDM sampler (Karras et al. 2022, Algorithm 1: deterministic Heun, 2nd order) with optional guidance by a
-second network (EDM2 autoguidance / CFG form: D = D_g + w (D - D_g)), and loading a trained denoiser.
+second network (EDM2 autoguidance / CFG form: D = D_g + w (D - D_g)) or classifier-free guidance by the same
+network at the null condition (classifier_free), and loading a trained denoiser.
 
-`denoise(x, sigma, class_labels) -> D` is any callable returning the denoised estimate in float32, e.g.
-networks.Precond, or an exact denoiser in tests.
+`denoise(x, sigma, class_labels, **condition) -> D` is any callable returning the denoised estimate in float32, e.g.
+networks.Precond (condition: the DiT's caption and caption_mask), or an exact denoiser in tests.
 """
 from __future__ import annotations
 
@@ -25,21 +26,48 @@ def edm_sigmas(num_steps: int, *, sigma_min: float = 0.002, sigma_max: float = 8
     return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64, device=device)])
 
 
+def classifier_free(model, *, guidance: float, label_dim: int = 0):
+    """f(x, level, class_labels, **condition) = out(x; null) + guidance (out(x; c) - out(x; null)): classifier-free
+    guidance (Ho & Salimans 2022) of a denoiser D (networks.Precond) or a velocity v (networks.Velocity), both linear
+    in the network output, so the same mix serves the EDM and the flow sampler. c is the given caption (condition:
+    caption, caption_mask) and class label; the null condition is the one condition dropout trains (empty caption,
+    zero label vector: train/condition_dropout.py). One forward of 2B (conditional and null halves), mixed in
+    float64; guidance = 1 is the conditional model itself (one forward of B, bit-identical to the unguided call)."""
+    from .train.condition_dropout import drop_conditions
+
+    def guided(x, level, class_labels=None, **condition):
+        if guidance == 1.0:
+            return model(x, level, class_labels, **condition)
+        batch = x.shape[0]
+        drop = torch.arange(2 * batch, device=x.device) >= batch  # the second half gets the null condition
+        twice = {name: None if value is None else torch.cat([value, value]) for name, value in condition.items()}
+        labels = None if class_labels is None else torch.cat([class_labels, class_labels])
+        labels, twice = drop_conditions(labels, twice, drop, label_dim=label_dim)
+        out = model(torch.cat([x, x]), torch.cat([level, level]), labels, **twice).double()
+        conditional, null = out[:batch], out[batch:]
+        return null + guidance * (conditional - null)  # D_w = D(x; null) + w (D(x; c) - D(x; null))
+
+    return guided
+
+
 @torch.no_grad()
 def heun_sample(denoise, noise: torch.Tensor, *, class_labels=None, num_steps: int = 32, sigma_min: float = 0.002,
-                sigma_max: float = 80.0, rho: float = 7.0, guide=None, guidance: float = 1.0) -> torch.Tensor:
+                sigma_max: float = 80.0, rho: float = 7.0, guide=None, guidance: float = 1.0,
+                condition: dict | None = None) -> torch.Tensor:
     """Samples from standard normal `noise` [B, ...]: x_0 = sigma_max * noise, then Heun steps along the
     probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma (EDM Algorithm 1 without churn). guide: a second
-    denoiser (a weaker network or an unconditional one) for D_w = D_guide + guidance (D - D_guide)."""
+    denoiser (a weaker network or an unconditional one) for D_w = D_guide + guidance (D - D_guide). condition:
+    keyword inputs of every denoise / guide call (the DiT's caption [B, L, D] and caption_mask [B, L])."""
     if guide is None and guidance != 1.0:
-        raise ValueError("guidance != 1 needs a guide network")
+        raise ValueError("guidance != 1 needs a guide network (for classifier-free guidance: classifier_free)")
     sigmas = edm_sigmas(num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, device=noise.device)
+    condition = condition or {}
 
     def denoised(x, sigma):
         level = torch.full((x.shape[0],), float(sigma), dtype=torch.float32, device=x.device)
-        out = denoise(x.float(), level, class_labels).double()
+        out = denoise(x.float(), level, class_labels, **condition).double()
         if guide is not None and guidance != 1.0:
-            out = guide(x.float(), level, class_labels).double().lerp(out, guidance)
+            out = guide(x.float(), level, class_labels, **condition).double().lerp(out, guidance)
         return out
 
     x = noise.double() * sigmas[0]

@@ -33,9 +33,10 @@ class Precond(nn.Module):
             return raw, logvar.reshape(-1)
         return out, None
 
-    def forward(self, x_t: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
-        """The denoiser D(x_t, sigma) = c_skip x_t + c_out F(c_in x_t, c_noise), in float32."""
+    def forward(self, x_t: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None,
+                **extra) -> torch.Tensor:
+        """The denoiser D(x_t, sigma) = c_skip x_t + c_out F(c_in x_t, c_noise), in float32 (`extra`: as raw)."""
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x_t.device).reshape(-1).expand(x_t.shape[0])
-        raw, _ = self.raw(x_t, sigma, class_labels)
+        raw, _ = self.raw(x_t, sigma, class_labels, **extra)
         view = (-1, *[1] * (x_t.dim() - 1))
         return precond.c_skip(sigma, self.sigma_data).view(view) * x_t.float() + precond.c_out(sigma, self.sigma_data).view(view) * raw.float()

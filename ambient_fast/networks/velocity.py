@@ -30,7 +30,8 @@ class Velocity(nn.Module):
         out = self.net(z_t.to(torch.float32), c_noise, class_labels if self.label_dim else None, **extra)
         return out[0] if isinstance(out, tuple) else out  # an EDM2 (F, logvar): the log-variance is not used
 
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
-        """v(z_t, t) in float32, for flow_sampling.flow_sample (t: [B] or a scalar)."""
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None,
+                **extra) -> torch.Tensor:
+        """v(z_t, t) in float32, for flow_sampling.flow_sample (t: [B] or a scalar; `extra`: as raw)."""
         t = torch.as_tensor(t, dtype=torch.float32, device=z_t.device).reshape(-1).expand(z_t.shape[0])
-        return self.raw(z_t, t, class_labels).float()
+        return self.raw(z_t, t, class_labels, **extra).float()

@@ -43,13 +43,21 @@ def register(subparsers) -> None:
     generate.add_argument("--ema", type=_ema_choice, default="tracked",
                           help="EMA std (tracked, or reconstructed post hoc from the snapshots); 'raw' for the raw "
                                "weights; default: the run's first tracked EMA (EDM / EDM2 sample the EMA)")
-    generate.add_argument("--num", type=_positive_int, default=64, help="number of samples")
+    generate.add_argument("--num", type=_positive_int, default=None,
+                          help="number of samples (default: 64, or one per caption of a --captions file)")
     generate.add_argument("--steps", type=_positive_int, default=32, help="Heun steps (2 * steps - 1 network evaluations)")
     generate.add_argument("--batch", type=_positive_int, default=64, help="samples per network call")
     generate.add_argument("--seed", type=int, default=0, help="seed of the noise and the random classes")
     generate.add_argument("--class-label", type=int, default=None, help="fixed class (default: random classes)")
+    generate.add_argument("--captions", default=None,
+                          help="caption embeddings for a caption-conditioned run, sample i from caption i: .npy "
+                               "[N, T, D] or [N, D], .npz / .safetensors with 'embedding' and optional bool 'mask' "
+                               "[N, T], or a shard set made with captions (its first --num samples' captions)")
     generate.add_argument("--guide", default=None, help="run directory or checkpoint of the guiding network")
-    generate.add_argument("--guidance", type=float, default=1.0, help="guidance weight w (1 = none)")
+    generate.add_argument("--guidance", type=float, default=1.0,
+                          help="guidance weight w (1 = none): with --guide, D_g + w (D - D_g); without it, "
+                               "classifier-free guidance D(null) + w (D(c) - D(null)) for a run trained with "
+                               "network.condition_dropout > 0 (the velocity is mixed alike for a flow run)")
     generate.add_argument("--png", default=None, help="PNG grid (default: RUN/samples-<weights>.png, e.g. "
                           "samples-ema0.05.png, in the run directory or the checkpoint's folder)")
     generate.add_argument("--npz", default=None, help="samples as float32 'samples' (+ uint8 'images', 'labels'); "
@@ -151,8 +159,6 @@ def _generate(args) -> int:
             check_writable(path, option)
     if args.png and Path(args.png).suffix.lower() != ".png":
         raise UserError(f"--png {args.png}: the grid is written as PNG; give a name ending in .png")
-    if args.guidance != 1 and not args.guide:
-        raise UserError(f"--guidance {args.guidance} needs --guide (the guiding network); without it use 1")
     device = torch.device(args.device)
     if args.cpu_threads:
         print(f"setting torch.set_num_threads({args.cpu_threads}) for this command")
@@ -180,50 +186,88 @@ def _generate(args) -> int:
     if args.class_label is not None and not 0 <= args.class_label < label_dim:
         raise UserError(f"--class-label {args.class_label}: " + (f"this model has classes 0..{label_dim - 1}"
                         if label_dim else "this model is unconditional; leave --class-label out"))
+    captions = _captions(args, meta, None if guide is None else guide_meta)
+    num = args.num or (64 if captions is None else captions[0].shape[0])
+    classifier_free = args.guidance != 1 and not args.guide
+    if classifier_free and not meta["config"]["network"].get("condition_dropout", 0):
+        raise UserError(f"--guidance {args.guidance} without --guide is classifier-free guidance, which needs a run "
+                        "trained with network.condition_dropout > 0 (this run never saw the null condition); give "
+                        "--guide (a guiding network) or use --guidance 1")
     shape = (meta["img_channels"], meta["img_resolution"], meta["img_resolution"])
     sample = _sampler(model, meta["objective"], guide, None if guide is None else guide_meta["objective"],
-                      num_steps=args.steps, guidance=args.guidance)
+                      num_steps=args.steps, guidance=args.guidance, classifier_free=classifier_free,
+                      label_dim=label_dim)
     schedule = "rectified flow, uniform in t from t(sigma 80)" if meta["objective"] == "flow" else "EDM sigmas"
-    print(f"generating {args.num} samples {shape}, {args.steps} Heun steps ({schedule}), seed {args.seed}, "
-          f"guidance {args.guidance}, on {device}")
+    kind = " (classifier-free)" if classifier_free else " (guide network)" if args.guide else ""
+    print(f"generating {num} samples {shape}, {args.steps} Heun steps ({schedule}), seed {args.seed}, "
+          f"guidance {args.guidance}{kind}" + (f", captions from {args.captions}" if captions else "") +
+          f", on {device}")
     generator = torch.Generator().manual_seed(args.seed)
     samples, labels = [], []
-    for start in range(0, args.num, args.batch):
-        n = min(args.batch, args.num - start)
+    for start in range(0, num, args.batch):
+        n = min(args.batch, num - start)
         noise = torch.randn(n, *shape, generator=generator).to(device)
         batch_labels = None
         if label_dim:
             batch_labels = (torch.full((n,), args.class_label) if args.class_label is not None
                             else torch.randint(0, label_dim, (n,), generator=generator)).to(device)
             labels.append(batch_labels.cpu())
-        samples.append(sample(noise, batch_labels).cpu())
+        condition = {} if captions is None else {"caption": captions[0][start:start + n].to(device),
+                                                 "caption_mask": captions[1][start:start + n].to(device)}
+        samples.append(sample(noise, batch_labels, condition).cpu())
     samples = torch.cat(samples)
     save_outputs(samples, torch.cat(labels) if labels else None, png=png, npz=npz)
     print(f"wrote {npz}" + (f" and {png}" if png else " (latents: decode them with the VAE to get images)"))
     return 0
 
 
-def _sampler(model, objective: str, guide, guide_objective: str | None, *, num_steps: int, guidance: float):
-    """sample(noise, labels): the EDM Heun sampler for an EDM run, the rectified-flow Heun sampler (flow_sampling)
-    for a flow run; a guide of the other objective is converted (v = (z - D) / t, or D = z - t v): guidance is
-    linear, v_w = v_g + w (v - v_g), the same mix as D_w = D_g + w (D - D_g)."""
+def _captions(args, meta: dict, guide_meta: dict | None):
+    """(embedding, mask) of --captions for a caption-conditioned run, None for a run without a caption branch; a
+    missing or unwanted --captions, or a guide with another caption width, is a one-line UserError."""
+    from .prompt_captions import load_prompt_captions
+
+    caption_dim = meta.get("caption_dim", 0)
+    if guide_meta is not None and guide_meta.get("caption_dim", 0) != caption_dim:
+        raise UserError(f"--guide {args.guide} takes captions {guide_meta.get('caption_dim', 0)} wide, the run "
+                        f"{caption_dim}: guide and run need the same conditioning")
+    if not caption_dim:
+        if args.captions:
+            raise UserError(f"--captions {args.captions}: this run has no caption branch (trained without caption "
+                            "embeddings); leave --captions out")
+        return None
+    if not args.captions:
+        raise UserError(f"this run is caption-conditioned (caption embeddings {caption_dim} wide): give --captions "
+                        "(.npy / .npz / .safetensors embeddings with mask, or a shard set with captions)")
+    return load_prompt_captions(args.captions, caption_dim=caption_dim, num=args.num)
+
+
+def _sampler(model, objective: str, guide, guide_objective: str | None, *, num_steps: int, guidance: float,
+             classifier_free: bool = False, label_dim: int = 0):
+    """sample(noise, labels, condition): the EDM Heun sampler for an EDM run, the rectified-flow Heun sampler
+    (flow_sampling) for a flow run; a guide of the other objective is converted (v = (z - D) / t, or D = z - t v):
+    guidance is linear, v_w = v_g + w (v - v_g), the same mix as D_w = D_g + w (D - D_g). classifier_free: the
+    guide is the run's own network at the null condition (sampling.classifier_free, one forward of 2B)."""
     from ..flow_sampling import denoiser_from_velocity, flow_sample, flow_times, t_from_sigma, velocity_from_denoiser
+    from ..sampling import classifier_free as cfg
     from ..sampling import heun_sample
 
+    if classifier_free:
+        model, guidance = cfg(model, guidance=guidance, label_dim=label_dim), 1.0  # the mix is in the model now
     if objective == "flow":
         guide_v = (None if guide is None else guide if guide_objective == "flow" else velocity_from_denoiser(guide))
 
-        def velocity(z, t, labels):
-            v = model(z, t, labels)
-            return v if guide_v is None or guidance == 1 else guide_v(z, t, labels).lerp(v, guidance)
+        def velocity(z, t, labels, **condition):
+            v = model(z, t, labels, **condition)
+            return v if guide_v is None or guidance == 1 else guide_v(z, t, labels, **condition).lerp(v, guidance)
 
         # From t(sigma = 80), EDM's sigma_max, as the EDM sampler: beyond it no level was trained (ln sigma ~ N(p_mean,
         # p_std^2)), and z = t noise there differs from z_t by 0.012 x0
         times = flow_times(num_steps, t_max=t_from_sigma(80.0))
-        return lambda noise, labels: flow_sample(velocity, noise, times=times, method="heun", class_labels=labels)
+        return lambda noise, labels, condition: flow_sample(velocity, noise, times=times, method="heun",
+                                                            class_labels=labels, condition=condition)
     guide_d = None if guide is None else guide if guide_objective != "flow" else denoiser_from_velocity(guide)
-    return lambda noise, labels: heun_sample(model, noise, class_labels=labels, num_steps=num_steps, guide=guide_d,
-                                             guidance=guidance)
+    return lambda noise, labels, condition: heun_sample(model, noise, class_labels=labels, num_steps=num_steps,
+                                                        guide=guide_d, guidance=guidance, condition=condition)
 
 
 def _encode(args) -> int:

@@ -33,6 +33,9 @@ class NetworkConfig:
     # masking, networks/dit_mask.py; the loss is the mean over the kept patches); sampling sees every patch
     captions: bool = True  # arch "dit" only: feed the data's caption embeddings (a shard set made with --captions)
     # to the DiT's caption branch; the network is then built with it (caption_dim = the embeddings' width)
+    condition_dropout: float = 0.0  # probability that a training sample's caption and class label are replaced by
+    # the null condition (empty caption, zero label vector: train/condition_dropout.py), so that the network also
+    # learns the unconditional model that classifier-free guidance needs (`generate --guidance`); 0 = never
     model_channels: int = 32  # channels at the first resolution
     channel_mult: tuple[int, ...] = (1, 2)  # channels per resolution level, as multiples of model_channels
     num_blocks: int = 1  # residual blocks per level (encoder; the decoder has one more)
@@ -106,6 +109,8 @@ class TrainConfig:
         if not 0 <= self.network.mask_ratio < 1 or (self.network.mask_ratio and self.network.arch != "dit"):
             raise ConfigError(f"network.mask_ratio must lie in [0, 1) and needs network.arch 'dit', got "
                               f"{self.network.mask_ratio} with {self.network.arch!r}")
+        if not 0 <= self.network.condition_dropout < 1:
+            raise ConfigError(f"network.condition_dropout must lie in [0, 1), got {self.network.condition_dropout}")
         if self.network.arch == "dit" and self.network.dit_size not in DIT_PRESETS:
             raise ConfigError(f"network.dit_size must be one of {sorted(DIT_PRESETS)}, got {self.network.dit_size!r}")
         for name in ("batch_size", "total_steps", "log_every", "checkpoint_every", "keep_checkpoints"):

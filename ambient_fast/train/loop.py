@@ -29,6 +29,7 @@ from ..networks.dit_mask import random_keep
 from ..networks.velocity import Velocity
 from . import checkpoint, distributed
 from .build import build_network, parameter_count
+from .condition_dropout import drop_conditions, dropped_samples
 from .config import ConfigError, TrainConfig
 from .feed import StepBatches, chunk_seed, loader
 from .flow_step import FlowTrainingStep
@@ -191,6 +192,10 @@ class Stepper:
                 extra["caption_mask"] = batch["caption_mask"][part].to(self.device, non_blocking=True)
             if config.network.mask_ratio:  # the kept patches, drawn on the device from the slice's seed
                 extra["keep"] = self.random_keep(x0.shape[0], seed + 2)
+            if config.network.condition_dropout:  # some samples get the null condition, drawn on the device
+                drop = dropped_samples(x0.shape[0], probability=config.network.condition_dropout, seed=seed + 3,
+                                       device=self.device)
+                labels, extra = drop_conditions(labels, extra, drop, label_dim=self.label_dim)
             # x_tn = x0 + s_tn n_i (n_i fixed per sample id), x_t = x_tn + sqrt(s_t^2 - s_tn^2) eps (Section 3.1)
             x_t, x_tn = ambient_noising(x0, ids, sigma_t, sigma_tn, annotation_seed=config.annotation_seed, seed=seed)
             last = r == rounds - 1
@@ -299,6 +304,9 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
     caption_shape = dataset.index.get("caption_shape") if getattr(dataset, "has_captions", False) else None
     use_captions = bool(caption_shape) and config.network.captions and config.network.arch == "dit"
     caption_dim = int(caption_shape[-1]) if use_captions else 0
+    if config.network.condition_dropout and not (label_dim or caption_dim):
+        raise ConfigError(f"network.condition_dropout={config.network.condition_dropout} but the network has no "
+                          "condition to drop (no class labels, no caption embeddings); set it to 0")
 
     # ---- batch geometry: global batch = world_size x rounds x batch_gpu
     batch_gpu = config.batch_gpu or config.batch_size // dist_info.world_size
@@ -368,6 +376,7 @@ def _train(config: TrainConfig, *, run_dir: Path, device, network, dataset, stop
     say(f"ambient_fast train -> {run_dir}\n"
         f"  data: {len(dataset)} samples {tuple(dataset.shape)} ({'latents' if is_latent else 'pixels'}{checked}), labels: {label_dim or 'none'}, "
         f"captions: {f'{caption_dim}-wide embeddings' if caption_dim else 'none'}, "
+        + (f"condition dropout {config.network.condition_dropout:g}, " if config.network.condition_dropout else "") +
         f"annotations: {config.annotations if config.ambient and config.annotations else 'none (all clean)'}"
         f"{'' if config.ambient else f' [ambient off: plain {plain_loss} loss]'}\n"
         f"  {coverage[0]}\n"
