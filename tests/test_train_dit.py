@@ -142,3 +142,98 @@ def test_caption_embeddings_of_a_shard_set_reach_the_dit(tmp_path, monkeypatch):
     assert meta["caption_dim"] == 5 and model.net.caption is not None
     without = preset("dit-tiny-cpu", **{"network.captions": False})
     assert without.network.captions is False
+
+
+def captioned_shards(root, n=16, labels=True):
+    """A shard set of n 8x8 PNGs with 5-wide caption embeddings (3 tokens, the last one padding) and, optionally,
+    labels 0..2 from dataset.json; returns (path, embedding, mask)."""
+    import json
+
+    from test_train_resume import write_png_dataset
+
+    folder = write_png_dataset(root / "png", n=n, size=8)
+    if labels:
+        (folder / "dataset.json").write_text(json.dumps(
+            {"labels": [[f"img{i:08d}.png", i % 3] for i in range(n)]}))
+    rng = np.random.default_rng(0)
+    embedding = rng.standard_normal((n, 3, 5)).astype(np.float32)
+    mask = np.ones((n, 3), bool)
+    mask[:, 2] = False
+    write_shards(FileDataset(folder), root / "shards", captions=(embedding, mask), samples_per_shard=8,
+                 report=lambda _: None)
+    return root / "shards", embedding, mask
+
+
+def test_condition_dropout_gives_the_drawn_samples_the_null_condition_without_host_reads_and_resumes(tmp_path,
+                                                                                                     monkeypatch):
+    """network.condition_dropout = 0.5: exactly the samples drawn by dropped_samples from the slice's seed see an
+    empty caption and a zero label vector (the others their own), nothing is read from the device in a step, a
+    resumed run computes the same losses, and the default 0 leaves captions and labels as they were."""
+    from ambient_fast.train.condition_dropout import dropped_samples
+    from ambient_fast.train.feed import chunk_seed
+
+    shards, _, mask = captioned_shards(tmp_path)
+    dataset = ShardDataset(shards)
+    seen = []
+    forward = DiT.forward
+
+    def recording(self, x_in, c_noise, class_labels=None, **kwargs):
+        seen.append((class_labels, kwargs.get("caption_mask")))
+        return forward(self, x_in, c_noise, class_labels, **kwargs)
+
+    step_call = loop.Stepper.__call__
+
+    def guarded_step(self, step, batch):
+        with no_host_reads():
+            step_call(self, step, batch)
+
+    monkeypatch.setattr(DiT, "forward", recording)
+    monkeypatch.setattr(loop.Stepper, "__call__", guarded_step)
+    config = dit_config(objective="flow", **{"network.condition_dropout": 0.5})
+    messages = []
+    whole = train(config, run_dir=tmp_path / "whole", dataset=dataset, log=messages.append)["losses"]
+    assert any("condition dropout 0.5" in m for m in messages)
+    for step, (labels, caption_mask) in enumerate(seen):
+        drop = dropped_samples(8, probability=0.5, seed=chunk_seed(config.seed, step, 0) + 3, device="cpu")
+        assert torch.equal(~caption_mask.any(dim=1), drop)  # every real caption keeps its first token
+        assert torch.equal(caption_mask[~drop], torch.from_numpy(mask[: int((~drop).sum())]))
+        assert labels.shape == (8, 3) and torch.equal(labels.sum(dim=1) == 0, drop)
+    assert 0 < sum(int((~m.any(dim=1)).sum()) for _, m in seen) < 24
+    seen.clear()
+    train(config.replace(checkpoint_every=1), run_dir=tmp_path / "split", dataset=dataset, stop_after=1, **QUIET)
+    rest = train(config.replace(checkpoint_every=1), run_dir=tmp_path / "split", dataset=dataset, **QUIET)["losses"]
+    assert rest == whole[1:]
+    seen.clear()
+    monkeypatch.setattr(loop.Stepper, "__call__", step_call)  # the DiT's F.one_hot of int labels reads on a CPU
+    plain = train(dit_config(objective="flow"), run_dir=tmp_path / "plain", dataset=dataset, **QUIET)["losses"]
+    assert all(labels.dim() == 1 and torch.equal(m, torch.from_numpy(mask[:8])) for labels, m in seen)
+    assert plain != whole
+
+
+def test_condition_dropout_is_checked():
+    with pytest.raises(ConfigError, match="condition_dropout"):
+        dit_config(**{"network.condition_dropout": 1.0})
+    with pytest.raises(ConfigError, match="no condition to drop"):
+        train(dit_config(**{"network.condition_dropout": 0.1}), run_dir="/nonexistent/unused",
+              dataset=TensorDataset(torch.zeros(8, 3, 8, 8)), **QUIET)
+
+
+@pytest.mark.parametrize("objective", ["edm", "flow"])
+def test_the_step_with_dropped_conditions_is_one_graph_with_eager_gradients(objective):
+    """The Stepper hands the step float label vectors and a caption mask with empty rows: still one graph."""
+    from test_train_step import assert_one_graph_with_eager_gradients
+
+    from ambient_fast.train.condition_dropout import drop_conditions
+
+    torch._dynamo.reset()
+    x_t, x_tn, sigma_t, sigma_tn, keep = case(seed=3)
+    net = dit(label_dim=3, caption_dim=5)
+    generator = torch.Generator().manual_seed(4)
+    condition = {"caption": torch.randn(4, 3, 5, generator=generator), "caption_mask": torch.ones(4, 3, dtype=torch.bool)}
+    labels, condition = drop_conditions(torch.tensor([0, 1, 2, 1]), condition, torch.tensor([True, False, False, True]),
+                                        label_dim=3)
+    step = (FlowTrainingStep(Velocity(net, label_dim=3), precision="fp32", autocast_dtypes=AUTOCAST)
+            if objective == "flow" else TrainingStep(Precond(net, label_dim=3), precision="fp32"))
+    assert_one_graph_with_eager_gradients(step, (x_t, x_tn, sigma_t, sigma_tn, labels, condition["caption"],
+                                                 condition["caption_mask"], keep))
+    torch._dynamo.reset()

@@ -182,7 +182,10 @@ def test_runs_saved_before_the_new_fields_resume_and_a_changed_objective_does_no
     config = tiny_config()
     saved = json.loads(config.to_json())
     del saved["objective"], saved["network"]["mask_ratio"], saved["network"]["captions"]
+    del saved["network"]["condition_dropout"]
     loop._check_resumable(saved, config)  # the fields' defaults: the same computation
+    with pytest.raises(ConfigError, match="network"):
+        loop._check_resumable(saved, config.replace(**{"network.condition_dropout": 0.1}))
     with pytest.raises(ConfigError, match="objective"):
         loop._check_resumable(saved, config.replace(objective="flow"))
     with pytest.raises(ConfigError, match="network"):

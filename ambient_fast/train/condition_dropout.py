@@ -10,7 +10,6 @@ dropout trained.
 from __future__ import annotations
 
 import torch
-from torch.nn import functional as F
 
 
 def drop_conditions(labels: torch.Tensor | None, condition: dict, drop: torch.Tensor, *, label_dim: int):
@@ -20,8 +19,11 @@ def drop_conditions(labels: torch.Tensor | None, condition: dict, drop: torch.Te
     caption without a real token contributes nothing whatever they are."""
     keep = ~drop
     if labels is not None and label_dim:
-        one_hot = F.one_hot(labels.long(), label_dim) if labels.dim() == 1 else labels
-        labels = one_hot.to(torch.float32) * keep.view(-1, 1)
+        # one-hot by scatter, not F.one_hot, which reads the labels' min and max on the host to check them (a CPU
+        # step's host read; scatter checks the indices inside its kernel)
+        one_hot = (torch.zeros(labels.shape[0], label_dim, device=labels.device).scatter(1, labels.long().view(-1, 1), 1.0)
+                   if labels.dim() == 1 else labels.to(torch.float32))
+        labels = one_hot * keep.view(-1, 1)
     if condition.get("caption") is not None:
         caption = condition["caption"]
         mask = condition.get("caption_mask")
