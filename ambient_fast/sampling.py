@@ -43,6 +43,7 @@ def classifier_free(model, *, guidance: float, label_dim: int = 0):
         twice = {name: None if value is None else torch.cat([value, value]) for name, value in condition.items()}
         labels = None if class_labels is None else torch.cat([class_labels, class_labels])
         labels, twice = drop_conditions(labels, twice, drop, label_dim=label_dim)
+        level = torch.as_tensor(level, device=x.device).reshape(-1).expand(batch)  # [B], also from a scalar
         out = model(torch.cat([x, x]), torch.cat([level, level]), labels, **twice).double()
         conditional, null = out[:batch], out[batch:]
         return null + guidance * (conditional - null)  # D_w = D(x; null) + w (D(x; c) - D(x; null))
