@@ -237,3 +237,36 @@ def test_the_step_with_dropped_conditions_is_one_graph_with_eager_gradients(obje
     assert_one_graph_with_eager_gradients(step, (x_t, x_tn, sigma_t, sigma_tn, labels, condition["caption"],
                                                  condition["caption_mask"], keep))
     torch._dynamo.reset()
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_compiled_class_conditional_step_with_condition_dropout_never_synchronises(tmp_path, monkeypatch):
+    """Skipped without CUDA. A class-conditional DiT, objective flow, network.condition_dropout 0.5 (the draw and
+    the null labels made on the device), Inductor fullgraph: after the first (compiling) step no step synchronises
+    (torch.cuda.set_sync_debug_mode "error"), and the losses are finite."""
+    from test_train import smooth_images
+
+    from ambient_fast import _backend
+
+    if _backend.triton_interpreted():
+        pytest.skip("TRITON_INTERPRET=1: run the GPU tests with TRITON_INTERPRET=0")
+    monkeypatch.setenv(_backend.BACKEND_ENV, "auto")
+    step_call = loop.Stepper.__call__
+
+    def guarded(self, step, batch):
+        if step == 0:
+            return step_call(self, step, batch)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            step_call(self, step, batch)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    monkeypatch.setattr(loop.Stepper, "__call__", guarded)
+    torch._dynamo.reset()
+    config = preset("dit-tiny-cpu", objective="flow", compile=True, total_steps=4, batch_size=16, log_every=4,
+                    checkpoint_every=4, snapshot_every=0, lr_rampup_steps=0, **{"network.condition_dropout": 0.5})
+    dataset = TensorDataset(smooth_images(32, size=16), labels=torch.arange(32) % 3)
+    result = train(config, run_dir=tmp_path, dataset=dataset, device="cuda", **QUIET)
+    torch._dynamo.reset()
+    assert len(result["losses"]) == 4 and np.isfinite(result["losses"]).all()
