@@ -9,6 +9,11 @@ from pathlib import Path
 
 from ..errors import UserError, check_writable, device_arg, user_input
 
+# The options of `ambient-fast experiment` that change the experiment (experiments/overrides.py maps them).
+MODIFYING_OPTIONS = ("--data", "--test", "--corruption", "--param", "--clean-fraction", "--resolution", "--preset",
+                     "--set", "--steps", "--samples", "--arms", "--metrics", "--train-count",
+                     "--test-count")
+
 
 def _parameter(text: str) -> tuple[str, float]:
     name, sep, value = text.partition("=")
@@ -106,9 +111,14 @@ def run_eval(args) -> int:
     return 0
 
 
+def _modifying_options(args) -> list[tuple[str, object]]:
+    return [(option, getattr(args, option.lstrip("-").replace("-", "_"), None)) for option in MODIFYING_OPTIONS]
+
+
 def run_experiment_command(args) -> int:
     from .configs import EXPERIMENTS, TABLES, experiment, table
     from .controlled import run_experiment
+    from .overrides import WEIGHT_METRICS, from_arguments
     from .report import format_report
 
     if args.list:
@@ -121,6 +131,10 @@ def run_experiment_command(args) -> int:
     if args.name == "per-source" and not args.table:  # its own runner: two objectives, a source column, labels
         from .per_source import run_per_source
 
+        given = [option for option, value in _modifying_options(args) if value not in (None, [], False)]
+        if given:
+            raise UserError(f"experiment per-source takes only --seeds, --device and --out (its data and arms are "
+                            f"its own), not {' '.join(given)}")
         check_writable(args.out, "--out", folder=True)
         for result in run_per_source(out_dir=Path(args.out) / "per-source", seeds=tuple(args.seeds or ()) or None,
                                      device=args.device):
@@ -130,12 +144,17 @@ def run_experiment_command(args) -> int:
         raise UserError("give one experiment NAME or --table T (see ambient-fast experiment --list)")
     with user_input(hint="see ambient-fast experiment --list"):
         experiments = table(args.table) if args.table else (experiment(args.name),)
+    # Every option onto each experiment, all checked before any of them runs (experiments/overrides.py).
+    experiments = [from_arguments(item, args) for item in experiments]
     check_writable(args.out, "--out", folder=True)
     seeds = tuple(args.seeds) if args.seeds else None
+    required = tuple(name for name in args.metrics or () if name in WEIGHT_METRICS)
     for item in experiments:
         result = run_experiment(item, out_dir=Path(args.out) / item.name, data_path=args.data, test_path=args.test,
-                                seeds=seeds, device=args.device)
+                                seeds=seeds, device=args.device, require_metrics=required)
         print(format_report(result))
+        print(f"results: {Path(args.out) / item.name}/results.json (every seed of the folder; results-seed<k>.json "
+              "per seed); samples: samples_<arm>-seed<k>.npz (uint8 [N, H, W, C]) and .safetensors (float)")
     return 0
 
 
@@ -152,6 +171,7 @@ def rescore(run_dir: Path, *, data_path=None, test_path=None, bootstrap: int = 5
     from ..metrics import EvaluationConfig, evaluate
     from .configs import DataSetting
     from .configs import experiment as experiment_named
+    from . import seed_results
     from .controlled import ArmResult, ExperimentResult, feature_extractors, prepare_data
 
     summary_path = run_dir / "results.json"
@@ -175,6 +195,13 @@ def rescore(run_dir: Path, *, data_path=None, test_path=None, bootstrap: int = 5
             raise UserError(f"{path} is missing (runs made before the samples were saved): rerun `ambient-fast "
                             "experiment` into this folder, which reuses the trained runs and saves them")
     extractors = feature_extractors(item, device=device)
+    inputs = summary.get("inputs") or {}
+    if data_path is None and inputs:  # the run's own files, where they still are
+        data_path, test_path = inputs["train"], inputs["test"]
+        for path in (data_path, test_path):
+            if not Path(path).exists():
+                raise UserError(f"{path} (the data this run was made with, {summary_path} 'inputs') is gone: give "
+                                "--data and --test")
     prepared = prepare_data(item, data_path=data_path, test_path=test_path)
     cache, arms = {}, []
     for entry in summary["arms"]:
@@ -187,7 +214,7 @@ def rescore(run_dir: Path, *, data_path=None, test_path=None, bootstrap: int = 5
                                                             bootstrap=bootstrap))
         empty = torch.zeros(0, dtype=torch.float64)
         arms.append(ArmResult(entry["arm"], entry["seed"], empty, empty, entry["metrics"], samples))
-    summary_path.write_text(json.dumps(summary, indent=1))
+    seed_results.write(run_dir, summary, arm_order=[arm.name for arm in experiment_named(name).arms])
     present = {a.arm for a in arms}
     item = dataclasses.replace(item, arms=tuple(a for a in item.arms if a.name in present))
     return ExperimentResult(item, arms, {}, run_dir)
@@ -243,8 +270,36 @@ def register(subparsers) -> None:
     experiment.add_argument("name", nargs="?", help="experiment name (see --list)")
     experiment.add_argument("--table", help="run every experiment of a paper table: 2a, 2b, 3, 7, motion, demo")
     experiment.add_argument("--list", action="store_true", help="list experiments and tables")
-    experiment.add_argument("--data", help="clean training set for 'path' experiments (EDM2 folder / zip / .npz)")
-    experiment.add_argument("--test", help="held-out test set for 'path' experiments")
+    experiment.add_argument("--data", help="your clean training images (EDM2 folder / zip / .npz), any square "
+                                           "resolution: required by 'path' experiments (cifar10-*), and in place of "
+                                           "the embedded crops for the others")
+    experiment.add_argument("--test", help="your held-out test images (with --data)")
+    experiment.add_argument("--corruption", choices=sorted(CORRUPTIONS),
+                            help="corrupt the non-clean part with this instead (not for out-of-distribution "
+                                 "experiments); its parameters from --param")
+    experiment.add_argument("--param", action="append", default=[],
+                            help="corruption parameter NAME=VALUE, repeatable (as `ambient-fast corrupt`); without "
+                                 "--corruption it changes the experiment's own corruption (e.g. sigma_px=0.6)")
+    experiment.add_argument("--clean-fraction", type=float, help="fraction of the training images kept clean")
+    experiment.add_argument("--resolution", type=int, metavar="PX",
+                            help="embedded data: the crop size (4-32 px); your data: the size it must have "
+                                 "(checked; default: the experiment's for 'path' experiments, your images' own "
+                                 "in place of embedded crops)")
+    experiment.add_argument("--preset", help="training preset (ambient_fast.train.config.PRESETS) instead of the "
+                                             "experiment's; its own network / step overrides are then dropped")
+    experiment.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                            help="training config override, repeatable (as `ambient-fast train --set`), e.g. "
+                                 "--set network.model_channels=32")
+    experiment.add_argument("--steps", type=int, help="training steps per arm (--set total_steps=N)")
+    experiment.add_argument("--arms", nargs="+", help="run only these of the experiment's arms (see --list)")
+    experiment.add_argument("--metrics", nargs="+",
+                            help="metrics: the experiment's weight-free ones are always computed; name fid and / or "
+                                 "fd_dinov2 to require them (absent weights: an error before training); without "
+                                 "this the experiment's weight-based metrics are skipped with a note when their "
+                                 "weights are absent")
+    experiment.add_argument("--samples", type=int, help="generated samples per arm and seed for the metrics")
+    experiment.add_argument("--train-count", type=int, help="embedded data: training crops")
+    experiment.add_argument("--test-count", type=int, help="embedded data: test crops")
     experiment.add_argument("--out", default="runs/experiments", help="output folder")
     experiment.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the experiment's)")
     experiment.add_argument("--device", type=device_arg, help="cpu or cuda (default: the experiment's)")

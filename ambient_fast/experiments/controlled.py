@@ -25,7 +25,8 @@ import torch
 
 from ..annotate.crop_size import CropMeasurement, CropTable
 from ..buffer import buffer_factor
-from .configs import Arm, Experiment
+from . import overrides, seed_results
+from .configs import EXPERIMENTS, Arm, Experiment
 from .mixed_dataset import MixedDataset
 from .experiment_data import DATA_SEED, cpu_threads, prepare_data
 from .selection import selection_diagnostic
@@ -84,6 +85,7 @@ class ExperimentResult:
     seconds: float = 0.0
     selection: dict[str, list] = field(default_factory=dict)  # arm name -> selection.SelectionRow per level
     crops_annotations: dict[int, CropsAnnotation] = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)  # the user's data files and their content digests; {} = embedded
 
 
 def _needs_classifier(experiment: Experiment) -> bool:
@@ -298,17 +300,36 @@ def usable_per_level(sigma_min: torch.Tensor, sigma_max: torch.Tensor, *, max_we
     return usable.sum(dim=1)
 
 
-def feature_extractors(experiment: Experiment, *, device) -> list:
-    """Inception-v3 (FID) and DINOv2 feature networks the experiment asks for, from local weights only."""
+def feature_extractors(experiment: Experiment, *, device, required: tuple[str, ...] = (), log=print) -> list:
+    """Inception-v3 (FID) and DINOv2 feature networks the experiment asks for, from local weights only. A metric
+    whose weights are absent (or untrusted TorchScript) is skipped with one note saying how to enable it, unless it
+    is `required` (named by the user: --metrics), which is then a UserError, before any training."""
+    from ..errors import UserError
     from ..metrics import dinov2_features, inception_features
+    from ..metrics.features import DINOV2_ENV, INCEPTION_ENV, TRUST_ENV, UntrustedWeightsError, WeightsNotFoundError
 
-    wanted = {"fid": inception_features, "fd_dinov2": dinov2_features}
-    return [make(device=str(device)) for name, make in wanted.items() if name in experiment.metrics]
+    wanted = {"fid": (inception_features, INCEPTION_ENV), "fd_dinov2": (dinov2_features, DINOV2_ENV)}
+    extractors = []
+    for name, (make, variable) in wanted.items():
+        if name not in experiment.metrics and name not in required:
+            continue
+        try:
+            extractors.append(make(device=str(device)))
+        except (WeightsNotFoundError, UntrustedWeightsError) as error:
+            if name in required:
+                raise UserError(f"--metrics {name}: {error}") from None
+            how = (f"set {TRUST_ENV}=1 for TorchScript weights you trust" if isinstance(error, UntrustedWeightsError)
+                   else f"set {variable}=<weights file> (ambient_fast/metrics/features.py says which file)")
+            log(f"NOTE: {name} skipped, its weights are not usable here ({str(error).split(';')[0]}); the weight-free "
+                f"metrics are computed. To compute {name}: {how}")
+    return extractors
 
 
 def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=None, test_path=None,
                    seeds: tuple[int, ...] | None = None, device: str | torch.device | None = None,
-                   log=print) -> ExperimentResult:
+                   log=print, require_metrics: tuple[str, ...] = ()) -> ExperimentResult:
+    """require_metrics: weight-based metrics (fid, fd_dinov2) that must be computed: absent weights are then an
+    error before any work; the experiment's other weight-based metrics are skipped with a note when absent."""
     from safetensors.torch import save_file
 
     from ..metrics import EvaluationConfig, evaluate
@@ -318,9 +339,18 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
     out_dir = Path(out_dir).resolve()  # runs record their annotation path: the same folder must give the same one
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device or experiment.device)
-    extractors = feature_extractors(experiment, device=device)  # before training: missing weights fail fast
+    # before training: required weights that are missing fail fast
+    extractors = feature_extractors(experiment, device=device, required=require_metrics, log=log)
     prepared = prepare_data(experiment, data_path=data_path, test_path=test_path)
     train_images, test_images, mixed = prepared.train, prepared.test, prepared.mixed
+    inputs = _inputs(prepared, data_path=data_path, test_path=test_path)
+    seed_results.check_same_setting(out_dir, {"experiment": experiment.name, "inputs": inputs,
+                                              "data": dataclasses.asdict(experiment.data),
+                                              "modified": overrides.changes(experiment)})
+    log(f"[{experiment.name}] data: " + (f"your images {inputs['train']} ({train_images.shape[-1]} px), test "
+                                         f"{inputs['test']}" if inputs else
+                                         f"embedded crops of scikit-image's photographs ({train_images.shape[-1]} px)")
+        + "".join(f"; {key} = {value}" for key, value in overrides.changes(experiment).items()))
     other = "extra" if mixed.corruption is None else "corrupted"
     description = ("out-of-distribution, classes " + str(list(experiment.data.extra_classes)) if mixed.corruption is None
                    else f"{mixed.corruption.name} {mixed.corruption.parameters()}")
@@ -379,6 +409,7 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
             save_image_grid(samples[:64], out_dir / f"samples_{arm.name}-seed{seed}.png")
             # Every sample, so that `ambient-fast experiment-report` recomputes the metrics without sampling again.
             save_file({"samples": samples.contiguous()}, str(out_dir / f"samples_{arm.name}-seed{seed}.safetensors"))
+            save_samples_npz(samples, out_dir / f"samples_{arm.name}-seed{seed}.npz")  # for numpy and `eval`
             seconds["sample"] = time.perf_counter() - tick
             tick = time.perf_counter()
             metrics = evaluate(samples, references={"test": test_images, "train": train_images},
@@ -394,9 +425,32 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
     seed_order = list(dict.fromkeys(r.seed for r in results))
     results.sort(key=lambda r: (seed_order.index(r.seed), arm_names.index(r.arm)))  # the table's arm order
     result = ExperimentResult(experiment, results, annotations, out_dir, time.perf_counter() - start, selection,
-                              crops_annotations)
+                              crops_annotations, inputs)
     _write_outputs(result)
     return result
+
+
+def _inputs(prepared, *, data_path, test_path) -> dict:
+    """The user's data files (absolute paths) and a digest of what was read from them: a folder holding results
+    of other data is refused (seed_results.check_same_setting), and experiment-report finds the files again."""
+    import hashlib
+
+    if data_path is None:
+        return {}
+    digests = {}
+    for name, images in (("train", prepared.mixed.images), ("test", prepared.test)):
+        digests[f"{name}_sha256"] = hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()[:16]
+    return {"train": str(Path(data_path).resolve()), "test": str(Path(test_path).resolve()), **digests}
+
+
+def save_samples_npz(samples: torch.Tensor, path: Path) -> None:
+    """Samples as uint8 [N, H, W, C] under 'images' (what image tools, numpy users and `ambient-fast eval
+    --generated` read; mixed_dataset.load_images maps u to u / 127.5 - 1): the float samples rounded to the
+    nearest of 256 levels, as a PNG would hold them. The exact floats stay in the .safetensors beside."""
+    import numpy as np
+
+    levels = ((samples.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    np.savez(path, images=levels.permute(0, 2, 3, 1).contiguous().numpy())
 
 
 def _finite_mean(values: torch.Tensor) -> float | None:
@@ -421,8 +475,10 @@ def _write_outputs(result: ExperimentResult) -> None:
     summary = {
         "experiment": result.experiment.name, "seconds": result.seconds,
         "data": dataclasses.asdict(result.experiment.data),  # the references, for `experiment-report`
+        "inputs": result.inputs,  # the user's data files, for `experiment-report`; {} for the embedded data
+        "modified": overrides.changes(result.experiment),  # what differs from the registered experiment
         "annotations": {seed: {"mean_finite": _finite_mean(a.sigma_min), "median": float(a.sigma_min.median()),
-                               "single": a.single, "reached": a.reached, "capped": a.capped,
+                               "single": a.single, "reached": a.reached, "capped": a.capped, "seconds": a.seconds,
                                "fallback": a.fallback, "classifier_report": a.report}
                         for seed, a in result.annotations.items()},
         "arms": [{"arm": r.arm, "seed": r.seed, "metrics": r.metrics, "seconds": r.seconds} for r in result.arms],
@@ -432,9 +488,11 @@ def _write_outputs(result: ExperimentResult) -> None:
                                      "passing": {k: float((v > a.tau).double().mean()) for k, v in a.scores.items()},
                                      "tau": a.tau, "crop_table": dataclasses.asdict(a.table),
                                      "measured_losses": a.measured_losses, "contexts": a.contexts,
-                                     "classifier_accuracy": a.final_accuracy}
+                                     "classifier_accuracy": a.final_accuracy, "seconds": a.seconds}
                               for seed, a in result.crops_annotations.items()},
         "paper_fid": dict(result.experiment.paper),
         "selection": {arm: [dataclasses.asdict(row) for row in rows] for arm, rows in result.selection.items()},
     }
-    (result.out_dir / "results.json").write_text(json.dumps(summary, indent=1))
+    # results-seed<k>.json per seed, and results.json merging every seed of the folder (seed_results.py)
+    seed_results.write(result.out_dir, json.loads(json.dumps(summary)),
+                       arm_order=[arm.name for arm in EXPERIMENTS.get(result.experiment.name, result.experiment).arms])

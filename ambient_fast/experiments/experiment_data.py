@@ -34,6 +34,10 @@ def load_data(experiment: Experiment, *, data_path=None, test_path=None
     """(clean training images, held-out test images, their class labels or None), images float [N, C, H, W] in
     [-1, 1]."""
     data = experiment.data
+    if data.source == "embedded" and (data_path is not None or test_path is not None):
+        raise UserError(f"experiment {experiment.name!r} trains on embedded crops and would ignore data_path / "
+                        "test_path: give your data with experiments.overrides.modify(experiment, data=..., test=...) "
+                        "(CLI: --data / --test do that)")
     if data.source == "embedded":
         from .embedded_data import EmbeddedDataConfig, load_embedded_dataset
 
@@ -46,9 +50,15 @@ def load_data(experiment: Experiment, *, data_path=None, test_path=None
                         "e.g. CIFAR-10 train as an EDM2 folder / zip / .npz; CLI --data) and test_path (its test "
                         "set; CLI --test)")
     train, test = load_images(data_path), load_images(test_path)
-    if train.shape[-1] != data.resolution_px:
+    if train.shape[-2] != train.shape[-1]:
+        raise UserError(f"{data_path} holds {train.shape[-2]}x{train.shape[-1]} px images; the networks take square "
+                        "images: crop or resize them first")
+    if data.resolution_px is not None and train.shape[-1] != data.resolution_px:  # None: the images' own
         raise UserError(f"{data_path} holds {train.shape[-1]} px images; experiment {experiment.name!r} expects "
-                        f"{data.resolution_px} px")
+                        f"{data.resolution_px} px (CLI: --resolution {train.shape[-1]} runs it at theirs)")
+    if test.shape[1:] != train.shape[1:]:
+        raise UserError(f"{test_path} holds images of shape {tuple(test.shape[1:])} but {data_path} "
+                        f"{tuple(train.shape[1:])}; give a test set like the training set")
     if not (data.target_classes or data.extra_classes):
         return train, test, None, None
     return train, test, load_labels(data_path), load_labels(test_path)

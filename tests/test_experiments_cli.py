@@ -1,0 +1,238 @@
+"""`ambient-fast experiment` on the user's own data with its options (issue 10 point 6): the user's images replace
+the embedded crops, every option maps onto the experiment or is refused in one line before any training,
+weight-based metrics are skipped with a note when their weights are absent, each seed's results are kept when
+another seed runs into the folder, and the samples are kept as an .npz that `ambient-fast eval` reads.
+
+Runs are a registered tiny experiment (two arms without classifier, 2 training steps, 16 samples): seconds each."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from ambient_fast import cli
+from ambient_fast.experiments import configs
+from cli_errors import user_error
+
+TINY = "tiny-blur"
+
+
+@pytest.fixture(autouse=True)
+def tiny(monkeypatch):
+    """A registered embedded experiment small enough to run in seconds (the demo's corruption and clean fraction)."""
+    demo = configs.experiment("demo-cpu-blur1.0")
+    experiment = replace(demo, name=TINY, arms=(configs.Arm("only_clean"), configs.Arm("all_data")),
+                         data=replace(demo.data, train_count=48, test_count=24), seeds=(0,),
+                         train_overrides=(("total_steps", 2), ("network.model_channels", 8), ("batch_size", 8),
+                                          ("checkpoint_every", 100), ("snapshot_every", 0), ("log_every", 100)),
+                         generated_count=16, sampler_steps=2)
+    monkeypatch.setitem(configs.EXPERIMENTS, TINY, experiment)
+    return experiment
+
+
+@pytest.fixture
+def no_weights(monkeypatch, tmp_path):
+    """No Inception-v3 / DINOv2 weights anywhere the loaders look."""
+    from ambient_fast.metrics import features
+
+    for variable in (features.INCEPTION_ENV, features.DINOV2_ENV):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(features, "_CLEAN_FID_CACHE", tmp_path / "absent.pt")
+    monkeypatch.setattr(features, "_TORCH_FIDELITY_CACHE", tmp_path / "absent.pth")
+
+
+def _images(path, count: int, *, px: int, seed: int):
+    """uint8 [N, H, W, C] images in an .npz (what numpy users write); returns them as the loader reads them."""
+    generator = torch.Generator().manual_seed(seed)
+    array = torch.randint(0, 256, (count, px, px, 3), generator=generator, dtype=torch.uint8).numpy()
+    np.savez(path, images=array)
+    return torch.from_numpy(array).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+@pytest.fixture
+def user_data(tmp_path):
+    """40 training and 20 test images at 8 px: neither the embedded 16 px nor CIFAR's 32 px."""
+    train = _images(tmp_path / "train.npz", 40, px=8, seed=1)
+    _images(tmp_path / "test.npz", 20, px=8, seed=2)
+    return tmp_path / "train.npz", tmp_path / "test.npz", train
+
+
+def _run(capsys, *argv) -> str:
+    capsys.readouterr()
+    assert cli.main(["experiment", *map(str, argv)]) == 0
+    return capsys.readouterr().out
+
+
+def _trained(folder) -> list:
+    return sorted(p.name for p in folder.glob("*-seed*") if p.is_dir()) if folder.is_dir() else []
+
+
+def test_user_data_replaces_the_embedded_crops(tmp_path, user_data, capsys, monkeypatch):
+    """Defect: --data / --test were ignored by an embedded experiment, which trained on its own crops."""
+    from ambient_fast.experiments import controlled
+
+    train_path, test_path, train = user_data
+    seen = []
+    real = controlled.train_arm
+    monkeypatch.setattr(controlled, "train_arm", lambda images, *a, **k: seen.append(images) or real(images, *a, **k))
+    out = _run(capsys, TINY, "--data", train_path, "--test", test_path, "--out", tmp_path / "runs")
+    assert f"your images {train_path}" in out and "(8 px)" in out, "the log names the data that ran"
+    assert "MODIFIED" in out and str(train_path) in out, "and so does the report's title"
+    only_clean, all_data = seen
+    # Clean images are rows of the user's set; all_data trains on the 40 user images (36 of them blurred).
+    assert all_data.shape == (40, 3, 8, 8) and only_clean.shape == (4, 3, 8, 8)
+    assert all(any(torch.equal(image, row) for row in train) for image in only_clean)
+    summary = json.loads((tmp_path / "runs" / TINY / "results.json").read_text())
+    assert summary["inputs"]["train"] == str(train_path.resolve()) and summary["data"]["source"] == "path"
+    assert summary["modified"]["data.source"] == "path" and summary["modified"]["data.resolution_px"] is None
+    # experiment-report finds the run's files again from results.json alone.
+    assert cli.main(["experiment-report", str(tmp_path / "runs" / TINY), "--bootstrap", "5"]) == 0
+    _samples_npz_is_read_by_eval(tmp_path / "runs" / TINY, test_path, capsys)
+
+
+def test_options_map_onto_the_experiment(tiny):
+    from ambient_fast.experiments.overrides import changes, modify
+
+    blur = modify(tiny, parameters={"sigma_px": 0.6}, clean_fraction=0.25, resolution_px=8, steps=3, samples=4,
+                  arms=["all_data"], train_count=30, test_count=10)
+    assert blur.data.corruption == "gaussian_blur" and blur.data.corruption_kwargs() == {"sigma_px": 0.6}
+    assert (blur.data.clean_fraction, blur.data.resolution_px, blur.data.train_count, blur.data.test_count) == (
+        0.25, 8, 30, 10)
+    assert dict(blur.train_overrides)["total_steps"] == 3 and dict(blur.train_overrides)["network.model_channels"] == 8
+    assert [arm.name for arm in blur.arms] == ["all_data"] and blur.generated_count == 4
+    assert changes(blur) == {"data.resolution_px": 8, "data.clean_fraction": 0.25, "data.corruption_parameters":
+                             [["sigma_px", 0.6]], "data.train_count": 30, "data.test_count": 10, "arms": ["all_data"],
+                             "train_overrides": [list(p) for p in blur.train_overrides], "generated_count": 4}
+    jpeg = modify(tiny, corruption="jpeg", parameters={"quality": 25})
+    assert jpeg.data.corruption == "jpeg" and jpeg.data.corruption_kwargs() == {"quality": 25}
+    motion = modify(tiny, corruption="motion_blur", parameters={"length_px": 5, "angle_deg": -1})
+    assert motion.data.corruption_kwargs() == {"length_px": 5, "angle_deg": None}, "as `ambient-fast corrupt`"
+    # --preset drops the experiment's own overrides (sized for its preset); --set adds to what stays.
+    other = modify(tiny, preset="dit-tiny-cpu", settings={"batch_size": 8})
+    assert other.train_preset == "dit-tiny-cpu" and other.train_overrides == (("batch_size", 8),)
+    assert modify(tiny, metrics=["fd_pixels", "fid"]).metrics == ("fd_pixels", "swd", "spectrum", "memorization",
+                                                                  "fid")
+    assert modify(tiny) is tiny and changes(tiny) == {}
+
+
+REFUSALS = [
+    (["demo-cpu-ood", "--corruption", "jpeg"], "out-of-distribution"),
+    (["demo-cpu-ood", "--param", "sigma_px=1"], "out-of-distribution"),
+    ([TINY, "--arms", "only_clean", "weighted"], "has no arm weighted"),
+    ([TINY, "--metrics", "fid", "inception_score"], "no metric inception_score"),
+    ([TINY, "--data", "{train}"], "both --data"),
+    ([TINY, "--data", "{train}", "--test", "{test}", "--train-count", "10"], "--train-count.*your data"),
+    ([TINY, "--data", "{train}", "--test", "{test}", "--resolution", "16"], "8 px.*expects 16 px"),
+    ([TINY, "--resolution", "64"], "4 to 32 px"),
+    ([TINY, "--clean-fraction", "1.5"], "clean-fraction"),
+    ([TINY, "--corruption", "gaussian_blur", "--param", "no_such=1"], "no parameter"),
+    ([TINY, "--param", "sigma_px"], "NAME=NUMBER"),
+    ([TINY, "--preset", "no-such-preset"], "no-such-preset"),
+    ([TINY, "--set", "no_such_field=1"], "no_such_field"),
+    ([TINY, "--set", "batch_size=0"], "batch_size"),
+    ([TINY, "--steps", "0"], "--steps"),
+    (["cifar10-blur1.0", "--arms", "only_clean"], "reads your data"),
+    (["per-source", "--data", "{train}"], "per-source takes only"),
+]
+
+
+@pytest.mark.parametrize("argv, match", REFUSALS, ids=[" ".join(a[1:3]) + f" {m}" for a, m in REFUSALS])
+def test_options_an_experiment_cannot_use_are_refused(tmp_path, user_data, capsys, argv, match):
+    train_path, test_path, _ = user_data
+    argv = [a.format(train=train_path, test=test_path) for a in argv]
+    user_error(capsys, ["experiment", *argv, "--out", tmp_path / "runs"], match)
+    assert not [p for p in (tmp_path / "runs").rglob("*-seed*")], "refused before any training"
+
+
+def test_cifar_experiments_look_at_the_data_without_inception_weights(tmp_path, user_data, capsys, no_weights):
+    """Defect: a cifar10-* experiment stopped on the missing Inception weights before reading the data, and took
+    32 px only: now the data is checked first (and another resolution is one option away)."""
+    train_path, test_path, _ = user_data
+    user_error(capsys, ["experiment", "cifar10-blur1.0", "--data", train_path, "--test", test_path, "--out",
+                        tmp_path / "runs", "--device", "cpu"], r"8 px images.*expects 32 px.*--resolution 8")
+
+
+def test_missing_weights_skip_the_metric_with_a_note(tmp_path, user_data, capsys, no_weights, tiny, monkeypatch):
+    """Defect: an experiment whose metrics include FID stopped when the Inception weights were absent."""
+    train_path, test_path, _ = user_data
+    monkeypatch.setitem(configs.EXPERIMENTS, TINY, replace(tiny, metrics=("fid", *tiny.metrics)))
+    out = _run(capsys, TINY, "--data", train_path, "--test", test_path, "--out", tmp_path / "runs", "--arms",
+               "all_data")
+    notes = [line for line in out.splitlines() if line.startswith("NOTE: fid skipped")]
+    assert len(notes) == 1 and "AMBIENT_FAST_INCEPTION_WEIGHTS" in notes[0]
+    summary = json.loads((tmp_path / "runs" / TINY / "results.json").read_text())
+    assert "fd_pixels" in summary["arms"][0]["metrics"]["test"]
+    assert "fd_inception" not in summary["arms"][0]["metrics"]["test"]
+    # Asked for by name, FID without weights is an error before any training.
+    user_error(capsys, ["experiment", TINY, "--data", train_path, "--test", test_path, "--metrics", "fid", "--out",
+                        tmp_path / "other"], "--metrics fid: Inception-v3 weights not found")
+    assert _trained(tmp_path / "other" / TINY) == []
+
+
+def test_each_seed_is_kept_when_another_runs_into_the_folder(tmp_path, user_data, capsys):
+    """Defect: results.json was overwritten by each call, so seed 1 run into seed 0's folder lost seed 0."""
+    train_path, test_path, _ = user_data
+    data = ["--data", train_path, "--test", test_path, "--out", tmp_path / "runs"]
+    folder = tmp_path / "runs" / TINY
+    _run(capsys, TINY, *data, "--seeds", "0")
+    seed0 = json.loads((folder / "results.json").read_text())["arms"]
+    _run(capsys, TINY, *data, "--seeds", "1", "--arms", "all_data")
+    merged = json.loads((folder / "results.json").read_text())
+    assert [(a["arm"], a["seed"]) for a in merged["arms"]] == [("only_clean", 0), ("all_data", 0), ("all_data", 1)]
+    assert merged["arms"][:2] == seed0 and merged["seeds"] == [0, 1]
+    assert [a["seed"] for a in json.loads((folder / "results-seed1.json").read_text())["arms"]] == [1]
+    # A rerun of one arm of seed 0 keeps that seed's other arm.
+    _run(capsys, TINY, *data, "--seeds", "0", "--arms", "all_data")
+    assert [a["arm"] for a in json.loads((folder / "results-seed0.json").read_text())["arms"]] == ["only_clean",
+                                                                                                  "all_data"]
+    assert len(json.loads((folder / "results.json").read_text())["arms"]) == 3
+    # experiment-report rescores every seed of the merged file and writes the new metrics into the seed files.
+    assert cli.main(["experiment-report", str(folder), "--bootstrap", "3"]) == 0
+    rescored = json.loads((folder / "results-seed1.json").read_text())["arms"][0]["metrics"]["test"]
+    assert len(rescored["bootstrap"]["fd_pixels"]) == 3
+    # Other data into the same folder would be merged with these seeds: refused before any training.
+    _images(tmp_path / "other.npz", 40, px=8, seed=3)
+    user_error(capsys, ["experiment", TINY, "--data", tmp_path / "other.npz", "--test", test_path, "--seeds", "2",
+                        "--out", tmp_path / "runs"], "another setting.*inputs")
+    assert not (folder / "only_clean-seed2").exists()
+
+
+def test_an_older_results_file_is_split_not_lost(tmp_path, capsys, user_data):
+    """A folder written before per-seed files (one results.json for seeds 0 and 1 of one call, as runs/demo-n1000)
+    keeps both seeds when seed 2 runs into it."""
+    train_path, test_path, _ = user_data
+    data = ["--data", train_path, "--test", test_path, "--out", tmp_path / "runs", "--arms", "all_data"]
+    folder = tmp_path / "runs" / TINY
+    _run(capsys, TINY, *data, "--seeds", "0", "1")
+    old = json.loads((folder / "results.json").read_text())
+    for path in folder.glob("results-seed*.json"):
+        path.unlink()
+    for key in ("seeds", "inputs", "modified"):  # entries the older layout did not have
+        del old[key]
+    (folder / "results.json").write_text(json.dumps(old))
+    _run(capsys, TINY, *data, "--seeds", "2")
+    merged = json.loads((folder / "results.json").read_text())
+    assert [a["seed"] for a in merged["arms"]] == [0, 1, 2]
+    assert merged["arms"][:2] == old["arms"]
+    assert sorted(p.name for p in folder.glob("results-seed*.json")) == [f"results-seed{k}.json" for k in range(3)]
+
+
+def _samples_npz_is_read_by_eval(folder, test_path, capsys):
+    """The samples' .npz: uint8 [N, H, W, C], the float samples to the nearest level, read by `ambient-fast eval`."""
+    from safetensors.torch import load_file
+
+    from ambient_fast.experiments.mixed_dataset import load_images
+
+    with np.load(folder / "samples_all_data-seed0.npz") as archive:
+        assert archive["images"].dtype == np.uint8 and archive["images"].shape == (16, 8, 8, 3)
+    exact = load_file(str(folder / "samples_all_data-seed0.safetensors"))["samples"].double()
+    read = load_images(folder / "samples_all_data-seed0.npz").double()
+    assert read.shape == exact.shape
+    assert (read - exact.clamp(-1, 1)).abs().max() <= 0.5 / 127.5 + 1e-6, "the nearest of 256 levels"
+    capsys.readouterr()
+    assert cli.main(["eval", "--generated", str(folder / "samples_all_data-seed0.npz"), "--test", str(test_path),
+                     "--bootstrap", "0"]) == 0
+    assert "fd_pixels=" in capsys.readouterr().out
