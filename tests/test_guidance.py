@@ -35,7 +35,8 @@ def prompts(batch=3, seed=0):
 
 def null_of(labels, condition):
     """The null condition written out: zero label vectors, no real caption token."""
-    return (torch.zeros(labels.shape[0], LABELS), {**condition, "caption_mask": torch.zeros_like(condition["caption_mask"])})
+    empty = torch.zeros_like(condition["caption_mask"])
+    return torch.zeros(labels.shape[0], LABELS), {**condition, "caption_mask": empty}
 
 
 def mixed(f, x, level, labels, condition, w):
@@ -71,7 +72,8 @@ def test_the_dit_at_the_null_caption_ignores_the_caption_values():
     with torch.no_grad():
         without = f(x, level, labels)
         empty = f(x, level, labels, **null)
-        other = f(x, level, labels, caption=torch.randn_like(condition["caption"]) * 5, caption_mask=null["caption_mask"])
+        other = f(x, level, labels, caption=torch.randn_like(condition["caption"]) * 5,
+                  caption_mask=null["caption_mask"])
         given = f(x, level, labels, **condition)
     assert torch.equal(empty, without) and torch.equal(other, without)
     assert (given - without).abs().max() > 1e-3  # the caption reaches the output

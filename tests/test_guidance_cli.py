@@ -54,7 +54,8 @@ def test_guided_generation_feeds_the_captions_and_their_null_in_one_batch(runs, 
         return forward(self, x_in, c_noise, class_labels, **kwargs)
 
     monkeypatch.setattr(DiT, "forward", recording)
-    monkeypatch.setattr(sampling, "classifier_free", lambda m, **k: guidances.append(k["guidance"]) or classifier_free(m, **k))
+    monkeypatch.setattr(sampling, "classifier_free",
+                        lambda m, **k: guidances.append(k["guidance"]) or classifier_free(m, **k))
     threads = torch.get_num_threads()
     try:
         assert generate(runs / "dropout", "--captions", runs / "prompts.npz", "--guidance", 2.5, "--class-label", 1,

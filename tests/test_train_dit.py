@@ -229,7 +229,8 @@ def test_the_step_with_dropped_conditions_is_one_graph_with_eager_gradients(obje
     x_t, x_tn, sigma_t, sigma_tn, keep = case(seed=3)
     net = dit(label_dim=3, caption_dim=5)
     generator = torch.Generator().manual_seed(4)
-    condition = {"caption": torch.randn(4, 3, 5, generator=generator), "caption_mask": torch.ones(4, 3, dtype=torch.bool)}
+    condition = {"caption": torch.randn(4, 3, 5, generator=generator),
+                 "caption_mask": torch.ones(4, 3, dtype=torch.bool)}
     labels, condition = drop_conditions(torch.tensor([0, 1, 2, 1]), condition, torch.tensor([True, False, False, True]),
                                         label_dim=3)
     step = (FlowTrainingStep(Velocity(net, label_dim=3), precision="fp32", autocast_dtypes=AUTOCAST)

@@ -21,7 +21,8 @@ def drop_conditions(labels: torch.Tensor | None, condition: dict, drop: torch.Te
     if labels is not None and label_dim:
         # one-hot by scatter, not F.one_hot, which reads the labels' min and max on the host to check them (a CPU
         # step's host read; scatter checks the indices inside its kernel)
-        one_hot = (torch.zeros(labels.shape[0], label_dim, device=labels.device).scatter(1, labels.long().view(-1, 1), 1.0)
+        index = labels.long().view(-1, 1)
+        one_hot = (torch.zeros(labels.shape[0], label_dim, device=labels.device).scatter(1, index, 1.0)
                    if labels.dim() == 1 else labels.to(torch.float32))
         labels = one_hot * keep.view(-1, 1)
     if condition.get("caption") is not None:
