@@ -158,9 +158,8 @@ def test_cifar_experiments_look_at_the_data_without_inception_weights(tmp_path, 
 def test_missing_weights_skip_the_metric_with_a_note(tmp_path, user_data, capsys, no_weights, tiny, monkeypatch):
     """Defect: an experiment whose metrics include FID stopped when the Inception weights were absent."""
     train_path, test_path, _ = user_data
-    monkeypatch.setitem(configs.EXPERIMENTS, TINY, replace(tiny, metrics=("fid", *tiny.metrics)))
-    out = _run(capsys, TINY, "--data", train_path, "--test", test_path, "--out", tmp_path / "runs", "--arms",
-               "all_data")
+    monkeypatch.setitem(configs.EXPERIMENTS, TINY, replace(tiny, metrics=("fid", *tiny.metrics), arms=tiny.arms[1:]))
+    out = _run(capsys, TINY, "--data", train_path, "--test", test_path, "--out", tmp_path / "runs")
     notes = [line for line in out.splitlines() if line.startswith("NOTE: fid skipped")]
     assert len(notes) == 1 and "AMBIENT_FAST_INCEPTION_WEIGHTS" in notes[0]
     summary = json.loads((tmp_path / "runs" / TINY / "results.json").read_text())
@@ -179,16 +178,17 @@ def test_each_seed_is_kept_when_another_runs_into_the_folder(tmp_path, user_data
     folder = tmp_path / "runs" / TINY
     _run(capsys, TINY, *data, "--seeds", "0")
     seed0 = json.loads((folder / "results.json").read_text())["arms"]
-    _run(capsys, TINY, *data, "--seeds", "1", "--arms", "all_data")
+    _run(capsys, TINY, *data, "--seeds", "1")
     merged = json.loads((folder / "results.json").read_text())
-    assert [(a["arm"], a["seed"]) for a in merged["arms"]] == [("only_clean", 0), ("all_data", 0), ("all_data", 1)]
+    assert [(a["arm"], a["seed"]) for a in merged["arms"]] == [("only_clean", 0), ("all_data", 0), ("only_clean", 1),
+                                                               ("all_data", 1)]
     assert merged["arms"][:2] == seed0 and merged["seeds"] == [0, 1]
-    assert [a["seed"] for a in json.loads((folder / "results-seed1.json").read_text())["arms"]] == [1]
+    assert [a["seed"] for a in json.loads((folder / "results-seed1.json").read_text())["arms"]] == [1, 1]
     # A rerun of one arm of seed 0 keeps that seed's other arm.
     _run(capsys, TINY, *data, "--seeds", "0", "--arms", "all_data")
     assert [a["arm"] for a in json.loads((folder / "results-seed0.json").read_text())["arms"]] == ["only_clean",
                                                                                                   "all_data"]
-    assert len(json.loads((folder / "results.json").read_text())["arms"]) == 3
+    assert len(json.loads((folder / "results.json").read_text())["arms"]) == 4
     # experiment-report rescores every seed of the merged file and writes the new metrics into the seed files.
     assert cli.main(["experiment-report", str(folder), "--bootstrap", "3"]) == 0
     rescored = json.loads((folder / "results-seed1.json").read_text())["arms"][0]["metrics"]["test"]
@@ -200,24 +200,38 @@ def test_each_seed_is_kept_when_another_runs_into_the_folder(tmp_path, user_data
     assert not (folder / "only_clean-seed2").exists()
 
 
-def test_an_older_results_file_is_split_not_lost(tmp_path, capsys, user_data):
-    """A folder written before per-seed files (one results.json for seeds 0 and 1 of one call, as runs/demo-n1000)
-    keeps both seeds when seed 2 runs into it."""
-    train_path, test_path, _ = user_data
-    data = ["--data", train_path, "--test", test_path, "--out", tmp_path / "runs", "--arms", "all_data"]
-    folder = tmp_path / "runs" / TINY
-    _run(capsys, TINY, *data, "--seeds", "0", "1")
-    old = json.loads((folder / "results.json").read_text())
-    for path in folder.glob("results-seed*.json"):
-        path.unlink()
-    for key in ("seeds", "inputs", "modified"):  # entries the older layout did not have
-        del old[key]
-    (folder / "results.json").write_text(json.dumps(old))
-    _run(capsys, TINY, *data, "--seeds", "2")
-    merged = json.loads((folder / "results.json").read_text())
-    assert [a["seed"] for a in merged["arms"]] == [0, 1, 2]
-    assert merged["arms"][:2] == old["arms"]
-    assert sorted(p.name for p in folder.glob("results-seed*.json")) == [f"results-seed{k}.json" for k in range(3)]
+def _legacy_summary(seeds, *, clean_fraction=0.1) -> dict:
+    """A results.json of the older layout (one file for the seeds of one call, as runs/demo-n1000 holds)."""
+    data = {"source": "embedded", "resolution_px": 16, "clean_fraction": clean_fraction, "corruption": "gaussian_blur"}
+    arms = [{"arm": arm, "seed": seed, "metrics": {"test": {"fd_pixels": 10.0 * seed + index}},
+             "seconds": {"train": 1.0, "sample": 0.5}} for seed in seeds for index, arm in enumerate(("a", "b"))]
+    return {"experiment": TINY, "seconds": 9.0, "data": data, "arms": arms, "crops_annotations": {},
+            "annotations": {str(seed): {"median": 0.1 * seed} for seed in seeds}, "paper_fid": {},
+            "selection": {"b": [{"sigma": 0.1, "seed": seeds[0]}]}}
+
+
+def test_an_older_results_file_is_split_not_lost(tmp_path):
+    """Seed 2 run into a folder whose results.json holds seeds 0 and 1 of one call keeps both; a setting that
+    differs from the folder's is refused."""
+    from ambient_fast.errors import UserError
+    from ambient_fast.experiments import seed_results
+
+    old = _legacy_summary([0, 1])
+    (tmp_path / "results.json").write_text(json.dumps(old))
+    new = {**_legacy_summary([2]), "inputs": {}, "modified": {"arms": ["b"]}}
+    seed_results.check_same_setting(tmp_path, new)  # which arms ran may differ
+    merged = seed_results.write(tmp_path, new, arm_order=["a", "b"])
+    assert merged["arms"] == old["arms"] + new["arms"] and merged["seeds"] == [0, 1, 2]
+    assert merged["annotations"] == {"0": {"median": 0.0}, "1": {"median": 0.1}, "2": {"median": 0.2}}
+    assert merged["seconds"] == 3 * 2 * 1.5 and merged["selection"] == old["selection"], "the earliest call's"
+    assert json.loads((tmp_path / "results.json").read_text()) == merged
+    for seed in (0, 1, 2):
+        part = json.loads((tmp_path / f"results-seed{seed}.json").read_text())
+        assert part["seed"] == seed and [a["seed"] for a in part["arms"]] == [seed, seed]
+    with pytest.raises(UserError, match="another setting.*data.clean_fraction"):
+        seed_results.check_same_setting(tmp_path, _legacy_summary([3], clean_fraction=0.2))
+    with pytest.raises(UserError, match="another setting.*changes"):  # recorded by the new files: compared
+        seed_results.check_same_setting(tmp_path, {**new, "modified": {"train_overrides": [["total_steps", 5]]}})
 
 
 def _samples_npz_is_read_by_eval(folder, test_path, capsys):

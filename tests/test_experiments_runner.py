@@ -248,19 +248,21 @@ def test_tiny_out_of_distribution_experiment_end_to_end(tmp_path):
     assert "crops classifier over the extra images" in report and "crops vs all_data" in report
 
 
-def test_missing_fid_weights_fail_before_any_training(tmp_path, monkeypatch):
+def test_missing_fid_weights_fail_before_any_training_when_required(tmp_path, monkeypatch):
+    """FID required (CLI --metrics fid) without weights; configured only, it is skipped with a note
+    (test_experiments_cli.py)."""
     import dataclasses
 
+    from ambient_fast.errors import UserError
     from ambient_fast.experiments.controlled import run_experiment
-    from ambient_fast.metrics import WeightsNotFoundError
     from ambient_fast.metrics import features as features_module
 
     monkeypatch.delenv(features_module.INCEPTION_ENV, raising=False)
     monkeypatch.setattr(features_module, "_CLEAN_FID_CACHE", tmp_path / "absent.pt")
     monkeypatch.setattr(features_module, "_TORCH_FIDELITY_CACHE", tmp_path / "absent.pth")
     with_fid = dataclasses.replace(configs.experiment("demo-cpu-blur1.0"), metrics=("fid", "fd_pixels"))
-    with pytest.raises(WeightsNotFoundError, match="Inception"):
-        run_experiment(with_fid, out_dir=tmp_path / "run", device="cpu", log=lambda *_: None)
+    with pytest.raises(UserError, match="Inception"):
+        run_experiment(with_fid, out_dir=tmp_path / "run", device="cpu", log=lambda *_: None, require_metrics=("fid",))
     assert not any((tmp_path / "run").glob("*-seed*")), "nothing was trained"
 
 
