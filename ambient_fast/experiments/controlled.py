@@ -350,7 +350,8 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
     log(f"[{experiment.name}] data: " + (f"your images {inputs['train']} ({train_images.shape[-1]} px), test "
                                          f"{inputs['test']}" if inputs else
                                          f"embedded crops of scikit-image's photographs ({train_images.shape[-1]} px)")
-        + "".join(f"; {key} = {value}" for key, value in overrides.changes(experiment).items()))
+        + "".join(f"; {key} = {value}" for key, value in overrides.changes(experiment).items()
+                  if value is not None))  # None: the data's own (resolution, counts of the user's files)
     other = "extra" if mixed.corruption is None else "corrupted"
     description = ("out-of-distribution, classes " + str(list(experiment.data.extra_classes)) if mixed.corruption is None
                    else f"{mixed.corruption.name} {mixed.corruption.parameters()}")
