@@ -135,11 +135,14 @@ REFUSALS = [
     ([TINY, "--set", "batch_size=0"], "batch_size"),
     ([TINY, "--steps", "0"], "--steps"),
     (["cifar10-blur1.0", "--arms", "only_clean"], "reads your data"),
+    pytest.param(["cifar10-blur1.0", "--data", "{train}", "--test", "{test}", "--resolution", "8"], "--device cpu",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="refused only without CUDA")),
     (["per-source", "--data", "{train}"], "per-source takes only"),
 ]
 
 
-@pytest.mark.parametrize("argv, match", REFUSALS, ids=[" ".join(a[1:3]) + f" {m}" for a, m in REFUSALS])
+@pytest.mark.parametrize("argv, match", REFUSALS, ids=[" ".join(a[1:3]) + f" {m}" for a, m in
+                                                       (getattr(r, "values", r) for r in REFUSALS)])
 def test_options_an_experiment_cannot_use_are_refused(tmp_path, user_data, capsys, argv, match):
     train_path, test_path, _ = user_data
     argv = [a.format(train=train_path, test=test_path) for a in argv]

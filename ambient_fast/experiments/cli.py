@@ -146,6 +146,12 @@ def run_experiment_command(args) -> int:
         experiments = table(args.table) if args.table else (experiment(args.name),)
     # Every option onto each experiment, all checked before any of them runs (experiments/overrides.py).
     experiments = [from_arguments(item, args) for item in experiments]
+    if args.device is None and any(item.device.startswith("cuda") for item in experiments):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"experiment {experiments[0].name} runs on CUDA by default and this machine has none: "
+                            "pass --device cpu (with --preset tiny-cpu for a CPU-sized network)")
     check_writable(args.out, "--out", folder=True)
     seeds = tuple(args.seeds) if args.seeds else None
     required = tuple(name for name in args.metrics or () if name in WEIGHT_METRICS)

@@ -29,7 +29,7 @@ def _corruption(experiment: Experiment, name: str | None, parameters: dict) -> d
     base = {} if name else experiment.data.corruption_kwargs()
     name = name or experiment.data.corruption
     merged = {**base, **parameters}
-    if merged.get("angle_deg", 0) is not None and name == "motion_blur" and merged.get("angle_deg", 0) < 0:
+    if name == "motion_blur" and (parameters.get("angle_deg") or 0) < 0:
         merged["angle_deg"] = None  # as `ambient-fast corrupt`: a negative angle asks for one drawn per sample
     with user_input(f"--corruption {name} --param", ValueError, TypeError):
         make_corruption(name, **merged)
