@@ -192,3 +192,33 @@ def test_a_trainer_step_between_log_intervals_reads_nothing(monkeypatch, tmp_pat
     config = tiny_config(total_steps=8, log_every=4, checkpoint_every=6, snapshot_every=0)
     result = train(config, run_dir=tmp_path, dataset=TensorDataset(smooth_images(16)), log=lambda *_: None)
     assert stepped == list(range(8)) and flushed == [0, 4, 5, 7] and len(result["losses"]) == 8
+
+
+@pytest.mark.parametrize("arch", ["unet", "edm2", "dit"])
+def test_class_conditional_networks_read_no_label_on_the_host(arch):
+    """Integer class labels become one-hot vectors inside the graph: F.one_hot reads the labels' min and max on the
+    host (on a CPU) to check them, a sync per step of every class-conditional run."""
+    from ambient_fast.networks.labels import label_vectors
+
+    torch.manual_seed(0)
+    labels = torch.randint(0, 5, (4,))
+    if arch == "unet":
+        from ambient_fast.networks.unet import UNet
+        network = UNet(3, 8, model_channels=8, channel_mult=(1,), num_blocks=1, label_dim=5)
+    elif arch == "edm2":
+        from ambient_fast.networks.edm2 import EDM2UNet
+        network = EDM2UNet(3, 8, model_channels=8, channel_mult=(1,), num_blocks=1, attn_resolutions=(), label_dim=5)
+    else:
+        from ambient_fast.networks.dit import DiT
+        network = DiT(3, 8, size="dit-tiny", label_dim=5)
+    with torch.no_grad():  # no zero-initialised layer: the labels reach the output
+        for parameter in network.parameters():
+            parameter.normal_(0, 0.2)
+    network.eval()  # EDM2 re-normalises its weights in place on each training-mode forward
+    x, c_noise = torch.randn(4, 3, 8, 8), torch.randn(4)
+    with no_host_reads():
+        out = network(x, c_noise, labels)
+    # the integer labels give exactly what their one-hot vectors give
+    torch.testing.assert_close(out, network(x, c_noise, label_vectors(labels, 5, dtype=torch.float32)), rtol=0, atol=0)
+    assert torch.equal(label_vectors(labels, 5, dtype=torch.float64),
+                       torch.nn.functional.one_hot(labels, 5).double())

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .labels import label_vectors
 from .dit_block import NORM_EPS, DiTBlock, FinalLayer
 from .dit_caption import CaptionEncoder
 from .dit_ffn import ExpertChoiceMoE, SwiGLU
@@ -110,8 +111,7 @@ class DiT(nn.Module):
         if self.label_embed is not None:
             if class_labels is None:
                 raise ValueError(f"this network is class-conditional (label_dim={self.label_dim}): pass class_labels")
-            one_hot = F.one_hot(class_labels.long(), self.label_dim) if class_labels.dim() == 1 else class_labels
-            c = c + self.label_embed(one_hot.to(c.dtype))
+            c = c + self.label_embed(label_vectors(class_labels, self.label_dim, dtype=c.dtype))
         return c
 
     def forward(self, x_in: torch.Tensor, c_noise: torch.Tensor, class_labels: torch.Tensor | None = None, *,

@@ -22,6 +22,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .labels import label_vectors
+
 SILU_RMS = 0.596  # sqrt(E[silu(z)^2]), z ~ N(0, 1)
 
 
@@ -185,7 +187,7 @@ class EDM2UNet(nn.Module):
         if self.emb_label is not None:
             if class_labels is None:
                 raise ValueError(f"this network is class-conditional (label_dim={self.label_dim}): pass class_labels")
-            one_hot = F.one_hot(class_labels.long(), self.label_dim).to(emb.dtype) if class_labels.dim() == 1 else class_labels.to(emb.dtype)
+            one_hot = label_vectors(class_labels, self.label_dim, dtype=emb.dtype)
             emb = mp_sum(emb, self.emb_label(one_hot * math.sqrt(self.label_dim)), t=self.label_balance)
         emb = mp_silu(emb)
         x = torch.cat([x_in, torch.ones_like(x_in[:, :1])], dim=1)

@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .labels import label_vectors
+
 
 def _group_norm(channels: int) -> nn.GroupNorm:
     # 32 groups as in EDM, fewer for the narrow CPU networks (groups must divide the channel count).
@@ -55,17 +57,8 @@ class NoiseEmbedding(nn.Module):
         if self.label is not None:
             if class_labels is None:
                 raise ValueError(f"this network is class-conditional (label_dim={self.label_dim}): pass class_labels")
-            emb = emb + self.label(_one_hot(class_labels, self.label_dim).to(emb.dtype))
+            emb = emb + self.label(label_vectors(class_labels, self.label_dim, dtype=emb.dtype))
         return self.mlp(F.silu(emb))
-
-
-def _one_hot(class_labels: torch.Tensor, label_dim: int) -> torch.Tensor:
-    """Accept integer labels [B] or already one-hot / soft labels [B, label_dim]."""
-    if class_labels.dim() == 1 and not class_labels.is_floating_point():
-        return F.one_hot(class_labels.long(), label_dim)
-    if class_labels.dim() == 2 and class_labels.shape[1] == label_dim:
-        return class_labels
-    raise ValueError(f"class_labels must be int [B] or float [B, {label_dim}], got shape {tuple(class_labels.shape)}")
 
 
 class ResBlock(nn.Module):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from ..networks.labels import label_vectors
+
 
 def drop_conditions(labels: torch.Tensor | None, condition: dict, drop: torch.Tensor, *, label_dim: int):
     """(labels, condition) with the samples where drop [B] (bool) is True set to the null condition: labels as float
@@ -19,11 +21,7 @@ def drop_conditions(labels: torch.Tensor | None, condition: dict, drop: torch.Te
     caption without a real token contributes nothing whatever they are."""
     keep = ~drop
     if labels is not None and label_dim:
-        # one-hot by scatter, not F.one_hot, which reads the labels' min and max on the host to check them (a CPU
-        # step's host read; scatter checks the indices inside its kernel)
-        index = labels.long().view(-1, 1)
-        one_hot = (torch.zeros(labels.shape[0], label_dim, device=labels.device).scatter(1, index, 1.0)
-                   if labels.dim() == 1 else labels.to(torch.float32))
+        one_hot = label_vectors(labels, label_dim, dtype=torch.float32)  # no host read (networks/labels.py)
         labels = one_hot * keep.view(-1, 1)
     if condition.get("caption") is not None:
         caption = condition["caption"]
