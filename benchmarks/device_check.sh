@@ -37,9 +37,9 @@ timeout 200 "$PYTHON" -m pytest tests/test_gpu.py tests/test_sample_noise.py tes
   tests/test_no_host_sync.py tests/test_flow_loss.py tests/test_networks_dit.py tests/test_train_flow.py tests/test_train_dit.py -q -p no:cacheprovider 2>&1 | tee "$LOGS/gpu_tests.log" | tail -25
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
-# The op benchmarks (loss, noising, copy bandwidth) first, so the table exists whatever happens later.
+# The op benchmarks (loss, noising, flow loss, copy bandwidth) first, so the table exists whatever happens later.
 # benchmarks/test_bench_annotate.py trains a classifier (minutes): not part of this check.
-OP_BENCHMARKS="benchmarks/test_bench_ambient_loss.py benchmarks/test_bench_noising.py"
+OP_BENCHMARKS="benchmarks/test_bench_ambient_loss.py benchmarks/test_bench_noising.py benchmarks/test_bench_flow_loss.py"
 stage "benchmarks: eager and ambient_fast"
 export AMBIENT_FAST_BENCH_RESULTS="$LOGS/results.jsonl"
 rm -f "$AMBIENT_FAST_BENCH_RESULTS"

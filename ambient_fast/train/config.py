@@ -240,8 +240,10 @@ PRESETS: dict[str, dict] = {
     # MicroDiT_XL_2 (1.17B) with the first phase of the MicroDiffusion recipe that Ambient-o follows (Appendix F.3:
     # lr 2.4e-4, batch 2048; the release's configs/res_256_pretrain.yaml: 250k steps, 2500 warm-up steps, bf16,
     # ln sigma ~ N(-0.6, 1.2^2) for sigma_data 0.9, shifted by ln(0.5 / 0.9) for latents standardised to 0.5).
-    # NOT yet the full recipe: captions, 75% patch masking, AdamW (weight decay 0.1), cosine decay and gradient
-    # clipping 0.25 are not in the trainer; this trains the same network class-conditionally / unconditionally.
+    # Caption embeddings (a shard set made with --captions), patch masking (--set network.mask_ratio=0.75) and
+    # condition dropout for classifier-free guidance (--set network.condition_dropout=...) are in the trainer and
+    # off here, their values being the user's choice; NOT in the trainer: AdamW (weight decay 0.1), cosine decay and
+    # gradient clipping 0.25.
     "microdit-1.1b": dict(
         network=dict(arch="dit", dit_size="microdit-1.1b"),
         batch_size=2048, total_steps=250_000, ref_lr=2.4e-4, lr_decay_steps=0, lr_rampup_steps=2500,
