@@ -118,9 +118,25 @@ def test_options_map_onto_the_experiment(tiny):
     assert modify(tiny) is tiny and changes(tiny) == {}
 
 
+def test_the_second_embedded_dataset_is_an_option(tiny):
+    """--embedded textures: the crops come from the three grayscale textures (equal channels), not the photographs."""
+    from ambient_fast.experiments.experiment_data import load_data
+    from ambient_fast.experiments.overrides import changes, modify
+
+    textures = modify(tiny, embedded="textures")
+    assert textures.data.embedded == "textures" and changes(textures) == {"data.embedded": "textures"}
+    train, test, _, _ = load_data(textures)
+    photographs, _, _, _ = load_data(tiny)
+    assert train.shape == photographs.shape == (48, 3, 16, 16) and test.shape == (24, 3, 16, 16)
+    assert torch.equal(train[:, 0], train[:, 2]) and torch.equal(test[:, 1], test[:, 2]), "gray textures"
+    assert not torch.equal(photographs[:, 0], photographs[:, 2]), "the photographs are in colour"
+
+
 REFUSALS = [
     (["demo-cpu-ood", "--corruption", "jpeg"], "out-of-distribution"),
     (["demo-cpu-ood", "--param", "sigma_px=1"], "out-of-distribution"),
+    (["demo-cpu-ood", "--embedded", "textures"], "out-of-distribution"),
+    ([TINY, "--data", "{train}", "--test", "{test}", "--embedded", "textures"], "--embedded.*your data"),
     ([TINY, "--arms", "only_clean", "weighted"], "has no arm weighted"),
     ([TINY, "--metrics", "fid", "inception_score"], "no metric inception_score"),
     ([TINY, "--data", "{train}"], "both --data"),

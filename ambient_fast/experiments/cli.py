@@ -306,6 +306,9 @@ def register(subparsers) -> None:
     experiment.add_argument("--samples", type=int, help="generated samples per arm and seed for the metrics")
     experiment.add_argument("--train-count", type=int, help="embedded data: training crops")
     experiment.add_argument("--test-count", type=int, help="embedded data: test crops")
+    experiment.add_argument("--embedded", choices=("photographs", "textures"),
+                            help="embedded data: crop scikit-image's five colour photographs (the default) or its three "
+                                 "grayscale textures (brick, grass, gravel), a second dataset of another kind")
     experiment.add_argument("--out", default="runs/experiments", help="output folder")
     experiment.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the experiment's)")
     experiment.add_argument("--device", type=device_arg, help="cpu or cuda (default: the experiment's)")

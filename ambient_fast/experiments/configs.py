@@ -59,6 +59,7 @@ class DataSetting:
     extra_classes: tuple[int, ...] = ()
     train_count: int | None = None  # embedded only: crops in the training set
     test_count: int | None = None
+    embedded: str = "photographs"  # embedded only: which images the crops come from (embedded_data.EMBEDDED_SETS)
 
     def __post_init__(self) -> None:
         if set(self.target_classes) & set(self.extra_classes):
@@ -66,6 +67,8 @@ class DataSetting:
         if self.extra_classes and self.corruption is not None:
             raise ValueError("out-of-distribution experiments (extra_classes) keep clean_fraction of the target and drop "
                              f"the rest; set corruption=None (got {self.corruption!r})")
+        if self.embedded not in ("photographs", "textures"):  # embedded_data.EMBEDDED_SETS (not imported: no torch here)
+            raise ValueError(f"embedded must be 'photographs' or 'textures', got {self.embedded!r}")
 
     @property
     def out_of_distribution(self) -> bool:

@@ -349,7 +349,7 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
                                               "modified": overrides.changes(experiment)})
     log(f"[{experiment.name}] data: " + (f"your images {inputs['train']} ({train_images.shape[-1]} px), test "
                                          f"{inputs['test']}" if inputs else
-                                         f"embedded crops of scikit-image's photographs ({train_images.shape[-1]} px)")
+                                         f"embedded crops of scikit-image's {experiment.data.embedded} ({train_images.shape[-1]} px)")
         + "".join(f"; {key} = {value}" for key, value in overrides.changes(experiment).items()
                   if value is not None))  # None: the data's own (resolution, counts of the user's files)
     other = "extra" if mixed.corruption is None else "corrupted"

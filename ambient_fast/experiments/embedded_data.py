@@ -25,6 +25,7 @@ PHOTOGRAPHS = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle")
 # grass, gravel), used as 3-channel gray images. Stationary and rich in fine detail, unlike the photographs' mix
 # of smooth regions and edges.
 TEXTURES = ("brick", "grass", "gravel")
+EMBEDDED_SETS = {"photographs": PHOTOGRAPHS, "textures": TEXTURES}  # by name, for configs and the CLI
 SCIKIT_IMAGE_PIN = "scikit-image==0.26.0"
 
 

@@ -39,11 +39,12 @@ def load_data(experiment: Experiment, *, data_path=None, test_path=None
                         "test_path: give your data with experiments.overrides.modify(experiment, data=..., test=...) "
                         "(CLI: --data / --test do that)")
     if data.source == "embedded":
-        from .embedded_data import EmbeddedDataConfig, load_embedded_dataset
+        from .embedded_data import EMBEDDED_SETS, EmbeddedDataConfig, load_embedded_dataset
 
         loaded = load_embedded_dataset(EmbeddedDataConfig(resolution_px=data.resolution_px,
                                                           train_count=data.train_count or 4000,
-                                                          test_count=data.test_count or 1000))
+                                                          test_count=data.test_count or 1000,
+                                                          photographs=EMBEDDED_SETS[data.embedded]))
         return loaded.train, loaded.test, loaded.train_labels, loaded.test_labels
     if data_path is None or test_path is None:
         raise UserError(f"experiment {experiment.name!r} reads your data: pass data_path (the clean training set, "

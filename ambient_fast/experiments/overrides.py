@@ -69,11 +69,12 @@ def modify(experiment: Experiment, *, data: str | Path | None = None, test: str 
            corruption: str | None = None, parameters: dict | None = None, clean_fraction: float | None = None,
            resolution_px: int | None = None, preset: str | None = None, settings: dict | None = None,
            steps: int | None = None, samples: int | None = None, arms: list[str] | None = None,
-           metrics: list[str] | None = None, train_count: int | None = None, test_count: int | None = None
-           ) -> Experiment:
+           metrics: list[str] | None = None, train_count: int | None = None, test_count: int | None = None,
+           embedded: str | None = None) -> Experiment:
     """The experiment with these changes (None / empty: unchanged). data / test: the user's clean training and
     held-out images (EDM2 folder / zip / .npz); given to an embedded experiment they replace its crops, at their own
-    resolution (resolution_px, when given, must match them)."""
+    resolution (resolution_px, when given, must match them). embedded: which embedded images the crops come from
+    ("photographs" or "textures", embedded_data.EMBEDDED_SETS)."""
     data_setting = {}
     user_data = experiment.data.source == "path" or data is not None or test is not None
     if (data is None) != (test is None):
@@ -100,6 +101,14 @@ def modify(experiment: Experiment, *, data: str | Path | None = None, test: str 
         if value < 1:
             raise UserError(f"{option} must be >= 1, got {value}")
         data_setting[field] = value
+    if embedded is not None:
+        if user_data:
+            raise UserError(f"--embedded: experiment {experiment.name!r} runs on your data (--data / --test), not on "
+                            "embedded crops")
+        if experiment.data.out_of_distribution:  # its classes index the photographs
+            raise UserError(f"--embedded: experiment {experiment.name!r} is out-of-distribution, its classes are "
+                            "photographs; choose a corruption experiment")
+        data_setting["embedded"] = embedded
     if clean_fraction is not None:
         if not 0 < clean_fraction < 1:
             raise UserError(f"--clean-fraction must lie in (0, 1) (some clean and some other images), got "
@@ -183,4 +192,4 @@ def from_arguments(experiment: Experiment, args) -> Experiment:
     return modify(experiment, data=args.data, test=args.test, corruption=args.corruption, parameters=parameters,
                   clean_fraction=args.clean_fraction, resolution_px=args.resolution, preset=args.preset,
                   settings=settings, steps=args.steps, samples=args.samples, arms=args.arms, metrics=args.metrics,
-                  train_count=args.train_count, test_count=args.test_count)
+                  train_count=args.train_count, test_count=args.test_count, embedded=args.embedded)
