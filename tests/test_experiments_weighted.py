@@ -18,7 +18,7 @@ def test_weighted_arm_trains_with_the_acceptance_table(tmp_path):
 
     demo = configs.experiment("demo-cpu-blur1.0")
     tiny = dataclasses.replace(
-        demo, arms=(configs.Arm("classifier"), configs.Arm("weighted")),
+        demo, arms=(configs.Arm("classifier"), configs.Arm("weighted"), configs.Arm("weighted_floor")),
         data=dataclasses.replace(demo.data, train_count=48, test_count=16),
         train_overrides=(("total_steps", 2), ("network.model_channels", 8), ("checkpoint_every", 100),
                          ("snapshot_every", 0), ("log_every", 100)),
@@ -30,14 +30,24 @@ def test_weighted_arm_trains_with_the_acceptance_table(tmp_path):
     # the weighted arm reuses the classifier arm's classifiers (experiments/classifiers.py): trained once
     assert sum("classifier 1/" in line for line in lines) == tiny.classifier.steps  # fold 1 logs every step, once
     assert any("(cached)" in line for line in lines)
-    classifier, weighted = result.arms
+    classifier, weighted, floor = result.arms
     torch.testing.assert_close(weighted.sigma_min, classifier.sigma_min, rtol=0, atol=0)  # the same gate
     table = Annotations.load(tmp_path / "weighted-seed0" / "annotations.safetensors")
     mixed = prepare_data(tiny).mixed
     assert table.acceptance.table.shape == (48, WEIGHT_LEVELS)
     assert bool((table.acceptance.table[mixed.is_clean] == 1).all())
     assert Annotations.load(tmp_path / "classifier-seed0" / "annotations.safetensors").acceptance is None
-    assert set(result.selection) == {"classifier", "weighted"}
+    assert set(result.selection) == {"classifier", "weighted", "weighted_floor"}
+    # weighted_floor: the same acceptance table, and its own gate at the first level where a >= GATE_FLOOR
+    from ambient_fast.experiments.weighted import GATE_FLOOR
+
+    floor_table = Annotations.load(tmp_path / "weighted_floor-seed0" / "annotations.safetensors")
+    assert torch.equal(floor_table.acceptance.table, table.acceptance.table)
+    levels = table.acceptance.sigmas.tolist()
+    for row, clean in enumerate(mixed.is_clean.tolist()):
+        above = [s for s, a in zip(levels, table.acceptance.table[row].tolist()) if a >= GATE_FLOOR]
+        expected = 0.0 if clean else (above[0] if above else float("inf"))
+        assert float(floor_table.sigma_min[row]) == expected, row
     # the classifiers are cached under a key of the settings: the same settings reuse them (same table), others
     # retrain
     cache = tmp_path / "classifier-seed0.safetensors"

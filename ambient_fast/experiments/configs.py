@@ -12,12 +12,15 @@ Arms (Section 5, Appendix E, Table 7), all trained with the same network, steps 
   fixed_crops  out-of-distribution data at one given sigma_max for all (Table 2b's "Fixed sigma" rows)
   weighted     classifier's sigma_min as the gate, plus density-ratio acceptance a_i(s) = min(1, P / (1 - P)) of
                the corrupted samples (beyond the paper; docs/annotation.md "Density-ratio acceptance")
+  weighted_floor  the same acceptance without the classifier's gate: a corrupted sample is noisy data from the
+               first level where a_i(s) >= 0.05 (weighted.GATE_FLOOR, fixed a priori; `annotate weights --gate floor`)
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-ARM_KINDS = ("only_clean", "all_data", "fixed", "classifier", "crops", "fixed_crops", "weighted")
+ARM_KINDS = ("only_clean", "all_data", "fixed", "classifier", "crops", "fixed_crops", "weighted", "weighted_floor")
+WEIGHTED_KINDS = ("weighted", "weighted_floor")  # arms trained with density-ratio acceptance (experiments/weighted.py)
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,7 @@ class Experiment:
         kinds = {arm.kind for arm in self.arms}
         if len({arm.name for arm in self.arms}) != len(self.arms):
             raise ValueError(f"experiment {self.name!r}: arm names must be distinct; got {[a.name for a in self.arms]}")
-        if self.data.out_of_distribution and kinds & {"fixed", "classifier", "weighted"}:
+        if self.data.out_of_distribution and kinds & {"fixed", "classifier", *WEIGHTED_KINDS}:
             raise ValueError(f"experiment {self.name!r}: arms fixed / classifier / weighted annotate corrupted "
                              "samples, and an out-of-distribution experiment has none (its extra data is annotated by "
                              "crops arms)")
@@ -241,7 +244,9 @@ _add(replace(
     description="CPU demo: 16x16 crops of scikit-image's photographs, 1000 of them, 10% clean + 90% blurred "
                 "(sigma_B = 1.0 px)",
     data=replace(_REGIME.data, train_count=1000),
-    arms=(*CLASSIC_ARMS, Arm("weighted")),  # weighted: density-ratio acceptance at the a-priori clip c = 1
+    # weighted: density-ratio acceptance at the a-priori clip c = 1 behind the classifier's gate; weighted_floor: the
+    # same acceptance with its own gate a >= 0.05 (both fixed before any run of them)
+    arms=(*CLASSIC_ARMS, Arm("weighted"), Arm("weighted_floor")),
     classifier=replace(_REGIME.classifier, folds=5, translate_px=2),
     train_overrides=tuple({**dict(_REGIME.train_overrides), "total_steps": 3000, "checkpoint_every": 1500}.items()),
     paper=_paper(8.79, *_BLUR_PAPER[1.0]),

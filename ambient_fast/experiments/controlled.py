@@ -26,7 +26,7 @@ import torch
 from ..annotate.crop_size import CropMeasurement, CropTable
 from ..buffer import buffer_factor
 from . import overrides, seed_results
-from .configs import EXPERIMENTS, Arm, Experiment
+from .configs import EXPERIMENTS, WEIGHTED_KINDS, Arm, Experiment
 from .mixed_dataset import MixedDataset
 from .experiment_data import DATA_SEED, cpu_threads, prepare_data
 from .selection import selection_diagnostic
@@ -89,7 +89,7 @@ class ExperimentResult:
 
 
 def _needs_classifier(experiment: Experiment) -> bool:
-    return any(arm.kind in ("classifier", "weighted") or (arm.kind == "fixed" and arm.fixed_sigma is None)
+    return any(arm.kind in ("classifier", *WEIGHTED_KINDS) or (arm.kind == "fixed" and arm.fixed_sigma is None)
                for arm in experiment.arms)
 
 
@@ -204,10 +204,11 @@ def cached_annotation(path: Path, experiment: Experiment, *, seed: int, make) ->
 
 
 def arm_training_set(arm: Arm, mixed: MixedDataset, annotation: ClassifierAnnotation | None,
-                     crops: CropsAnnotation | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     crops: CropsAnnotation | None = None, acceptance=None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(images, sigma_min, sigma_max) the arm trains on; clean samples always have sigma_min = 0. In an
     out-of-distribution experiment the not-clean samples are the extra data: crops arms give them sigma_min = inf
-    (never noisy data) and sigma_max (usable below it, Section 3.2)."""
+    (never noisy data) and sigma_max (usable below it, Section 3.2). acceptance: weighted_floor's table, its gate."""
     count = mixed.images.shape[0]
     zeros = torch.zeros(count, dtype=torch.float64)
     if arm.kind == "only_clean":
@@ -230,6 +231,12 @@ def arm_training_set(arm: Arm, mixed: MixedDataset, annotation: ClassifierAnnota
         sigma_min[~mixed.is_clean] = arm.fixed_sigma if arm.fixed_sigma is not None else annotation.single
     elif arm.kind in ("classifier", "weighted"):  # weighted: the same gate, thinned by its acceptance table
         sigma_min[~mixed.is_clean] = annotation.sigma_min
+    elif arm.kind == "weighted_floor":
+        if acceptance is None:
+            raise ValueError("the weighted_floor arm needs its acceptance table (its gate)")
+        from .weighted import gate_from_weights
+
+        sigma_min = gate_from_weights(acceptance, mixed.is_clean)
     else:
         raise ValueError(f"unknown arm kind {arm.kind!r}")
     return mixed.images, sigma_min, zeros
@@ -388,14 +395,14 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
                 log(f"    sigma_max: mean {crops.sigma_max.mean():.3f}, nonzero for "
                     f"{100 * float((crops.sigma_max > 0).double().mean()):.1f}% of the extra images; {crops.seconds:.0f} s")
             run_dir = out_dir / f"{arm.name}-seed{seed}"
-            images, sigma_min, sigma_max = arm_training_set(arm, mixed, annotation, crops)
             acceptance = None
-            if arm.kind == "weighted":  # density-ratio acceptance from the same (cached) classifiers
+            if arm.kind in WEIGHTED_KINDS:  # density-ratio acceptance from the same (cached) classifiers
                 from .weighted import weighted_acceptance
 
                 acceptance = weighted_acceptance(mixed, experiment, seed=seed, device=device,
                                                  cache=out_dir / f"classifier-seed{seed}.safetensors", log=log)
-            if arm.kind in ("fixed", "classifier", "weighted") and arm.name not in selection:
+            images, sigma_min, sigma_max = arm_training_set(arm, mixed, annotation, crops, acceptance)
+            if arm.kind in ("fixed", "classifier", *WEIGHTED_KINDS) and arm.name not in selection:
                 selection[arm.name] = selection_diagnostic(train_images, mixed.images, mixed.is_clean, sigma_min,
                                                            acceptance=acceptance)
             seconds = {}

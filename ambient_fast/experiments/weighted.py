@@ -1,6 +1,7 @@
 """The `weighted` arm (beyond the paper): the classifier arm's per-sample sigma_min as the gate, and density-ratio
 acceptance a_i(s) = min(1, w_i(s) / c), w = P / (1 - P), for the corrupted samples (docs/annotation.md,
-"Density-ratio acceptance"). The cross-fitted classifiers are the classifier arm's (experiments/classifiers.py:
+"Density-ratio acceptance"). The `weighted_floor` arm: the same acceptance with its own gate (GATE_FLOOR) instead
+of the classifier's sigma_min, which admits samples the paper's threshold P >= tau rejects. The cross-fitted classifiers are the classifier arm's (experiments/classifiers.py:
 the experiment's ClassifierSetting and seed, cached beside the runs under a key of those settings), whose P_i(s)
 trajectories are needed here; the annotation keeps only sigma_min.
 """
@@ -15,6 +16,19 @@ from .classifiers import classifiers_for
 WEIGHT_LEVELS = 32  # levels of the acceptance grid (the classifier's range, log-spaced)
 WEIGHT_DRAWS = 4  # noise draws per level, shared across levels
 CLIP = 1.0  # envelope c: corrupted samples are never taken more often than clean ones
+# weighted_floor's gate: noisy data from the first level where a_i(s) >= 0.05 (eq. 3.2's rule on a instead of P;
+# `annotate weights --gate floor`'s default). Fixed a priori, not tuned on the arms' metrics.
+GATE_FLOOR = 0.05
+
+
+def gate_from_weights(acceptance, is_clean: torch.Tensor) -> torch.Tensor:
+    """sigma_min float64 [N] of weighted_floor: 0 for clean samples, the first grid level where a_i(s) >= GATE_FLOOR
+    for corrupted ones (inf where none is)."""
+    from ..annotate import density_ratio as dr
+
+    sigma_min = torch.zeros(is_clean.shape[0], dtype=torch.float64)
+    sigma_min[~is_clean] = dr.gate_from_acceptance(acceptance.table[~is_clean], acceptance.sigmas, floor=GATE_FLOOR)
+    return sigma_min
 
 
 def weighted_acceptance(mixed, experiment, *, seed: int, device, cache: Path, log=print, clip: float = CLIP):
