@@ -84,7 +84,7 @@ def metric_table(result: ExperimentResult) -> list[str]:
     for _, _, header, _ in columns(result.arms):
         lines.append(f"{header:<15}" + "".join(f"{cells[(arm, header)]:>{width}}" for arm in arms))
     baseline = statistics.fmean(r.metrics["memorization"]["copy_fraction_test"] for r in result.arms)
-    lines.append(f"([low, high]: 95% interval; " + ("bootstrap over the generated and reference samples" if len(seeds) == 1
+    lines.append("([low, high]: 95% interval; " + ("bootstrap over the generated and reference samples" if len(seeds) == 1
                  else f"mean over seeds {seeds}, bootstrap and seed spread combined") + "; KID x 1e3; pca: the "
                  f"test set's first principal components, whitened. copies: generated samples closer to a training "
                  f"image than 1/3 of the median test-to-train distance; {baseline:.3f} of held-out test images meet "
