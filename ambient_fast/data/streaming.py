@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from .caption_arrays import checked_captions, read_caption_arrays
 from .dataset import ArrayDataset, FileDataset
 
 FORMAT = "ambient_fast.shards/1"
@@ -72,28 +73,8 @@ def load_captions(path: str | Path, count: int) -> tuple[np.ndarray, np.ndarray]
     """Caption embeddings aligned with the dataset's sample ids: a .npy [N, T, D] (or [N, D], one token), or an .npz
     with `embedding` and optional `mask` ([N, T] bool; default every token valid). Returns (embedding, mask)."""
     path = Path(path)
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
-        raise UserError(f"--captions {path}: cannot read it as .npy or .npz ({error})") from error
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        if "embedding" not in loaded:
-            raise UserError(f"--captions {path}: an .npz needs an 'embedding' array (and optionally 'mask'); it has "
-                            f"{sorted(loaded.files)}")
-        embedding, mask = loaded["embedding"], loaded["mask"] if "mask" in loaded else None
-    else:
-        embedding, mask = loaded, None
-    if embedding.ndim == 2:
-        embedding = embedding[:, None, :]
-    if embedding.ndim != 3 or embedding.dtype.kind != "f" or embedding.shape[0] != count:
-        raise UserError(f"--captions {path}: expected float embeddings [{count}, T, D] (one row per sample, in sample "
-                        f"id order), got {embedding.dtype} {embedding.shape}")
-    if not np.isfinite(embedding).all():
-        raise UserError(f"--captions {path}: the embeddings hold NaN or inf values")
-    mask = np.ones(embedding.shape[:2], bool) if mask is None else np.asarray(mask)
-    if mask.shape != embedding.shape[:2] or mask.dtype != bool:
-        raise UserError(f"--captions {path}: 'mask' must be bool {embedding.shape[:2]}, got {mask.dtype} {mask.shape}")
-    return embedding, mask
+    embedding, mask = checked_captions(path, *read_caption_arrays(path), count=count)
+    return embedding.numpy(), mask.numpy()
 
 
 def write_shards(source: FileDataset, destination: str | Path, *, source_name: str | None = None,

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from ..data.caption_arrays import checked_captions, read_caption_arrays
 from ..errors import UserError
 
 
@@ -35,33 +35,8 @@ def load_prompt_captions(path: str | Path, *, caption_dim: int, num: int | None)
     return embedding[:rows].float(), mask[:rows]
 
 
-def _checked(path: Path, embedding: torch.Tensor, mask: torch.Tensor | None):
-    if embedding.dim() == 2:  # one token per caption (a pooled embedding)
-        embedding = embedding[:, None, :]
-    if embedding.dim() != 3 or not embedding.is_floating_point():
-        raise UserError(f"--captions {path}: expected float embeddings [N, T, D], got {embedding.dtype} "
-                        f"{list(embedding.shape)}")
-    if not torch.isfinite(embedding).all():
-        raise UserError(f"--captions {path}: the embeddings hold NaN or inf values")
-    mask = torch.ones(embedding.shape[:2], dtype=torch.bool) if mask is None else mask
-    if tuple(mask.shape) != tuple(embedding.shape[:2]) or mask.dtype != torch.bool:
-        raise UserError(f"--captions {path}: 'mask' must be bool {list(embedding.shape[:2])} (one per token), got "
-                        f"{mask.dtype} {list(mask.shape)}")
-    return embedding, mask
-
-
 def _from_numpy(path: Path):
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as error:
-        raise UserError(f"--captions {path}: cannot read it as .npy, .npz or .safetensors ({error})") from error
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        if "embedding" not in loaded:
-            raise UserError(f"--captions {path}: an .npz needs an 'embedding' array (and optionally 'mask'); it has "
-                            f"{sorted(loaded.files)}")
-        mask = torch.from_numpy(loaded["mask"]) if "mask" in loaded else None
-        return _checked(path, torch.from_numpy(loaded["embedding"]), mask)
-    return _checked(path, torch.from_numpy(loaded), None)
+    return checked_captions(path, *read_caption_arrays(path, formats=".npy, .npz or .safetensors"))
 
 
 def _from_safetensors(path: Path):
@@ -75,7 +50,7 @@ def _from_safetensors(path: Path):
     if "embedding" not in tensors:
         raise UserError(f"--captions {path}: needs an 'embedding' tensor (and optionally 'mask'); it has "
                         f"{sorted(tensors)}")
-    return _checked(path, tensors["embedding"], tensors.get("mask"))
+    return checked_captions(path, tensors["embedding"], tensors.get("mask"))
 
 
 def _from_shards(path: Path, num: int | None):
