@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch._dynamo
+from gpu_guards import no_sync_after_first_step
 from test_networks_dit import randomise
 from test_no_host_sync import no_host_reads
 
@@ -247,23 +248,7 @@ def test_on_cuda_the_compiled_class_conditional_step_with_condition_dropout_neve
     (torch.cuda.set_sync_debug_mode "error"), and the losses are finite."""
     from test_train import smooth_images
 
-    from ambient_fast import _backend
-
-    if _backend.triton_interpreted():
-        pytest.skip("TRITON_INTERPRET=1: run the GPU tests with TRITON_INTERPRET=0")
-    monkeypatch.setenv(_backend.BACKEND_ENV, "auto")
-    step_call = loop.Stepper.__call__
-
-    def guarded(self, step, batch):
-        if step == 0:
-            return step_call(self, step, batch)
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            step_call(self, step, batch)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-
-    monkeypatch.setattr(loop.Stepper, "__call__", guarded)
+    no_sync_after_first_step(monkeypatch)
     torch._dynamo.reset()
     config = preset("dit-tiny-cpu", objective="flow", compile=True, total_steps=4, batch_size=16, log_every=4,
                     checkpoint_every=4, snapshot_every=0, lr_rampup_steps=0, **{"network.condition_dropout": 0.5})

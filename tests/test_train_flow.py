@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch._dynamo
+from gpu_guards import no_sync_after_first_step
 from test_no_host_sync import no_host_reads
 from test_train import smooth_images, tiny_config
 from test_train_step import assert_one_graph_with_eager_gradients
@@ -206,24 +207,9 @@ def test_on_cuda_the_compiled_masked_flow_dit_step_never_synchronises(tmp_path, 
     """Skipped without CUDA. Objective flow, the DiT with 50% patch masking, Inductor (fullgraph): after the first
     (compiling) step, the steps between log steps make no synchronising call (torch.cuda.set_sync_debug_mode
     "error"), and the losses are finite."""
-    from ambient_fast import _backend
     from ambient_fast.train import preset
 
-    if _backend.triton_interpreted():
-        pytest.skip("TRITON_INTERPRET=1: run the GPU tests with TRITON_INTERPRET=0")
-    monkeypatch.setenv(_backend.BACKEND_ENV, "auto")
-    step_call = loop.Stepper.__call__
-
-    def guarded(self, step, batch):
-        if step == 0:
-            return step_call(self, step, batch)
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            step_call(self, step, batch)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-
-    monkeypatch.setattr(loop.Stepper, "__call__", guarded)
+    no_sync_after_first_step(monkeypatch)
     torch._dynamo.reset()
     config = preset("dit-tiny-cpu", objective="flow", compile=True, total_steps=4, batch_size=16, log_every=4,
                     checkpoint_every=4, snapshot_every=0, lr_rampup_steps=0, **{"network.mask_ratio": 0.5})
