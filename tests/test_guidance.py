@@ -93,38 +93,36 @@ def test_one_guided_call_is_the_float64_mix_of_two_calls(objective, w):
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
-def edm_reference(f, noise, labels, condition, w, steps):
-    """EDM Algorithm 1 (Heun, no churn) in float64 with the guided denoiser of two separate calls."""
-    sigmas = edm_sigmas(steps).tolist()
-    x = noise.double() * sigmas[0]
-
-    def d(x, s):
-        return mixed(f, x.float(), torch.full((x.shape[0],), s), labels, condition, w)
-
-    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
-        slope = (x - d(x, s)) / s
-        x_next = x + (s_next - s) * slope
-        if s_next > 0:
-            x_next = x + (s_next - s) * 0.5 * (slope + (x_next - d(x_next, s_next)) / s_next)
+def heun(x, grid, derivative):
+    """Heun's method in float64 down a decreasing grid ending at 0 (EDM Algorithm 1 without churn): an Euler step
+    to the next level, then the trapezoid correction with the derivative there, except on the last step to 0."""
+    for level, level_next in zip(grid[:-1], grid[1:]):
+        slope = derivative(x, level)
+        x_next = x + (level_next - level) * slope
+        if level_next > 0:
+            x_next = x + (level_next - level) * 0.5 * (slope + derivative(x_next, level_next))
         x = x_next
     return x
 
 
-def flow_reference(f, noise, labels, condition, w, steps):
-    """The rectified-flow Heun sampler in float64 with the guided velocity of two separate calls."""
-    times = flow_times(steps).tolist()
-    z = noise.double() * times[0]
+def edm_reference(f, noise, labels, condition, w, steps):
+    """EDM sampling in float64 with the guided denoiser of two separate calls: dx/dsigma = (x - D(x, sigma)) / sigma."""
+    sigmas = edm_sigmas(steps).tolist()
 
-    def v(z, t):
+    def slope(x, s):
+        return (x - mixed(f, x.float(), torch.full((x.shape[0],), s), labels, condition, w)) / s
+
+    return heun(noise.double() * sigmas[0], sigmas, slope)
+
+
+def flow_reference(f, noise, labels, condition, w, steps):
+    """Rectified-flow sampling in float64 with the guided velocity of two separate calls: dz/dt = v(z, t)."""
+    times = flow_times(steps).tolist()
+
+    def velocity(z, t):
         return mixed(f, z.float(), torch.full((z.shape[0],), t), labels, condition, w)
 
-    for t, t_next in zip(times[:-1], times[1:]):
-        slope = v(z, t)
-        z_next = z + (t_next - t) * slope
-        if t_next > 0:
-            z_next = z + (t_next - t) * 0.5 * (slope + v(z_next, t_next))
-        z = z_next
-    return z
+    return heun(noise.double() * times[0], times, velocity)
 
 
 def guided_sample(objective, f, noise, labels, condition, w, steps):
