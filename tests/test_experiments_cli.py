@@ -130,6 +130,12 @@ def test_the_second_embedded_dataset_is_an_option(tiny):
     assert train.shape == photographs.shape == (48, 3, 16, 16) and test.shape == (24, 3, 16, 16)
     assert torch.equal(train[:, 0], train[:, 2]) and torch.equal(test[:, 1], test[:, 2]), "gray textures"
     assert not torch.equal(photographs[:, 0], photographs[:, 2]), "the photographs are in colour"
+    # the caches' data key names the textures, and leaves the photographs' key as it was before the option existed
+    # (the demo's cached classifiers and annotations stay valid)
+    assert textures.data.cache_key()["embedded"] == "textures"
+    assert set(tiny.data.cache_key()) == {"source", "resolution_px", "clean_fraction", "corruption",
+                                          "corruption_parameters", "target_classes", "extra_classes", "train_count",
+                                          "test_count"}
 
 
 REFUSALS = [

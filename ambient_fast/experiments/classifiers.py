@@ -49,7 +49,7 @@ def classifiers_for(experiment, mixed, *, seed: int, device, cache: Path | None,
     None: trained, not cached)."""
     from ..annotate.crossfit import load_classifier_set, save_classifier_set
 
-    key = json.dumps({"data": asdict(experiment.data), "classifier": asdict(experiment.classifier), "seed": seed},
+    key = json.dumps({"data": experiment.data.cache_key(), "classifier": asdict(experiment.classifier), "seed": seed},
                      sort_keys=True)
     if cache is not None and cache.is_file():
         cached = load_classifier_set(cache, device=device)

@@ -17,7 +17,7 @@ Arms (Section 5, Appendix E, Table 7), all trained with the same network, steps 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 ARM_KINDS = ("only_clean", "all_data", "fixed", "classifier", "crops", "fixed_crops", "weighted", "weighted_floor")
 WEIGHTED_KINDS = ("weighted", "weighted_floor")  # arms trained with density-ratio acceptance (experiments/weighted.py)
@@ -79,6 +79,14 @@ class DataSetting:
 
     def corruption_kwargs(self) -> dict:
         return dict(self.corruption_parameters)
+
+    def cache_key(self) -> dict:
+        """The fields that identify the data for the classifier and annotation caches; `embedded` only when it is
+        not the photographs, so that caches made before the field existed stay valid."""
+        fields = asdict(self)
+        if fields["embedded"] == "photographs":
+            del fields["embedded"]
+        return fields
 
 
 @dataclass(frozen=True)

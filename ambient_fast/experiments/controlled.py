@@ -183,7 +183,7 @@ def cached_annotation(path: Path, experiment: Experiment, *, seed: int, make) ->
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    key = json.dumps({"data": dataclasses.asdict(experiment.data), "classifier": dataclasses.asdict(experiment.classifier),
+    key = json.dumps({"data": experiment.data.cache_key(), "classifier": dataclasses.asdict(experiment.classifier),
                       "seed": seed, "data_seed": DATA_SEED}, sort_keys=True)
     if path.is_file():
         with safe_open(str(path), framework="pt") as handle:
