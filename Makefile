@@ -14,7 +14,7 @@ export AMBIENT_FAST_CUDA
 STAMP := $(VENV)/.ambient_fast-installed
 NATIVE_SOURCES := $(wildcard csrc/* kernels/*) CMakeLists.txt setup.py pyproject.toml
 
-.PHONY: all install test test-fast bench demo demo-ood clean
+.PHONY: all install test test-fast bench demo demo-ood demo-ood-fullnorm clean
 
 all: test
 
@@ -45,6 +45,10 @@ demo: $(STAMP)
 # The out-of-distribution experiment (Table 2b) at CPU scale on the same embedded photographs.
 demo-ood: $(STAMP)
 	$(PYTHON) -m ambient_fast.demo --experiment demo-cpu-ood
+
+# The same with crop(sigma) measured under the full image's GroupNorm statistics (docs/results.md, issue 10 point 7).
+demo-ood-fullnorm: $(STAMP)
+	$(PYTHON) -m ambient_fast.demo --experiment demo-cpu-ood-fullnorm
 
 clean:
 	rm -rf build $(VENV) ambient_fast/_C*.so *.egg-info .benchmarks

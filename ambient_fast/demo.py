@@ -24,7 +24,7 @@ from .experiments.controlled import run_experiment
 from .experiments.report import format_report
 
 DEMO = "demo-cpu-blur1.0"
-DEMOS = ("demo-cpu-blur1.0", "demo-cpu-ood")
+DEMOS = ("demo-cpu-blur1.0", "demo-cpu-ood", "demo-cpu-ood-fullnorm")
 # The arms `make demo` trains unless --arms says otherwise (the ablations cost one training run each).
 DEFAULT_ARMS = {DEMO: ("only_clean", "all_data", "classifier")}
 
