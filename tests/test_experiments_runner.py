@@ -118,6 +118,15 @@ def test_conclusion_is_computed_from_the_numbers():
     assert "classifier better than only_clean" in report
 
 
+def test_one_arm_is_not_called_best():
+    """A call that ran one arm (e.g. `--arms weighted_floor` into a folder of the others) has nothing to compare: the
+    report says so and names the command that compares every arm of the folder, instead of calling the arm best."""
+    single = _fake_result({"classifier": 1.0})
+    text = "\n".join(conclusion(single) + comparison_lines(single))
+    assert "best arm" not in text and "better than" not in text
+    assert "one arm" in text and "experiment-report" in text
+
+
 def test_differences_inside_the_intervals_are_not_called():
     values = {"only_clean": 1.00, "all_data": 1.02, "fixed": 1.04, "classifier": 0.98}
     separated = _fake_result(values, spread=0.005)  # intervals +-0.5%: 2% apart separates

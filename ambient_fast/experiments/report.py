@@ -161,9 +161,15 @@ def spectrum_lines(result: ExperimentResult) -> list[str]:
     return lines
 
 
+ONE_ARM = ("one arm ran in this call: nothing to compare here; `ambient-fast experiment-report FOLDER` compares every "
+           "arm the folder holds")
+
+
 def comparison_lines(result: ExperimentResult) -> list[str]:
     """Per metric, the pairs of arms whose intervals separate ("A better than B"); the rest are not separated."""
     arms = [arm.name for arm in result.experiment.arms]
+    if len(arms) < 2:
+        return [ONE_ARM]
     lines = []
     for reference, metric, header, orientation in columns(result.arms):
         if orientation is None:
@@ -186,6 +192,8 @@ def conclusion(result: ExperimentResult) -> list[str]:
     """Which arm is best on each metric where its interval separates from every other arm's, and how each
     annotated arm compares with the two baselines, counting only separated differences."""
     arms = [arm.name for arm in result.experiment.arms]
+    if len(arms) < 2:
+        return [ONE_ARM]
     scored = [column for column in columns(result.arms) if column[3]]
     scores = {(arm, header): _scored(arm_interval(result.arms, arm, reference, metric), orientation)
               for arm in arms for reference, metric, header, orientation in scored}
