@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from .noisy_crops import noisy_crops
+from .norm_statistics import NORM_STATISTICS, HeldGroupNormStatistics
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # D(x_noisy [N, C, h, w], sigma [N]) -> [N, C, h, w]
 
@@ -120,17 +122,28 @@ class CropMeasurement:
 @torch.no_grad()
 def measure_crop_size(denoiser: Denoiser, images: torch.Tensor, *, sigmas: Sequence[float], patch: int = 2,
                       contexts: Sequence[int] | None = None, eps: float = PAPER_EPS, seed: int = 0,
-                      sample_ids: torch.Tensor | None = None) -> CropMeasurement:
+                      sample_ids: torch.Tensor | None = None, norm_statistics: str = "window"
+                      ) -> CropMeasurement:
     """crop(sigma) for each level from the denoising loss on a centre patch as the visible context grows.
 
     images [N, C, H, W] (square), contexts: sizes (default every size from patch to H in steps of 2, which keeps
     the window centred), eps: relative tolerance on the full-image loss (the paper's 1e-3 by default). The noise
     comes from the counter-based generator keyed by (sample id, level index), so a measurement is reproducible.
+
+    norm_statistics: "window" (default) normalises each window by its own GroupNorm statistics, as the network
+    does on any input; "full" by those of the full noisy image it was cut from (norm_statistics.py), so that only
+    what the convolutions see changes with the window. Per-image statistics make every output pixel depend on the
+    whole input, and crop(sigma) then scales with the image (docs/annotation.md). For a network without GroupNorm
+    both give the same losses; InstanceNorm, LayerNorm over space and BatchNorm with batch statistics are refused
+    under "full" (ValueError naming the module).
     """
     if images.dim() != 4 or images.shape[2] != images.shape[3]:
         raise ValueError(f"images must be square [N, C, H, H]; got {tuple(images.shape)}")
     if eps < 0:
         raise ValueError(f"eps must be >= 0; got {eps}")
+    if norm_statistics not in NORM_STATISTICS:
+        raise ValueError(f"norm_statistics must be one of {NORM_STATISTICS}; got {norm_statistics!r}")
+    held = HeldGroupNormStatistics() if norm_statistics == "full" else None
     size = images.shape[2]
     if not 1 <= patch <= size:
         raise ValueError(f"patch must be in [1, {size}]; got {patch}")
@@ -143,11 +156,16 @@ def measure_crop_size(denoiser: Denoiser, images: torch.Tensor, *, sigmas: Seque
     p0 = (size - patch) // 2
     clean_patch = images[:, :, p0:p0 + patch, p0:p0 + patch]
     per_image = torch.empty(images.shape[0], len(sigma_values), len(contexts), dtype=torch.float64)
+    # "full": the full image first, recording its statistics; the windows then replay them.
+    order = list(range(len(contexts))) if held is None else [len(contexts) - 1, *range(len(contexts) - 1)]
     for level, sigma in enumerate(sigma_values.tolist()):
-        for column, context in enumerate(contexts):
+        for column in order:
+            context = contexts[column]
             c0 = (size - context) // 2
             window = noisy[:, level, :, c0:c0 + context, c0:c0 + context]
-            denoised = denoiser(window, torch.full((images.shape[0],), sigma))
+            statistics = nullcontext() if held is None else held.record() if context == size else held.replay()
+            with statistics:
+                denoised = denoiser(window, torch.full((images.shape[0],), sigma))
             inner = p0 - c0  # the patch's offset inside the window
             error = denoised[:, :, inner:inner + patch, inner:inner + patch] - clean_patch
             per_image[:, level, column] = error.double().pow(2).mean(dim=(1, 2, 3))
