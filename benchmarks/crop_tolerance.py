@@ -19,7 +19,8 @@ absolute path of the annotation file, so the path must be absolute).
 statistics of the full noisy image it was cut from. The demo's UNet normalises each feature map by its per-image
 mean and variance, which makes every output pixel depend on the whole input: cropping the input changes those
 statistics, and with them the loss on the centre patch, however local the convolutions are. With the full image's
-statistics, only what the convolutions see changes with the window.
+statistics, only what the convolutions see changes with the window (measure_crop_size(norm_statistics="full"),
+ambient_fast/annotate/norm_statistics.py).
 """
 from __future__ import annotations
 
@@ -29,10 +30,9 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ambient_fast.annotate.crop_size import measure_crop_size
-from ambient_fast.annotate.noisy_crops import noisy_crops
+from ambient_fast.annotate.norm_statistics import NORM_STATISTICS
 from ambient_fast.experiments.configs import EXPERIMENTS
 from ambient_fast.experiments.controlled import arm_training_set, prepare_data, train_arm
 from ambient_fast.errors import UserError
@@ -53,67 +53,13 @@ def trained_denoiser(experiment, mixed, run_dir: Path, seed: int):
     return denoiser
 
 
-class FullImageNormStatistics:
-    """D(window, sigma) with each GroupNorm using the per-image, per-group mean and variance that it computed on the
-    full noisy image at that level (one recording pass per level). `full`: sigma -> the full noisy images, the same
-    noise as measure_crop_size draws, so each window is the centre of its image's entry."""
-
-    def __init__(self, denoiser, full: dict[float, torch.Tensor]):
-        self.denoiser, self.full, self.recorded = denoiser, full, {}
-        self.norms = [m for m in denoiser.modules() if isinstance(m, torch.nn.GroupNorm)]
-
-    def __call__(self, window: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        level = float(sigma[0])
-        if level not in self.recorded:
-            statistics = []
-            self._run(self.full[level], sigma, lambda m, x: self._record(m, x, statistics))
-            self.recorded[level] = statistics
-        replay = iter(self.recorded[level])  # the same modules in the same order as when recorded
-        return self._run(window, sigma, lambda m, x: self._normalise(m, x, *next(replay)))
-
-    def _run(self, x, sigma, norm):
-        for module in self.norms:
-            module.forward = lambda x, module=module: norm(module, x)  # the instance attribute shadows the class's
-        try:
-            return self.denoiser(x, sigma)
-        finally:
-            for module in self.norms:
-                del module.forward
-
-    @staticmethod
-    def _record(module, x, statistics):
-        grouped = x.reshape(x.shape[0], module.num_groups, -1)
-        statistics.append((grouped.mean(-1, keepdim=True), grouped.var(-1, unbiased=False, keepdim=True)))
-        return F.group_norm(x, module.num_groups, module.weight, module.bias, module.eps)
-
-    @staticmethod
-    def _normalise(module, x, mean, variance):
-        grouped = x.reshape(x.shape[0], module.num_groups, -1)
-        y = ((grouped - mean) / torch.sqrt(variance + module.eps)).reshape(x.shape)
-        affine = (1, -1) + (1,) * (x.dim() - 2)
-        return y * module.weight.reshape(affine) + module.bias.reshape(affine)
-
-
-def full_image_statistics(denoiser, images, sigmas, seed: int) -> FullImageNormStatistics:
-    """FullImageNormStatistics with the full noisy images measure_crop_size(images, sigmas, seed=seed) draws."""
-    levels = torch.tensor([float(s) for s in sigmas], dtype=torch.float32)
-    noisy = noisy_crops(images.float(), torch.arange(images.shape[0]), levels, draws=1, seed=seed)
-    noisy = noisy.view(images.shape[0], len(levels), *images.shape[1:])
-    wrapped = FullImageNormStatistics(denoiser, {s: noisy[:, i] for i, s in enumerate(levels.tolist())})
-    # on the full image the recorded statistics are the ones GroupNorm computes: the same output
-    check = torch.full((images.shape[0],), levels[0].item())
-    with torch.no_grad():
-        torch.testing.assert_close(wrapped(noisy[:, 0], check), denoiser(noisy[:, 0], check), rtol=1e-4, atol=1e-6)
-    return wrapped
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None, help="default runs/crop-tolerance (16 px), runs/crop-tolerance-<PX>")
     parser.add_argument("--resolution", type=int, default=16, metavar="PX", help="crop size of the demo's data (px)")
     parser.add_argument("--noise-seeds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0, help="training seed of the denoiser arm")
-    parser.add_argument("--norm-statistics", choices=("window", "full"), default="window",
+    parser.add_argument("--norm-statistics", choices=NORM_STATISTICS, default="window",
                         help="GroupNorm statistics of each window (the library's measurement) or of the full image")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -136,10 +82,9 @@ def main() -> None:
     measurements = []
     for noise_seed in range(args.noise_seeds):
         tick = time.perf_counter()
-        measured = denoiser if args.norm_statistics == "window" else full_image_statistics(
-            denoiser, images, setting.measure_sigmas, noise_seed)
-        measurements.append(measure_crop_size(measured, images, sigmas=setting.measure_sigmas,
-                                              patch=setting.patch_px, eps=0.0, seed=noise_seed))
+        measurements.append(measure_crop_size(denoiser, images, sigmas=setting.measure_sigmas,
+                                              patch=setting.patch_px, eps=0.0, seed=noise_seed,
+                                              norm_statistics=args.norm_statistics))
         print(f"noise seed {noise_seed}: {time.perf_counter() - tick:.0f} s")
     contexts = measurements[0].contexts
     print(f"contexts {contexts}; crop over {len(measurements)} noise seeds (min-max), and in how many of them the "

@@ -1,16 +1,18 @@
 """The out-of-distribution demo with crop(sigma) measured under the full image's GroupNorm statistics (issue 10
-point 7, docs/results.md): registered like `demo-cpu-ood` except for its given crop(sigma) table, which leaves
-room for the crops classifier's small crops and which the runner uses without measuring; the command line and
-`python -m ambient_fast.demo` hand it to the runner as registered. Nothing trains here: seconds."""
+point 7, docs/results.md): registered like `demo-cpu-ood` except crops.measure_norm_statistics = "full", which the
+runner's crop_table_for passes to measure_crop_size; the command line and `python -m ambient_fast.demo` hand it to
+the runner as registered. Nothing trains here: seconds."""
 from __future__ import annotations
 
 from dataclasses import replace
 
 import pytest
 import torch
+from torch import nn
 
-from ambient_fast import cli, demo
-from ambient_fast.annotate.crop_size import CropTable
+from ambient_fast import cli, demo, sampling
+from ambient_fast.annotate.crop_size import measure_crop_size
+from ambient_fast.annotate.norm_statistics import NORM_STATISTICS
 from ambient_fast.experiments import configs, controlled
 
 NAME = "demo-cpu-ood-fullnorm"
@@ -34,23 +36,45 @@ def handed(monkeypatch):
     return seen
 
 
-def test_registered_like_the_demo_except_its_crop_table():
+def test_registered_like_the_demo_except_its_norm_statistics():
     base, local = configs.experiment("demo-cpu-ood"), configs.experiment(NAME)
-    assert not base.crops.crop_table and local.crops.crop_table, "the demo measures it, this one is given"
-    same = replace(local, name=base.name, description=base.description, crops=replace(local.crops, crop_table=()))
+    assert not base.crops.crop_table and not local.crops.crop_table, "both measure crop(sigma) at run time"
+    assert (base.crops.measure_norm_statistics, local.crops.measure_norm_statistics) == ("window", "full")
+    same = replace(local, name=base.name, description=base.description,
+                   crops=replace(local.crops, measure_norm_statistics="window"))
     assert same == base, "everything else as in demo-cpu-ood"
-    table = CropTable(*map(tuple, zip(*local.crops.crop_table)))  # valid: increasing sigmas, non-decreasing crops
-    assert table.sigmas == local.crops.measure_sigmas, "measured at the demo's levels"
-    low_noise = max(c for s, c in local.crops.crop_table if s <= 0.05)
-    assert low_noise <= local.data.resolution_px // 2, "the point of it: small crops at low noise"
-    assert min(local.crops.crop_sizes) < low_noise < max(local.crops.crop_sizes), "some crop sizes map to sigma > 0"
+    assert configs.CropsSetting().measure_norm_statistics == "window", "the library's default"
+    with pytest.raises(ValueError, match="measure_norm_statistics must be 'window' or 'full'"):
+        replace(local.crops, measure_norm_statistics="image")
 
 
-def test_the_runner_uses_the_given_table_without_measuring(tmp_path):
+class NormedDenoiser(nn.Module):
+    """A convolution, a GroupNorm and a convolution: what the full image's statistics change."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.SiLU(),
+                                 nn.Conv2d(8, 3, 3, padding=1))
+
+    def forward(self, x, sigma):
+        return x - sigma.view(-1, 1, 1, 1) * self.net(x)
+
+
+def test_the_runner_measures_with_the_full_images_statistics(monkeypatch, tmp_path):
+    denoiser = NormedDenoiser()
+    monkeypatch.setattr(sampling, "load_denoiser", lambda run, **_: (denoiser, {}))  # no trained run needed
     local = configs.experiment(NAME)
-    table, measurement = controlled.crop_table_for(local, denoiser_run=tmp_path / "no-such-run",
-                                                   images=torch.zeros(2, 3, 16, 16), seed=0, device="cpu")
-    assert measurement is None and list(zip(table.sigmas, table.crops)) == list(local.crops.crop_table)
+    local = replace(local, crops=replace(local.crops, measure_sigmas=(0.1, 1.0), measure_images=6))
+    images = torch.rand(8, 3, 12, 12, generator=torch.Generator().manual_seed(0))
+    table, measurement = controlled.crop_table_for(local, denoiser_run=tmp_path / "run", images=images, seed=0,
+                                                   device="cpu")
+    assert measurement.norm_statistics == "full" and table == measurement.table
+    expected = {statistics: measure_crop_size(denoiser, images[:6], sigmas=(0.1, 1.0), patch=2, seed=0,
+                                              eps=local.crops.measure_eps, norm_statistics=statistics).losses
+                for statistics in NORM_STATISTICS}
+    assert torch.equal(measurement.losses, expected["full"])
+    assert not torch.equal(measurement.losses, expected["window"]), "the option reaches the measurement"
 
 
 @pytest.mark.parametrize("argv", [["experiment", NAME, "--seeds", "0"], ["demo", "--experiment", NAME]])

@@ -96,6 +96,7 @@ class CropMeasurement:
     losses: torch.Tensor  # float64 [levels, contexts]: mean squared error on the centre patch
     eps: float
     gap_standard_error: torch.Tensor  # float64 [levels, contexts]: relative_gap_standard_error of the losses
+    norm_statistics: str = "window"  # whose GroupNorm statistics normalised each window (measure_crop_size)
 
     def table_at(self, eps: float) -> CropTable:
         """crop(sigma) of the same losses at another tolerance."""
@@ -115,7 +116,7 @@ class CropMeasurement:
 
     def summary(self) -> dict:
         return {**asdict(self.table), "contexts": self.contexts, "losses": self.losses.tolist(), "eps": self.eps,
-                "gap_standard_error": self.gap_standard_error.tolist(),
+                "gap_standard_error": self.gap_standard_error.tolist(), "norm_statistics": self.norm_statistics,
                 "noise_decided_sigmas": self.noise_decided_sigmas()}
 
 
@@ -171,7 +172,7 @@ def measure_crop_size(denoiser: Denoiser, images: torch.Tensor, *, sigmas: Seque
             per_image[:, level, column] = error.double().pow(2).mean(dim=(1, 2, 3))
     losses = per_image.mean(dim=0)
     return CropMeasurement(crop_table_from_losses(losses, contexts, sigmas, eps), contexts, losses, eps,
-                           relative_gap_standard_error(per_image))
+                           relative_gap_standard_error(per_image), norm_statistics)
 
 
 def _centred_contexts(contexts: Sequence[int] | None, *, patch: int, size: int) -> list[int]:

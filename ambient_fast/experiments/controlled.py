@@ -145,7 +145,7 @@ def crop_table_for(experiment: Experiment, *, denoiser_run: Path, images: torch.
     measurement = measure_crop_size(lambda x, sigma: denoiser(x.to(device), sigma.to(device)).cpu(),
                                     images[:setting.measure_images].cpu(),
                                     sigmas=setting.measure_sigmas, patch=setting.patch_px, eps=setting.measure_eps,
-                                    seed=seed)
+                                    seed=seed, norm_statistics=setting.measure_norm_statistics)
     return measurement.table, measurement
 
 
