@@ -3,16 +3,20 @@ centred context, with GroupNorm's per-image statistics live (as trained) or held
 
 Why (issue 10 point 7, docs/results.md): crop(sigma) measured by cropping the input is 0.67-0.81 of the side at
 16, 24 and 32 px alike. If the convolutions are local but the normalisation statistics span the whole image, the
-live Jacobian spreads over the image while the held one stays near the patch.
+live Jacobian spreads over the image while the held one stays near the patch. Held statistics are those of
+ambient_fast/annotate/norm_statistics.py (measure_crop_size(norm_statistics="full")), here on the image itself.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/denoiser_reach.py --resolution 32 --run runs/demo-cpu-ood-32/all_data-seed0
 """
 from __future__ import annotations
 
 import argparse
+from contextlib import nullcontext
 from dataclasses import replace
 
 import torch
+
+from ambient_fast.annotate.norm_statistics import HeldGroupNormStatistics
 
 from ambient_fast.experiments.configs import EXPERIMENTS
 from ambient_fast.experiments.controlled import prepare_data
@@ -21,33 +25,23 @@ from ambient_fast.sampling import load_denoiser
 SHARES = (0.95, 0.99)
 
 
-def held_group_norm(module: torch.nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-    """GroupNorm with its mean and variance treated as constants: the same value, no gradient through them."""
-    grouped = x.reshape(x.shape[0], module.num_groups, -1)
-    mean, variance = grouped.mean(-1, keepdim=True).detach(), grouped.var(-1, unbiased=False, keepdim=True).detach()
-    y = ((grouped - mean) / torch.sqrt(variance + module.eps)).reshape(x.shape)
-    affine = (1, -1) + (1,) * (x.dim() - 2)
-    return y * module.weight.reshape(affine) + module.bias.reshape(affine)
-
-
 def reach(denoiser, images: torch.Tensor, sigma: float, *, held: bool) -> list[int]:
     """Smallest centred even context holding each of SHARES of sum |dD_patch/dx| (over images, channels, outputs)."""
     size, p0 = images.shape[-1], (images.shape[-1] - 2) // 2
-    norms = [m for m in denoiser.modules() if isinstance(m, torch.nn.GroupNorm)] if held else []
-    for module in norms:
-        module.forward = lambda x, module=module: held_group_norm(module, x)
-    try:
-        x = (images + sigma * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))).requires_grad_()
-        out = denoiser(x, torch.full((x.shape[0],), sigma))
-        mass = torch.zeros(size, size, dtype=torch.float64)
-        for c in range(out.shape[1]):
-            for dy in range(2):
-                for dx in range(2):
-                    grad, = torch.autograd.grad(out[:, c, p0 + dy, p0 + dx].sum(), x, retain_graph=True)
-                    mass += grad.abs().sum(dim=(0, 1)).double()
-    finally:
-        for module in norms:
-            del module.forward
+    x = (images + sigma * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))).requires_grad_()
+    levels = torch.full((x.shape[0],), sigma)
+    statistics = HeldGroupNormStatistics()
+    if held:  # the same image's statistics, recorded without gradient and replayed as constants
+        with torch.no_grad(), statistics.record():
+            denoiser(x, levels)
+    with statistics.replay() if held else nullcontext():
+        out = denoiser(x, levels)
+    mass = torch.zeros(size, size, dtype=torch.float64)
+    for c in range(out.shape[1]):
+        for dy in range(2):
+            for dx in range(2):
+                grad, = torch.autograd.grad(out[:, c, p0 + dy, p0 + dx].sum(), x, retain_graph=True)
+                mass += grad.abs().sum(dim=(0, 1)).double()
     rows, cols = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     distance = torch.maximum((rows - p0 - 0.5).abs(), (cols - p0 - 0.5).abs())  # from the patch's centre
     inside = [float(mass[distance < context / 2].sum() / mass.sum()) for context in range(2, size + 1, 2)]
