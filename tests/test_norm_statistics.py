@@ -120,17 +120,17 @@ def test_replay_checks_its_calls():
         as_denoiser(net)(full, sigma)
         as_denoiser(net)(full, sigma)
 
-def reference_losses(denoiser, images, sigmas, *, patch, seed):
-    """measure_crop_size's centre-patch losses [levels, contexts] written out: the library's noise, every even
-    centred window, the squared error on the patch averaged over images."""
+def reference_losses(denoiser, images, sigmas, *, patch, seed, contexts):
+    """measure_crop_size's centre-patch losses [levels, contexts] written out: the library's noise, the centred
+    windows, the squared error on the patch averaged over images."""
     images = images.float()
     size = images.shape[-1]
     noisy = noisy_crops(images, torch.arange(images.shape[0]), torch.tensor(sigmas, dtype=torch.float32), draws=1,
                         seed=seed).view(images.shape[0], len(sigmas), *images.shape[1:])
     p0 = (size - patch) // 2
-    losses = torch.empty(images.shape[0], len(sigmas), len(range(patch, size + 1, 2)), dtype=torch.float64)
+    losses = torch.empty(images.shape[0], len(sigmas), len(contexts), dtype=torch.float64)
     for level, sigma in enumerate(sigmas):
-        for column, context in enumerate(range(patch, size + 1, 2)):
+        for column, context in enumerate(contexts):
             c0 = (size - context) // 2
             out = denoiser(noisy[:, level, :, c0:c0 + context, c0:c0 + context],
                            torch.full((images.shape[0],), torch.tensor(sigma, dtype=torch.float32).item()))
@@ -144,12 +144,14 @@ def reference_losses(denoiser, images, sigmas, *, patch, seed):
 def test_window_mode_is_the_plain_measurement_and_full_mode_differs_only_in_the_windows():
     net = tiny_unet(torch.float32)
     images = noisy_images(6, torch.float32, seed=2) * 0.5
-    sigmas = [0.1, 0.5]
-    window = measure_crop_size(as_denoiser(net), images, sigmas=sigmas, patch=2, seed=3)
-    assert torch.equal(window.losses, reference_losses(as_denoiser(net), images, sigmas, patch=2, seed=3))
-    assert measure_crop_size(as_denoiser(net), images, sigmas=sigmas, patch=2, seed=3,
+    sigmas, contexts = [0.1, 0.5], [2, 6, 10, SIZE]
+    window = measure_crop_size(as_denoiser(net), images, sigmas=sigmas, patch=2, seed=3, contexts=contexts)
+    assert torch.equal(window.losses, reference_losses(as_denoiser(net), images, sigmas, patch=2, seed=3,
+                                                       contexts=contexts))
+    assert measure_crop_size(as_denoiser(net), images, sigmas=sigmas, patch=2, seed=3, contexts=contexts,
                              norm_statistics="window").losses.equal(window.losses), "the default"
-    full = measure_crop_size(as_denoiser(net), images, sigmas=sigmas, patch=2, seed=3, norm_statistics="full")
+    full = measure_crop_size(as_denoiser(net), images, sigmas=sigmas, patch=2, seed=3, contexts=contexts,
+                             norm_statistics="full")
     assert torch.equal(full.losses[:, -1], window.losses[:, -1]), "the full image is the plain forward"
     assert not torch.allclose(full.losses[:, :-1], window.losses[:, :-1], rtol=1e-3)
 
