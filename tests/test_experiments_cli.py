@@ -225,6 +225,30 @@ def test_each_seed_is_kept_when_another_runs_into_the_folder(tmp_path, user_data
     assert not (folder / "only_clean-seed2").exists()
 
 
+def test_a_stopped_call_keeps_the_seeds_it_finished(tmp_path, user_data, monkeypatch):
+    """Defect: results were written only at the end of a call, so a three-seed call stopped during seed 1 left no
+    results of seed 0 (its runs were reusable, its metrics and annotations were not written)."""
+    from ambient_fast.experiments import controlled
+
+    train_path, test_path, _ = user_data
+    train_arm = controlled.train_arm
+
+    def stopped_in_seed_1(*args, seed, **kwargs):
+        if seed == 1:
+            raise KeyboardInterrupt
+        return train_arm(*args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(controlled, "train_arm", stopped_in_seed_1)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["experiment", TINY, "--data", str(train_path), "--test", str(test_path), "--seeds", "0", "1",
+                  "--out", str(tmp_path / "runs")])
+    folder = tmp_path / "runs" / TINY
+    seed0 = json.loads((folder / "results-seed0.json").read_text())
+    assert [(a["arm"], a["seed"]) for a in seed0["arms"]] == [("only_clean", 0), ("all_data", 0)]
+    assert json.loads((folder / "results.json").read_text())["seeds"] == [0]
+    assert not (folder / "results-seed1.json").exists()
+
+
 def _legacy_summary(seeds, *, clean_fraction=0.1) -> dict:
     """A results.json of the older layout (one file for the seeds of one call, as runs/demo-n1000 holds)."""
     data = {"source": "embedded", "resolution_px": 16, "clean_fraction": clean_fraction, "corruption": "gaussian_blur"}

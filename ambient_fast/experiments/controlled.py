@@ -429,13 +429,19 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
             log(f"    train {seconds['train']:.0f} s, sample {seconds['sample']:.0f} s, eval {seconds['eval']:.0f} s: "
                 f"test FD_pixels {metrics['test']['fd_pixels']:.2f}, SWD {metrics['test']['swd']:.1f}, "
                 f"high-frequency spectrum {metrics['test']['spectrum_high_freq']:+.3f} decades")
+        # Written after every seed, so that a call stopped later keeps what its finished seeds measured.
+        result = _ordered_result(experiment, results, annotations, out_dir, time.perf_counter() - start, selection,
+                                 crops_annotations, inputs)
+        _write_outputs(result)
+    return result
+
+
+def _ordered_result(experiment: Experiment, results: list[ArmResult], *fields) -> ExperimentResult:
+    """The ExperimentResult of the arms run so far, in the table's order: by seed, then by the experiment's arms."""
     arm_names = [a.name for a in experiment.arms]
     seed_order = list(dict.fromkeys(r.seed for r in results))
-    results.sort(key=lambda r: (seed_order.index(r.seed), arm_names.index(r.arm)))  # the table's arm order
-    result = ExperimentResult(experiment, results, annotations, out_dir, time.perf_counter() - start, selection,
-                              crops_annotations, inputs)
-    _write_outputs(result)
-    return result
+    ordered = sorted(results, key=lambda r: (seed_order.index(r.seed), arm_names.index(r.arm)))
+    return ExperimentResult(experiment, ordered, *fields)
 
 
 def _inputs(prepared, *, data_path, test_path) -> dict:
