@@ -123,6 +123,9 @@ def test_the_second_embedded_dataset_is_an_option(tiny):
     from ambient_fast.experiments.experiment_data import load_data
     from ambient_fast.experiments.overrides import changes, modify
 
+    from ambient_fast.experiments.embedded_data import EMBEDDED_SETS
+
+    assert tuple(EMBEDDED_SETS) == configs.EMBEDDED_NAMES, "the configs' names are the embedded sets'"
     textures = modify(tiny, embedded="textures")
     assert textures.data.embedded == "textures" and changes(textures) == {"data.embedded": "textures"}
     train, test, _, _ = load_data(textures)

@@ -241,6 +241,7 @@ def run_experiment_report(args) -> int:
 
 def register(subparsers) -> None:
     from ..corruptions import CORRUPTIONS
+    from .configs import EMBEDDED_NAMES
 
     corrupt = subparsers.add_parser("corrupt", help="a mixed dataset: a clean fraction kept, the rest corrupted")
     corrupt.add_argument("--source", required=True,
@@ -306,7 +307,7 @@ def register(subparsers) -> None:
     experiment.add_argument("--samples", type=int, help="generated samples per arm and seed for the metrics")
     experiment.add_argument("--train-count", type=int, help="embedded data: training crops")
     experiment.add_argument("--test-count", type=int, help="embedded data: test crops")
-    experiment.add_argument("--embedded", choices=("photographs", "textures"),
+    experiment.add_argument("--embedded", choices=EMBEDDED_NAMES,
                             help="embedded data: crop scikit-image's five colour photographs (the default) or its three "
                                  "grayscale textures (brick, grass, gravel), a second dataset of another kind")
     experiment.add_argument("--out", default="runs/experiments", help="output folder")

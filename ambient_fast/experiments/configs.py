@@ -20,7 +20,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 ARM_KINDS = ("only_clean", "all_data", "fixed", "classifier", "crops", "fixed_crops", "weighted", "weighted_floor")
-WEIGHTED_KINDS = ("weighted", "weighted_floor")  # arms trained with density-ratio acceptance (experiments/weighted.py)
+WEIGHTED_KINDS = ("weighted", "weighted_floor")
+# The embedded image sets by name: the keys of embedded_data.EMBEDDED_SETS (not imported here: configs needs no torch)
+EMBEDDED_NAMES = ("photographs", "textures")  # arms trained with density-ratio acceptance (experiments/weighted.py)
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,8 @@ class DataSetting:
         if self.extra_classes and self.corruption is not None:
             raise ValueError("out-of-distribution experiments (extra_classes) keep clean_fraction of the target and drop "
                              f"the rest; set corruption=None (got {self.corruption!r})")
-        if self.embedded not in ("photographs", "textures"):  # embedded_data.EMBEDDED_SETS (not imported: no torch here)
-            raise ValueError(f"embedded must be 'photographs' or 'textures', got {self.embedded!r}")
+        if self.embedded not in EMBEDDED_NAMES:
+            raise ValueError(f"embedded must be one of {EMBEDDED_NAMES}, got {self.embedded!r}")
 
     @property
     def out_of_distribution(self) -> bool:
