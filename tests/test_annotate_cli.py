@@ -242,3 +242,19 @@ def test_paper_rule_and_in_sample_scoring_are_kept_for_comparison(workspace, tmp
     assert cli.main(sigma_min_args(workspace, out, "--mode", "fast", "--rule", "paper", "--scoring", "in-sample")) == 0
     provenance = Annotations.load(out).provenance["sigma_min"]
     assert provenance["rule"] == "paper" and provenance["scoring"] == "in-sample" and provenance["usable_from"] is None
+
+
+def test_train_classifier_with_workers_writes_the_same_classifiers(workspace, tmp_path):
+    """--workers 2 trains the two folds side by side in spawned processes: the checkpoint's tensors and report are
+    those of the one-at-a-time run (the module fixture's, one thread)."""
+    from ambient_fast.annotate.crossfit import load_classifier_set
+
+    out = tmp_path / "workers.safetensors"
+    assert cli.main(["annotate", "train-classifier", "--clean", str(workspace / "clean"), "--corrupted",
+                     str(workspace / "corrupted"), "--out", str(out), "--steps", "20", "--folds", "2",
+                     "--model-channels", "8", "--channel-mult", "1,2", "--batch-size", "16", "--no-figure",
+                     "--threads", "1", "--workers", "2"]) == 0
+    sequential, parallel = load_classifier_set(workspace / "c.safetensors"), load_classifier_set(out)
+    assert parallel.report == sequential.report and parallel.calibration == sequential.calibration
+    for a, b in zip(sequential.models, parallel.models, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))

@@ -255,3 +255,36 @@ def test_crossfit_keeps_finished_folds_and_refuses_changed_settings(tmp_path, mo
         train_crossfit(clean, corrupted, work_dir=work, **{**keywords, "report_samples": 4})
     crossfit.remove_work_dir(work)
     assert not work.exists()
+
+
+# ------------------------------------------------------------------------------------------ folds in workers
+def test_folds_trained_in_worker_processes_are_bit_identical_to_one_after_another(tmp_path):
+    from ambient_fast.annotate.fold_workers import auto_workers
+
+    clean = random_fields(torch.arange(30), resolution=8)
+    corrupted = blurred(random_fields(torch.arange(30, 60), resolution=8), 1.0)
+    keywords = dict(folds=3, config=CONFIG, grid=LevelGrid(levels=16), report_draws=1, report_samples=8,
+                    train=TrainConfig(steps=12, batch_size=16, lr=3e-3, log_every=6))
+    lines = {"sequential": [], "workers": []}
+    sequential = train_crossfit(clean, corrupted, progress=lambda *v: lines["sequential"].append(v), **keywords)
+    work = tmp_path / "clf.parts"
+    parallel = train_crossfit(clean, corrupted, workers=2, work_dir=work,
+                              progress=lambda *v: lines["workers"].append(v), **keywords)
+    assert parallel.report == sequential.report and parallel.calibration == sequential.calibration
+    for a, b in zip(sequential.models, parallel.models, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert sorted(lines["workers"]) == sorted(lines["sequential"]) and len(lines["sequential"]) == 6
+    assert sorted(path.name for path in work.glob("fold*.safetensors")) == [f"fold{j}.safetensors" for j in range(3)]
+    assert auto_workers(5, thread_budget=2, fold_threads=1, device="cpu") == 2
+    assert auto_workers(2, thread_budget=16, fold_threads=1, device="cpu") == 2
+    assert auto_workers(5, thread_budget=1, fold_threads=1, device="cpu") == 1  # OMP_NUM_THREADS=1: one at a time
+    assert auto_workers(5, thread_budget=16, fold_threads=0, device="cpu") == 1  # a fold may use every thread
+    assert auto_workers(5, thread_budget=16, fold_threads=1, device="meta") == 1  # an accelerator: one at a time
+
+
+def test_a_failing_fold_in_a_worker_is_raised_in_the_caller(tmp_path):
+    clean = random_fields(torch.arange(30), resolution=8)
+    corrupted = blurred(random_fields(torch.arange(30, 60), resolution=8), 1.0)
+    with pytest.raises(ValueError, match="batch_size must be even"):
+        train_crossfit(clean, corrupted, folds=3, config=CONFIG, grid=LevelGrid(levels=16), report_draws=1,
+                       train=TrainConfig(steps=2, batch_size=3), workers=2, work_dir=tmp_path / "parts")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError, check_writable, positive_int, user_input
+from ..errors import UserError, check_writable, nonnegative_int, positive_int, user_input
 from .cli_common import _aligned_base, _common, _ints, _join_process_group, _setup, _with_base
 from .images import eprint, load_images
 
@@ -44,11 +44,13 @@ def _steps_progress(folds: int, steps: int):
         return lambda fold, step, loss, accuracy: eprint(
             f"train-classifier: fold {fold + 1}/{folds} step {step}/{steps}: BCE {loss:.3f}, accuracy {accuracy:.3f}")
     bar = tqdm(total=folds * steps, desc="train-classifier", unit="step")
+    done: dict[int, int] = {}  # steps per fold: folds may train side by side (--workers)
 
     def update(fold, step, loss, accuracy):
-        bar.update(fold * steps + step - bar.n)
+        done[fold] = step
+        bar.update(sum(done.values()) - bar.n)
         bar.set_postfix(fold=f"{fold + 1}/{folds}", bce=f"{loss:.3f}", acc=f"{accuracy:.3f}")
-        if fold == folds - 1 and step == steps:
+        if sum(done.values()) == folds * steps:
             bar.close()
 
     return update
@@ -82,6 +84,7 @@ def _training_sets(args):
 def _train_classifier(args) -> int:
     from .classifier import ClassifierConfig, TrainConfig
     from .crossfit import remove_work_dir, save_classifier_set, train_crossfit
+    from .fold_workers import auto_workers
     from .report import plot_report
     from .sigma_min import LevelGrid
 
@@ -94,7 +97,10 @@ def _train_classifier(args) -> int:
                             p_std=args.p_std, uniform_fraction=args.uniform_fraction, augment=args.augment,
                             sigma_lo=grid.sigma_lo,
                             sigma_hi=grid.sigma_hi, seed=args.seed, log_every=max(1, args.steps // 20))
+    thread_budget = torch.get_num_threads()  # before --threads pins it: what the folds may share
     device = _setup(args)
+    workers = args.workers or auto_workers(args.folds, thread_budget=thread_budget, fold_threads=args.threads,
+                                           device=device)
     clean, corrupted, sources = _training_sets(args)
     if tuple(clean.shape[1:]) != tuple(corrupted.shape[1:]):
         raise UserError(f"clean images are {tuple(clean.shape[1:])} but corrupted ones {tuple(corrupted.shape[1:])}")
@@ -103,14 +109,14 @@ def _train_classifier(args) -> int:
                                   model_channels=args.model_channels, channel_mult=args.channel_mult,
                                   num_blocks=args.num_blocks)
     eprint(f"classifier: {clean.shape[0]} clean (trusted) vs {corrupted.shape[0]} corrupted images, "
-           f"{args.folds} folds (each classifier leaves one out), {args.steps} steps each")
+           f"{args.folds} folds (each classifier leaves one out), {args.steps} steps each, {workers} at a time")
     start = time.time()
     work_dir = output.with_name(output.name + ".parts")  # finished folds and the fold in progress: a rerun resumes
     # Its input errors (too few images for the folds, parts of another training in OUT.parts) are UserErrors.
     classifiers = train_crossfit(clean, corrupted, folds=args.folds, config=config, train=train, grid=grid,
                                  report_draws=args.report_draws, report_samples=args.report_samples,
                                  device=device, progress=_steps_progress(args.folds, args.steps), log=eprint,
-                                 work_dir=work_dir, checkpoint_every=args.checkpoint_every)
+                                 work_dir=work_dir, checkpoint_every=args.checkpoint_every, workers=workers)
     save_classifier_set(classifiers, output, provenance={**sources, "seconds": time.time() - start})
     remove_work_dir(work_dir)
     print(classifiers.report.table())
@@ -287,6 +293,10 @@ def register(steps) -> None:
     p.add_argument("--out", required=True, help="checkpoint (.safetensors); the report figure goes beside it")
     p.add_argument("--force", action="store_true", help="overwrite --out")
     p.add_argument("--folds", type=int, default=3, help="cross-fitting folds k (k classifiers, each leaves one out)")
+    p.add_argument("--workers", type=nonnegative_int, default=0,
+                   help="folds trained at once on a CPU, each in its own process at --threads threads; the same "
+                        "classifiers bit for bit (0: as many as torch's thread count holds at --threads each, "
+                        "so 1 unless --threads is set)")
     p.add_argument("--steps", type=positive_int, default=defaults.steps, help="training steps per classifier")
     p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
                    help="half clean, half corrupted (even)")

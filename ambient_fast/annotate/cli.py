@@ -158,7 +158,8 @@ def _measure_crop_size(args) -> int:
                         f"{tuple(data.images.shape[1:])}, --patch {args.patch}, --eps {args.eps}")
     denoiser = factory(*args.denoiser_arg)
     measurement = measure_crop_size(denoiser, data.images[: args.max_images], sigmas=args.sigmas,
-                                    patch=args.patch, eps=args.eps, seed=args.seed)
+                                    patch=args.patch, eps=args.eps, seed=args.seed,
+                                    norm_statistics=args.norm_statistics)
     measurement.table.save(args.out)
     Path(args.out).with_suffix(".losses.json").write_text(json.dumps(measurement.summary(), indent=1))
     for sigma, crop in zip(measurement.table.sigmas, measurement.table.crops):
@@ -260,6 +261,7 @@ def _merge(args) -> int:
 
 def register(subparsers) -> None:
     from .crop_size import PAPER_EPS
+    from .norm_statistics import NORM_STATISTICS
 
     annotate = subparsers.add_parser("annotate", help="annotate training samples with (sigma_min, sigma_max)")
     steps = annotate.add_subparsers(dest="annotate_command", metavar="STEP", required=True)
@@ -322,6 +324,10 @@ def register(subparsers) -> None:
                    help="relative tolerance to the full-image loss (the paper's 1e-3; see docs/annotation.md for "
                         "when the Monte-Carlo noise of a small image set cannot resolve it)")
     p.add_argument("--max-images", type=positive_int, default=256, help="images used (the first ones)")
+    p.add_argument("--norm-statistics", choices=NORM_STATISTICS, default="window",
+                   help="whose GroupNorm statistics normalise a window: its own (window, as the network does on any "
+                        "input) or the full noisy image's (full: crop(sigma) then measures what the convolutions "
+                        "see, not the image size; docs/annotation.md)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="crop table (.json)")
     p.add_argument("--force", action="store_true", help="overwrite --out when it exists")

@@ -164,7 +164,7 @@ def train_crossfit(clean: torch.Tensor, corrupted: torch.Tensor, *, folds: int =
                    config: ClassifierConfig = ClassifierConfig(), train: TrainConfig = TrainConfig(),
                    grid: LevelGrid = LevelGrid(), report_draws: int = 4, report_samples: int = 512,
                    device: torch.device | str = "cpu", progress=None, log=None, work_dir: str | Path | None = None,
-                   checkpoint_every: int = 200) -> ClassifierSet:
+                   checkpoint_every: int = 200, workers: int = 1) -> ClassifierSet:
     """Train `folds` classifiers on S_G = clean vs S_B = corrupted ([N, C, H, W] in [-1, 1]), each without one
     fold; calibrate and report each on its held-out fold (at most `report_samples` images per class per fold,
     `report_draws` noise draws per level, the report levels of `grid`). Classifier j uses seed train.seed + j.
@@ -173,7 +173,10 @@ def train_crossfit(clean: torch.Tensor, corrupted: torch.Tensor, *, folds: int =
     work_dir: resumable training. Each finished fold is kept there (weights and held-out logits), a fold in
     progress saves its state every `checkpoint_every` steps, and a rerun with the same data and settings continues
     where the last one stopped, bit-identically; other data or settings are refused. The caller removes the
-    folder once the set is saved (remove_work_dir)."""
+    folder once the set is saved (remove_work_dir).
+
+    workers: folds trained at once, each in a spawned process at this process's torch thread count (CPU only;
+    fold_workers.auto_workers picks a count): the same classifiers bit for bit, in less time on several cores."""
     if folds < 2:
         raise UserError(f"cross-fitting needs folds >= 2 (each classifier leaves one out); got {folds}")
     for name, images in (("clean", clean), ("corrupted", corrupted)):
@@ -187,32 +190,47 @@ def train_crossfit(clean: torch.Tensor, corrupted: torch.Tensor, *, folds: int =
     sigmas = grid.sigmas()[report_indices(grid.levels)]
     work = _WorkDir(Path(work_dir), _fingerprint(table, config, train, grid, report_draws, report_samples)
                     ) if work_dir is not None else None
-    models, a, b = [], [], []
-    held = {"clean": [], "corrupted": [], "clean_calibrated": [], "corrupted_calibrated": []}
+    fitted: dict[int, tuple[NoiseClassifier, dict]] = {}
     for j in range(folds):
         finished = work.finished_fold(j, config) if work is not None else None
         if finished is not None:
-            model, logits = finished
+            fitted[j] = finished
             if log is not None:
                 log(f"fold {j + 1}/{folds}: finished earlier, kept in {work.path}")
-        else:
-            if log is not None:
-                log(f"fold {j + 1}/{folds}: training on {int((fold_of['clean'] != j).sum())} clean / "
-                    f"{int((fold_of['corrupted'] != j).sum())} corrupted images")
-            resume = work.resume(j, checkpoint_every) if work is not None else None
-            model, _ = train_classifier(
-                clean[fold_of["clean"] != j], corrupted[fold_of["corrupted"] != j], config=config,
-                train=dataclasses.replace(train, seed=train.seed + j), device=device, resume=resume,
-                progress=None if progress is None else (lambda step, loss, acc, j=j: progress(j, step, loss, acc)))
-            logits = {}
-            for name in ("clean", "corrupted"):
-                rows = torch.nonzero(fold_of[name] == j).flatten()
-                rows = rows[_subsample(rows.numel(), report_samples, digests[name][rows], train.seed)]
-                # [n, levels, draws]: the raw logits of the held-out fold (noise keyed by digest)
-                logits[name] = score_levels(model, images[name][rows], digests[name][rows], sigmas.float(),
-                                            draws=report_draws, device=device, reduce=False)
-            if work is not None:
-                work.keep_fold(j, model, logits)
+
+    def fold_task(j: int) -> dict:
+        """_fit_fold's arguments for fold j, built when the fold starts (one fold's copy of the data at a time)."""
+        if log is not None:
+            log(f"fold {j + 1}/{folds}: training on {int((fold_of['clean'] != j).sum())} clean / "
+                f"{int((fold_of['corrupted'] != j).sum())} corrupted images")
+        held = {}
+        for name in ("clean", "corrupted"):
+            rows = torch.nonzero(fold_of[name] == j).flatten()
+            rows = rows[_subsample(rows.numel(), report_samples, digests[name][rows], train.seed)]
+            held[name] = (images[name][rows], digests[name][rows])
+        return dict(clean=clean[fold_of["clean"] != j], corrupted=corrupted[fold_of["corrupted"] != j], held=held,
+                    config=config, train=dataclasses.replace(train, seed=train.seed + j), sigmas=sigmas.float(),
+                    report_draws=report_draws, device=device,
+                    resume=work.resume(j, checkpoint_every) if work is not None else None)
+
+    def keep(j: int, result) -> None:
+        fitted[j] = result
+        if work is not None:
+            work.keep_fold(j, *result)
+
+    pending = [j for j in range(folds) if j not in fitted]
+    if min(workers, len(pending)) > 1 and torch.device(device).type == "cpu":
+        from .fold_workers import map_in_workers
+
+        map_in_workers(_fit_fold, pending, fold_task, workers=workers, progress=progress, on_result=keep)
+    else:
+        for j in pending:
+            keep(j, _fit_fold(**fold_task(j), progress=None if progress is None else (
+                lambda step, loss, acc, j=j: progress(j, step, loss, acc))))
+    models, a, b = [], [], []
+    held = {"clean": [], "corrupted": [], "clean_calibrated": [], "corrupted_calibrated": []}
+    for j in range(folds):
+        model, logits = fitted[j]
         models.append(model)
         coefficients = [fit_platt(logits["clean"][:, level], logits["corrupted"][:, level])
                         for level in range(sigmas.numel())]
@@ -228,6 +246,17 @@ def train_crossfit(clean: torch.Tensor, corrupted: torch.Tensor, *, folds: int =
                           p_corrupted_calibrated=torch.cat(held["corrupted_calibrated"]),
                           draws=report_draws, folds=folds, sigma_data=config.sigma_data)
     return ClassifierSet(models, table, grid, train, Calibration(sigmas.tolist(), a, b), report)
+
+
+def _fit_fold(*, clean, corrupted, held, config, train, sigmas, report_draws, device, resume, progress):
+    """One fold: the classifier trained without the fold's images, and its raw logits [n, levels, draws] on the
+    held-out fold (noise keyed by digest). Module-level, so that a worker process can run it (fold_workers.py)."""
+    model, _ = train_classifier(clean, corrupted, config=config, train=train, device=device, resume=resume,
+                                progress=progress)
+    logits = {name: score_levels(model, held_images, held_digests, sigmas, draws=report_draws, device=device,
+                                 reduce=False)
+              for name, (held_images, held_digests) in held.items()}
+    return model, logits
 
 
 def _fingerprint(table: FoldTable, config, train, grid, report_draws: int, report_samples: int) -> str:

@@ -29,17 +29,22 @@ def train_setting_classifiers(setting, mixed, *, seed: int, device, log=print):
     count pinned, the caller's random state untouched)."""
     from ..annotate.classifier import ClassifierConfig
     from ..annotate.crossfit import train_crossfit
+    from ..annotate.fold_workers import auto_workers
     from ..annotate.sigma_min import LevelGrid
     from .experiment_data import cpu_threads
 
     grid = LevelGrid(levels=setting.levels)
+    # Folds side by side within torch's thread count (2 cores, 1 thread per classifier: 2 at once; OMP_NUM_THREADS=1:
+    # one at a time); the classifiers do not depend on it (annotate/fold_workers.py), so it is not in the cache key.
+    workers = auto_workers(setting.folds, thread_budget=torch.get_num_threads(), fold_threads=setting.cpu_threads,
+                           device=device)
     with cpu_threads(setting.cpu_threads, device), torch.random.fork_rng(devices=[]):
         return train_crossfit(
             mixed.clean_images, mixed.corrupted_images, folds=setting.folds,
             config=ClassifierConfig(img_channels=mixed.images.shape[1], img_resolution=mixed.images.shape[-1],
                                     model_channels=setting.model_channels),
             train=classifier_train_config(setting, seed=seed, grid=grid),
-            grid=grid, report_draws=2, report_samples=setting.report_samples, device=device,
+            grid=grid, report_draws=2, report_samples=setting.report_samples, device=device, workers=workers,
             progress=lambda fold, step, loss, accuracy: log(f"    classifier {fold + 1}/{setting.folds} step {step}: "
                                                             f"BCE {loss:.3f}, accuracy {accuracy:.3f}"))
 
