@@ -179,6 +179,31 @@ def test_resuming_with_other_annotations_under_the_same_file_is_refused(tmp_path
     assert digest == Annotations(torch.arange(32), changed.clone(), torch.zeros(32)).digest()
 
 
+def test_a_run_folder_moved_with_its_annotation_file_resumes(tmp_path):
+    """The annotation file's path is not what a run trained on (its digest is): a run folder moved or copied with
+    the file inside resumes from the new place; other content under the new path is still refused."""
+    import shutil
+
+    from ambient_fast.annotations import Annotations
+
+    dataset = TensorDataset(smooth_images(32))
+    sigma_min = torch.where(torch.arange(32) < 8, 0.0, 1.5).double()
+    Annotations(torch.arange(32), sigma_min, torch.zeros(32)).save(tmp_path / "r" / "ann.safetensors")
+    config = tiny_config(total_steps=3, annotations=str(tmp_path / "r" / "ann.safetensors"))
+    train(config, run_dir=tmp_path / "r", dataset=dataset, log=lambda *_: None)
+    shutil.move(tmp_path / "r", tmp_path / "moved")
+    moved = config.replace(total_steps=4, annotations=str(tmp_path / "moved" / "ann.safetensors"))
+    messages = []
+    result = train(moved, run_dir=tmp_path / "moved", dataset=dataset, log=messages.append)
+    assert len(result["losses"]) == 1, messages  # steps 0-2 were done before the move: one more step
+    changed = sigma_min.clone()
+    changed[20] = 0.7
+    Annotations(torch.arange(32), changed, torch.zeros(32)).save(tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="other annotations"):
+        train(moved.replace(total_steps=5, annotations=str(tmp_path / "other.safetensors")), run_dir=tmp_path / "moved",
+              dataset=dataset, log=lambda *_: None)
+
+
 def test_edm2_network_on_latents_with_bf16_autocast(tmp_path):
     """EDM2 latents stored as [posterior mean, std] (8 channels): standardised samples feed the MP UNet, whose
     logvar head enters the fused loss; bf16 autocast with fp32 master weights."""

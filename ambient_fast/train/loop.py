@@ -41,9 +41,12 @@ from .source_log import SourceLog
 
 # Fields that may change between a run and its resumption (they do not change what is computed).
 # allow_missing only permits: what the run trains on is guarded by the annotations digest.
+# annotations is a path: a run folder moved with its annotation file resumes; the file's content is guarded by the
+# annotations digest (other sigma_min / sigma_max are refused below, whatever the file is called).
 # compile / compile_mode change the rounding, not the computation: a run may resume with or without them.
 RESUMABLE_CHANGES = {"total_steps", "log_every", "num_workers", "tensorboard", "checkpoint_every", "keep_checkpoints",
-                     "snapshot_every", "cpu_threads", "allow_missing", "verify_data", "compile", "compile_mode"}
+                     "snapshot_every", "cpu_threads", "allow_missing", "verify_data", "compile", "compile_mode",
+                     "annotations"}
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # torch.compile backend of config.compile. Tests use "aot_eager" (Dynamo's graph and AOT autograd, without
 # Inductor's code generation, which takes about a minute on a 2-core CPU for the tiny network).
