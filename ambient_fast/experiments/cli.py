@@ -15,27 +15,17 @@ MODIFYING_OPTIONS = ("--data", "--test", "--corruption", "--param", "--clean-fra
                      "--test-count")
 
 
-def _parameter(text: str) -> tuple[str, float]:
-    name, sep, value = text.partition("=")
-    try:
-        number = float(value)
-    except ValueError:
-        sep = ""
-    if not sep:
-        raise UserError(f"--param takes NAME=NUMBER (e.g. sigma_px=1.0), got {text!r}")
-    return name, int(number) if number.is_integer() else number
-
-
 def run_corrupt(args) -> int:
     import torch
 
     from ..corruptions import make_corruption
     from .mixed_dataset import load_images, make_mixed_dataset, save_mixed_dataset
+    from .overrides import parse_parameter
 
     out = check_writable(args.out, "--out", folder=True)
     if out.is_dir() and any(out.iterdir()):
         raise UserError(f"--out {out} exists and is not empty; choose a new output folder")
-    parameters = dict(_parameter(p) for p in args.param)
+    parameters = dict(parse_parameter(p) for p in args.param)
     if "angle_deg" in parameters and args.corruption == "motion_blur" and parameters["angle_deg"] < 0:
         parameters["angle_deg"] = None  # a negative angle asks for one drawn per sample
     with user_input(f"--corruption {args.corruption} --param", ValueError, TypeError):

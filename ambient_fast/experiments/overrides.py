@@ -177,10 +177,21 @@ def changes(experiment: Experiment) -> dict:
     return found
 
 
+def parse_parameter(text: str) -> tuple[str, float]:
+    """A corruption parameter NAME=NUMBER of --param (an int when it is one)."""
+    name, sep, value = text.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        sep = ""
+    if not sep:
+        raise UserError(f"--param takes NAME=NUMBER (e.g. sigma_px=1.0), got {text!r}")
+    return name, int(number) if number.is_integer() else number
+
+
 def from_arguments(experiment: Experiment, args) -> Experiment:
     """modify() with the options of `ambient-fast experiment` (experiments/cli.py)."""
     from ..train.cli import _parse_value
-    from .cli import _parameter
 
     settings = {}
     for item in args.set or ():
@@ -188,7 +199,7 @@ def from_arguments(experiment: Experiment, args) -> Experiment:
         if not sep or not name.strip():
             raise UserError(f"--set expects FIELD=VALUE (e.g. --set total_steps=500), got {item!r}")
         settings[name.strip()] = _parse_value(value)
-    parameters = dict(_parameter(p) for p in args.param or ())
+    parameters = dict(parse_parameter(p) for p in args.param or ())
     return modify(experiment, data=args.data, test=args.test, corruption=args.corruption, parameters=parameters,
                   clean_fraction=args.clean_fraction, resolution_px=args.resolution, preset=args.preset,
                   settings=settings, steps=args.steps, samples=args.samples, arms=args.arms, metrics=args.metrics,
