@@ -359,3 +359,31 @@ def test_a_rerun_with_other_annotations_sets_the_old_run_aside(tmp_path):
 
     assert torch.equal(Annotations.load(run_dir / "annotations.safetensors").sigma_min, other)
     assert torch.equal(Annotations.load(aside[0] / "annotations.safetensors").sigma_min, zeros)
+
+
+def test_an_arm_with_the_same_images_and_annotations_as_another_reuses_its_run(tmp_path):
+    """Two arms of a seed that train on the same images with the same annotations (fixed and classifier when the
+    classifier is at chance: both at the single level) train one run: the second is a copy, with the same samples."""
+    pytest.importorskip("skimage", reason="the embedded dataset reads photographs shipped with scikit-image")
+    import dataclasses
+
+    from ambient_fast.experiments.controlled import run_experiment
+
+    demo = configs.experiment("demo-cpu-blur1.0")
+    tiny = dataclasses.replace(
+        demo, arms=(configs.Arm("fixed", 0.5, label="first"), configs.Arm("only_clean"),
+                    configs.Arm("fixed", 0.5, label="twin")),
+        data=dataclasses.replace(demo.data, train_count=64, test_count=32),
+        train_overrides=(("total_steps", 2), ("network.model_channels", 8), ("checkpoint_every", 100),
+                         ("snapshot_every", 0), ("log_every", 100)),
+        generated_count=16, sampler_steps=2)
+    lines = []
+    result = run_experiment(tiny, out_dir=tmp_path, device="cpu", log=lines.append)
+    first, only_clean, twin = result.arms
+    assert [line.strip() for line in lines if "reused (copied)" in line] == [
+        "the same images and annotations as first-seed0: its run is reused (copied), not trained again"]
+    assert torch.equal(first.samples, twin.samples) and not torch.equal(first.samples, only_clean.samples)
+    assert (tmp_path / "twin-seed0" / "annotations.safetensors").is_file()
+    lines.clear()
+    run_experiment(tiny, out_dir=tmp_path, device="cpu", log=lines.append)  # finished runs: nothing copied again
+    assert not any("reused (copied)" in line for line in lines)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -266,8 +267,6 @@ def train_arm(images, sigma_min, sigma_max, *, experiment: Experiment, seed: int
 def _set_aside_if_other_annotations(run_dir: Path, digest: str, *, log=print) -> None:
     """A rerun whose annotations changed (another classifier, a code change) must not reuse the old run: it is
     renamed to <run>.annotations-<old digest> (kept, not deleted) and the arm trains afresh."""
-    import shutil
-
     from ..train import checkpoint
 
     old = None
@@ -369,6 +368,7 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
 
     results, annotations, reference_cache, selection, crops_annotations = [], {}, {}, {}, {}
     for seed in seeds or experiment.seeds:
+        trained: dict[str, Path] = {}  # this seed's runs by what they trained on (training_inputs_digest)
         annotation = None
         if _needs_classifier(experiment):
             log(f"  seed {seed}: noise classifier (eq. 3.1) and sigma_min (eq. 3.2)")
@@ -408,8 +408,16 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
             seconds = {}
             tick = time.perf_counter()
             log(f"  seed {seed}, arm {arm.name}: {images.shape[0]} training images")
+            inputs_digest = training_inputs_digest(images, sigma_min, sigma_max, acceptance)
+            twin = trained.get(inputs_digest)
+            if twin is not None and not run_dir.exists():
+                # e.g. fixed and classifier when the classifier is at chance (both at the single level): training
+                # is deterministic, so the twin's run is what this arm would train; train_arm checks its digest.
+                shutil.copytree(twin, run_dir)
+                log(f"    the same images and annotations as {twin.name}: its run is reused (copied), not trained again")
             train_arm(images, sigma_min, sigma_max, experiment=experiment, seed=seed, run_dir=run_dir, device=device,
                       log=lambda line: None, note=log, acceptance=acceptance)
+            trained.setdefault(inputs_digest, run_dir)
             seconds["train"] = time.perf_counter() - tick
             tick = time.perf_counter()
             samples = generate(run_dir, count=experiment.generated_count, num_steps=experiment.sampler_steps,
@@ -434,6 +442,19 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
                                  crops_annotations, inputs)
         _write_outputs(result)
     return result
+
+
+def training_inputs_digest(images: torch.Tensor, sigma_min: torch.Tensor, sigma_max: torch.Tensor,
+                           acceptance=None) -> str:
+    """What an arm's training run depends on besides the experiment's preset and the seed (the same for every arm of
+    a seed): its images and annotations. Two arms with one digest train the same run."""
+    import hashlib
+
+    hasher = hashlib.sha256()
+    for tensor in (images, sigma_min, sigma_max, *(() if acceptance is None else (acceptance.sigmas, acceptance.table))):
+        hasher.update(str((tuple(tensor.shape), tensor.dtype)).encode())
+        hasher.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return hasher.hexdigest()
 
 
 def _ordered_result(experiment: Experiment, results: list[ArmResult], *fields) -> ExperimentResult:
