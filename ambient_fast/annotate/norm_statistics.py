@@ -11,7 +11,9 @@ noisy image, and during `replay()` normalises the window's features with them, c
 same network on the same batch). It hooks modules through torch's global module hooks, so it needs no handle on the
 network and works with any callable that runs torch.nn modules; a GroupNorm applied as F.group_norm, outside a
 module, is not seen. Networks without GroupNorm are unchanged. Normalisations whose statistics pool over space and
-that it does not handle are refused (see `spatial_normalisation`).
+that it does not handle are refused (see `spatial_normalisation`). Self-attention is neither: it mixes every
+position of the window whatever the statistics, so with attention layers (the UNet's `attn_resolutions`, a DiT)
+crop(sigma) under "full" still includes the attention's reach, which is the whole window.
 """
 from __future__ import annotations
 
