@@ -175,7 +175,7 @@ def train_crossfit(clean: torch.Tensor, corrupted: torch.Tensor, *, folds: int =
     where the last one stopped, bit-identically; other data or settings are refused. The caller removes the
     folder once the set is saved (remove_work_dir).
 
-    workers: folds trained at once, each in a spawned process at this process's torch thread count (CPU only;
+    workers: folds trained at once, each in a worker process (fold_workers.py) at this process's torch thread count (CPU only;
     fold_workers.auto_workers picks a count): the same classifiers bit for bit, in less time on several cores."""
     if folds < 2:
         raise UserError(f"cross-fitting needs folds >= 2 (each classifier leaves one out); got {folds}")

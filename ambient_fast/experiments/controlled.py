@@ -244,10 +244,14 @@ def arm_training_set(arm: Arm, mixed: MixedDataset, annotation: ClassifierAnnota
 
 
 def train_arm(images, sigma_min, sigma_max, *, experiment: Experiment, seed: int, run_dir: Path, device, log=print,
-              note=print, acceptance=None):
+              note=print, acceptance=None, runs_by_inputs: dict[str, Path] | None = None):
     """Train (or resume / reuse a finished run in run_dir) with the experiment's preset; every arm alike. A run in
     run_dir made with other annotations is set aside (renamed), never reused. log: the trainer's lines; note: the
-    runner's own."""
+    runner's own. runs_by_inputs: this seed's runs by their images and annotations digests; an arm whose inputs
+    match an earlier arm's (fixed and classifier when the classifier is at chance: both at the single level) starts
+    from a copy of that run, which is what it would train (training is deterministic), and the entry is added."""
+    import hashlib
+
     from ..annotations import Annotations
     from ..data import TensorDataset
     from ..train import preset, train
@@ -255,13 +259,22 @@ def train_arm(images, sigma_min, sigma_max, *, experiment: Experiment, seed: int
     dataset = TensorDataset(images)
     table = Annotations(torch.arange(images.shape[0]), sigma_min, sigma_max, acceptance=acceptance,
                         provenance={"experiment": experiment.name, "seed": seed})
-    _set_aside_if_other_annotations(run_dir, dataset.annotations(table).digest(), log=note)
+    annotations_digest = dataset.annotations(table).digest()
+    _set_aside_if_other_annotations(run_dir, annotations_digest, log=note)
+    inputs = f"{hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()}/{annotations_digest}"
+    twin = (runs_by_inputs or {}).get(inputs)
+    if twin is not None and not run_dir.exists():
+        shutil.copytree(twin, run_dir)  # resumes there: the annotations path may differ, the digest may not
+        note(f"    the same images and annotations as {twin.name}: its run is reused (copied), not trained again")
     run_dir.mkdir(parents=True, exist_ok=True)
     annotation_path = run_dir / "annotations.safetensors"
     table.save(annotation_path)
     config = preset(experiment.train_preset, **dict(experiment.train_overrides), seed=seed, annotation_seed=seed,
                     annotations=str(annotation_path))
-    return train(config, run_dir=run_dir, dataset=dataset, device=device, log=log)
+    result = train(config, run_dir=run_dir, dataset=dataset, device=device, log=log)
+    if runs_by_inputs is not None:
+        runs_by_inputs.setdefault(inputs, run_dir)
+    return result
 
 
 def _set_aside_if_other_annotations(run_dir: Path, digest: str, *, log=print) -> None:
@@ -368,7 +381,7 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
 
     results, annotations, reference_cache, selection, crops_annotations = [], {}, {}, {}, {}
     for seed in seeds or experiment.seeds:
-        trained: dict[str, Path] = {}  # this seed's runs by what they trained on (training_inputs_digest)
+        trained: dict[str, Path] = {}  # this seed's runs by their images and annotations (train_arm)
         annotation = None
         if _needs_classifier(experiment):
             log(f"  seed {seed}: noise classifier (eq. 3.1) and sigma_min (eq. 3.2)")
@@ -408,16 +421,8 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
             seconds = {}
             tick = time.perf_counter()
             log(f"  seed {seed}, arm {arm.name}: {images.shape[0]} training images")
-            inputs_digest = training_inputs_digest(images, sigma_min, sigma_max, acceptance)
-            twin = trained.get(inputs_digest)
-            if twin is not None and not run_dir.exists():
-                # e.g. fixed and classifier when the classifier is at chance (both at the single level): training
-                # is deterministic, so the twin's run is what this arm would train; train_arm checks its digest.
-                shutil.copytree(twin, run_dir)
-                log(f"    the same images and annotations as {twin.name}: its run is reused (copied), not trained again")
             train_arm(images, sigma_min, sigma_max, experiment=experiment, seed=seed, run_dir=run_dir, device=device,
-                      log=lambda line: None, note=log, acceptance=acceptance)
-            trained.setdefault(inputs_digest, run_dir)
+                      log=lambda line: None, note=log, acceptance=acceptance, runs_by_inputs=trained)
             seconds["train"] = time.perf_counter() - tick
             tick = time.perf_counter()
             samples = generate(run_dir, count=experiment.generated_count, num_steps=experiment.sampler_steps,
@@ -442,19 +447,6 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
                                  crops_annotations, inputs)
         _write_outputs(result)
     return result
-
-
-def training_inputs_digest(images: torch.Tensor, sigma_min: torch.Tensor, sigma_max: torch.Tensor,
-                           acceptance=None) -> str:
-    """What an arm's training run depends on besides the experiment's preset and the seed (the same for every arm of
-    a seed): its images and annotations. Two arms with one digest train the same run."""
-    import hashlib
-
-    hasher = hashlib.sha256()
-    for tensor in (images, sigma_min, sigma_max, *(() if acceptance is None else (acceptance.sigmas, acceptance.table))):
-        hasher.update(str((tuple(tensor.shape), tensor.dtype)).encode())
-        hasher.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return hasher.hexdigest()
 
 
 def _ordered_result(experiment: Experiment, results: list[ArmResult], *fields) -> ExperimentResult:
