@@ -229,6 +229,13 @@ def run_experiment_report(args) -> int:
     return 0
 
 
+def run_experiment_summary(args) -> int:
+    from .scoreboard import scoreboard
+
+    print(scoreboard(args.folders))
+    return 0
+
+
 def register(subparsers) -> None:
     from ..corruptions import CORRUPTIONS
     from .configs import EMBEDDED_NAMES
@@ -313,3 +320,9 @@ def register(subparsers) -> None:
     report.add_argument("--bootstrap", type=int, default=50, help="resamples for each metric's 95%% interval")
     report.add_argument("--device", type=device_arg, help="device of FID / FD_DINOv2 feature networks (default cpu)")
     report.set_defaults(func=run_experiment_report)
+
+    summary = subparsers.add_parser("experiment-summary", help="one table over many experiment folders: per setting "
+                                                               "and annotated arm, the metrics better / worse than "
+                                                               "each baseline (95%% intervals separate)")
+    summary.add_argument("folders", nargs="+", help="experiment output folders, or folders of them (e.g. runs/tables)")
+    summary.set_defaults(func=run_experiment_summary)

@@ -188,6 +188,22 @@ def comparison_lines(result: ExperimentResult) -> list[str]:
     return lines
 
 
+BASELINE_KINDS = ("only_clean", "all_data")
+
+
+def versus(records, candidate: str, baseline: str) -> tuple[list[str], list[str]]:
+    """The metrics (column headers) on which candidate's 95% interval lies wholly below baseline's (better) and wholly
+    above (worse); the other scored metrics are not separated. records: ArmResult-like (.arm, .seed, .metrics)."""
+    wins, losses = [], []
+    for reference, metric, header, orientation in columns(records):
+        if orientation is None:
+            continue
+        order = compare(_scored(arm_interval(records, candidate, reference, metric), orientation),
+                        _scored(arm_interval(records, baseline, reference, metric), orientation))
+        (wins if order < 0 else losses if order > 0 else []).append(header)
+    return wins, losses
+
+
 def conclusion(result: ExperimentResult) -> list[str]:
     """Which arm is best on each metric where its interval separates from every other arm's, and how each
     annotated arm compares with the two baselines, counting only separated differences."""
@@ -203,13 +219,11 @@ def conclusion(result: ExperimentResult) -> list[str]:
         best.append(f"{header}: {winners[0] if winners else 'not separated'}")
     lines = ["best arm per metric (its interval below every other arm's): " + ", ".join(best)]
     seeds = len({r.seed for r in result.arms})
-    baselines = [arm.name for arm in result.experiment.arms if arm.kind in ("only_clean", "all_data")]
-    candidates = [arm.name for arm in result.experiment.arms if arm.kind not in ("only_clean", "all_data")]
+    baselines = [arm.name for arm in result.experiment.arms if arm.kind in BASELINE_KINDS]
+    candidates = [arm.name for arm in result.experiment.arms if arm.kind not in BASELINE_KINDS]
     for candidate in candidates:
         for baseline in baselines:
-            order = {h: compare(scores[(candidate, h)], scores[(baseline, h)]) for _, _, h, _ in scored}
-            wins = [h for h, o in order.items() if o < 0]
-            losses = [h for h, o in order.items() if o > 0]
+            wins, losses = versus(result.arms, candidate, baseline)
             ties = len(scored) - len(wins) - len(losses)
             lines.append(f"{candidate} vs {baseline}: better on {len(wins)} of {len(scored)} metrics (intervals separate)"
                          + (f": {', '.join(wins)}" if wins else "") + (f"; worse on {', '.join(losses)}" if losses else "")
