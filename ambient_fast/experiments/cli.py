@@ -1,7 +1,7 @@
 """`ambient-fast corrupt` (a mixed clean/corrupted dataset from a clean one), `ambient-fast eval` (metrics of a
 generated set against test and training references), `ambient-fast experiment` (a controlled experiment or a
-whole paper table from ambient_fast.experiments.configs) and `ambient-fast experiment-report` (its metrics
-recomputed from the saved samples)."""
+whole paper table from ambient_fast.experiments.configs), `ambient-fast experiment-report` (its metrics
+recomputed from the saved samples) and `ambient-fast experiment-summary` (many folders in one table, scoreboard.py)."""
 from __future__ import annotations
 
 import json
