@@ -32,6 +32,7 @@ def _folder(path, values: dict[str, float], *, seeds=(0, 1, 2), auc=0.9, fallbac
     summary = {"experiment": "demo-cpu-blur1.0",
                "data": data or {"source": "embedded", "corruption": "gaussian_blur",
                                 "corruption_parameters": [["sigma_px", 1.0]], "embedded": "textures"},
+               "paper_fid": {"only_clean": 8.79, "all_data": 45.32, "classifier": 6.16},
                "arms": [_entry(arm, seed, value, rng) for seed in seeds for arm, value in values.items()],
                "annotations": {str(s): {"median": (0.2, 0.21, 0.22)[s], "fallback": fallback,
                                         "classifier_report": {"sigmas": [0.002, 0.01], "auc": [auc, 0.6]}}
@@ -76,7 +77,7 @@ def test_folders_of_folders_and_the_command(tmp_path, capsys):
     assert cli.main(["experiment-summary", str(tmp_path / "tables")]) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = [line for line in lines if line.startswith("| a ") or line.startswith("| b ")]
-    assert len(rows) == 2 and "mixed" in rows[0] and rows[1].endswith("| not separated |")
+    assert len(rows) == 2 and "mixed" in rows[0] and rows[1].endswith("| not separated | 6.16 (8.79 / 45.32) |")
     assert "0.9" in rows[0] and "| 8 (" in rows[0]  # AUC and the count against all data
     user_error(capsys, ["experiment-summary", tmp_path / "empty"], match="holds no results.json")
     (tmp_path / "broken").mkdir()

@@ -35,6 +35,7 @@ class Row:
     arm: str
     versus: dict[str, tuple[list[str], list[str]]]  # baseline -> (better on, worse on)
     scored: int  # metrics compared
+    paper_fid: dict[str, float]  # the paper's FID of this setting's arms (results.json "paper_fid"), where it has one
 
     @property
     def verdict(self) -> str:
@@ -106,7 +107,8 @@ def rows_of(folder: Path) -> list[Row]:
                         tuple(low_noise_auc(s) for s in seeds),
                         tuple(bool(annotations.get(s, {}).get("fallback")) for s in seeds),
                         tuple(annotations.get(s, {}).get("median") for s in seeds), arm,
-                        {baseline: versus(records, arm, baseline) for baseline in baselines}, scored))
+                        {baseline: versus(records, arm, baseline) for baseline in baselines}, scored,
+                        summary.get("paper_fid") or {}))
     return rows
 
 
@@ -123,11 +125,18 @@ def _against(outcome: tuple[list[str], list[str]] | None) -> str:
     return text + f" / {len(losses)}" + (f" ({', '.join(losses)})" if losses else "")
 
 
+def _paper(row: Row, baselines: list[str]) -> str:
+    if row.arm not in row.paper_fid:
+        return "-"
+    return f"{row.paper_fid[row.arm]:g} (" + " / ".join(f"{row.paper_fid[b]:g}" if b in row.paper_fid else "-"
+                                                      for b in baselines) + ")"
+
+
 def format_scoreboard(rows: list[Row]) -> str:
     """A markdown table: per row the setting, the seeds, the annotation, and better / worse counts per baseline."""
     baselines = list(dict.fromkeys(b for row in rows for b in row.versus)) or list(BASELINE_KINDS)
     header = (["folder", "data", "seeds", "held-out AUC, lowest s", "median sigma_min", "arm"]
-              + [f"vs {b}: better / worse" for b in baselines] + ["verdict"])
+              + [f"vs {b}: better / worse" for b in baselines] + ["verdict", "paper FID: arm (" + " / ".join(baselines) + ")"])
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in rows:
         auc = _per_seed(row.low_noise_auc, ".2f")
@@ -135,7 +144,7 @@ def format_scoreboard(rows: list[Row]) -> str:
             auc += " (at chance" + ("" if all(row.at_chance) else f" on {sum(row.at_chance)} seed(s)") + ")"
         cells = [row.folder.name, row.data, ",".join(map(str, row.seeds)), auc,
                  _per_seed(row.median_sigma_min, ".3g"), row.arm,
-                 *(_against(row.versus.get(b)) for b in baselines), row.verdict]
+                 *(_against(row.versus.get(b)) for b in baselines), row.verdict, _paper(row, baselines)]
         lines.append("| " + " | ".join(cells) + " |")
     scored = sorted({row.scored for row in rows})
     lines.append("")
