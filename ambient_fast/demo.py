@@ -5,8 +5,9 @@ regime chosen by benchmarks/regime_sweep.py (docs/results.md). Three arms by def
 steps and seed: only the clean 10% (filtering), everything as if clean (no annotation), and Ambient-o with a
 per-sample annotation from the noise classifier; `--arms ... fixed` adds the ablation of Table 7, Ambient-o with one
 annotation for all blurred samples (eq. 3.2 over S_B), `weighted` the classifier's gate with density-ratio
-acceptance (beyond the paper; clip c = 1, fixed a priori) and `weighted_floor` that acceptance with its own gate
-(a >= 0.05) instead of the classifier's threshold. A rerun reuses the finished arms. Prints a table of metrics per arm against the held-out test
+acceptance (beyond the paper; clip c = 1, fixed a priori), `weighted_floor` that acceptance with its own gate
+(a >= 0.05) instead of the classifier's threshold and `weighted_capped` the weighted arm with the corrupted share
+of each level's usable set capped at 1/2. A rerun reuses the finished arms. Prints a table of metrics per arm against the held-out test
 crops and the clean training crops, the annotation distribution, usable samples per level, the radial spectrum
 per arm and a conclusion computed from the numbers; writes sample grids and the usable-samples plot.
 
@@ -36,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
                                       "blur demo, runs/<experiment> otherwise")
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: one seed, 0)")
     parser.add_argument("--arms", nargs="+", help="arm names to run, or 'all' (default for the blur demo: "
-                                                  f"{' '.join(DEFAULT_ARMS[DEMO])}; its ablations: fixed, weighted, weighted_floor)")
+                                                  f"{' '.join(DEFAULT_ARMS[DEMO])}; its ablations: fixed, weighted, weighted_floor, "
+                                                  "weighted_capped)")
     args = parser.parse_args(argv)
     out = args.out or ("runs/demo" if args.experiment == DEMO else f"runs/{args.experiment}")
     chosen = experiment(args.experiment)

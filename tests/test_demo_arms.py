@@ -22,7 +22,8 @@ def captured(monkeypatch):
 
 @pytest.mark.parametrize("argv, arms", [
     ([], ["only_clean", "all_data", "classifier"]),
-    (["--arms", "all"], ["only_clean", "all_data", "fixed", "classifier", "weighted", "weighted_floor"]),
+    (["--arms", "all"], ["only_clean", "all_data", "fixed", "classifier", "weighted", "weighted_floor",
+                        "weighted_capped"]),
     (["--arms", "weighted", "classifier"], ["classifier", "weighted"]),
     (["--arms", "fixed", "only_clean"], ["only_clean", "fixed"]),
     (["--experiment", "demo-cpu-ood"], ["only_clean", "all_data", "fixed_crops_0.05", "fixed_crops_0.2", "crops"]),

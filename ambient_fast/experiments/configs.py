@@ -14,13 +14,16 @@ Arms (Section 5, Appendix E, Table 7), all trained with the same network, steps 
                the corrupted samples (beyond the paper; docs/annotation.md "Density-ratio acceptance")
   weighted_floor  the same acceptance without the classifier's gate: a corrupted sample is noisy data from the
                first level where a_i(s) >= 0.05 (weighted.GATE_FLOOR, fixed a priori; `annotate weights --gate floor`)
+  weighted_capped  weighted, with the corrupted share of the usable set capped at 1/2 per level (variant (b),
+               weighted.MAX_SHARE, fixed a priori; `annotate weights --max-share 0.5`)
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-ARM_KINDS = ("only_clean", "all_data", "fixed", "classifier", "crops", "fixed_crops", "weighted", "weighted_floor")
-WEIGHTED_KINDS = ("weighted", "weighted_floor")
+ARM_KINDS = ("only_clean", "all_data", "fixed", "classifier", "crops", "fixed_crops", "weighted", "weighted_floor",
+             "weighted_capped")
+WEIGHTED_KINDS = ("weighted", "weighted_floor", "weighted_capped")
 # The embedded image sets by name: the keys of embedded_data.EMBEDDED_SETS (not imported here: configs needs no torch)
 EMBEDDED_NAMES = ("photographs", "textures")  # arms trained with density-ratio acceptance (experiments/weighted.py)
 
@@ -262,8 +265,9 @@ _add(replace(
                 "(sigma_B = 1.0 px)",
     data=replace(_REGIME.data, train_count=1000),
     # weighted: density-ratio acceptance at the a-priori clip c = 1 behind the classifier's gate; weighted_floor: the
-    # same acceptance with its own gate a >= 0.05 (both fixed before any run of them)
-    arms=(*CLASSIC_ARMS, Arm("weighted"), Arm("weighted_floor")),
+    # same acceptance with its own gate a >= 0.05 (both fixed before any run of them); weighted_capped: weighted with
+    # the corrupted share of each level's usable set capped at 1/2 (fixed before any run of it)
+    arms=(*CLASSIC_ARMS, Arm("weighted"), Arm("weighted_floor"), Arm("weighted_capped")),
     classifier=replace(_REGIME.classifier, folds=5, translate_px=2),
     train_overrides=tuple({**dict(_REGIME.train_overrides), "total_steps": 3000, "checkpoint_every": 1500}.items()),
     paper=_paper(8.79, *_BLUR_PAPER[1.0]),

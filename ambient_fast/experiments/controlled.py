@@ -230,7 +230,7 @@ def arm_training_set(arm: Arm, mixed: MixedDataset, annotation: ClassifierAnnota
         return mixed.images, sigma_min, sigma_max
     if arm.kind == "fixed":
         sigma_min[~mixed.is_clean] = arm.fixed_sigma if arm.fixed_sigma is not None else annotation.single
-    elif arm.kind in ("classifier", "weighted"):  # weighted: the same gate, thinned by its acceptance table
+    elif arm.kind in ("classifier", "weighted", "weighted_capped"):  # weighted*: the same gate, thinned by a table
         sigma_min[~mixed.is_clean] = annotation.sigma_min
     elif arm.kind == "weighted_floor":
         if acceptance is None:
@@ -414,6 +414,11 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
 
                 acceptance = weighted_acceptance(mixed, experiment, seed=seed, device=device,
                                                  cache=out_dir / f"classifier-seed{seed}.safetensors", log=log)
+                if arm.kind == "weighted_capped":
+                    from .weighted import capped_acceptance
+
+                    _, gate, _ = arm_training_set(arm, mixed, annotation)
+                    acceptance = capped_acceptance(acceptance, gate, mixed.is_clean)
             images, sigma_min, sigma_max = arm_training_set(arm, mixed, annotation, crops, acceptance)
             if arm.kind in ("fixed", "classifier", *WEIGHTED_KINDS) and arm.name not in selection:
                 selection[arm.name] = selection_diagnostic(train_images, mixed.images, mixed.is_clean, sigma_min,

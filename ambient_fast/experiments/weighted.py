@@ -1,7 +1,9 @@
 """The `weighted` arm (beyond the paper): the classifier arm's per-sample sigma_min as the gate, and density-ratio
 acceptance a_i(s) = min(1, w_i(s) / c), w = P / (1 - P), for the corrupted samples (docs/annotation.md,
 "Density-ratio acceptance"). The `weighted_floor` arm: the same acceptance with its own gate (GATE_FLOOR) instead
-of the classifier's sigma_min, which admits samples the paper's threshold P >= tau rejects. The cross-fitted classifiers are the classifier arm's (experiments/classifiers.py:
+of the classifier's sigma_min, which admits samples the paper's threshold P >= tau rejects. The `weighted_capped`
+arm: `weighted` with variant (b), the corrupted share of the usable set capped at MAX_SHARE per level
+(`annotate weights --max-share`). The cross-fitted classifiers are the classifier arm's (experiments/classifiers.py:
 the experiment's ClassifierSetting and seed, cached beside the runs under a key of those settings), whose P_i(s)
 trajectories are needed here; the annotation keeps only sigma_min.
 """
@@ -19,6 +21,9 @@ CLIP = 1.0  # envelope c: corrupted samples are never taken more often than clea
 # weighted_floor's gate: noisy data from the first level where a_i(s) >= 0.05 (eq. 3.2's rule on a instead of P;
 # `annotate weights --gate floor`'s default). Fixed a priori, not tuned on the arms' metrics.
 GATE_FLOOR = 0.05
+# weighted_capped's cap: at no level do the admitted corrupted samples (sum of their acceptances) outnumber the clean
+# ones, whatever the classifier passes. Fixed a priori (the even split), not tuned on the arms' metrics.
+MAX_SHARE = 0.5
 
 
 def gate_from_weights(acceptance, is_clean: torch.Tensor) -> torch.Tensor:
@@ -52,3 +57,19 @@ def weighted_acceptance(mixed, experiment, *, seed: int, device, cache: Path, lo
     table = torch.ones(mixed.images.shape[0], WEIGHT_LEVELS, dtype=torch.float32)
     table[corrupted] = dr.acceptance_from_ratio(dr.density_ratio(p), clip=clip).float()
     return Acceptance(grid, table)
+
+
+def capped_acceptance(acceptance, sigma_min: torch.Tensor, is_clean: torch.Tensor, *, max_share: float = MAX_SHARE):
+    """weighted_capped's table: the corrupted rows of `acceptance` scaled per level (density_ratio.cap_share) so that
+    the corrupted share of the samples usable at s, counting those past their gate s > b sigma_min, is at most
+    max_share; clean rows stay 1. sigma_min float64 [N]: the arm's gate (the classifier's)."""
+    from ..annotate import density_ratio as dr
+    from ..annotations import Acceptance
+    from ..buffer import buffer_factor
+
+    corrupted = ~is_clean
+    past_gate = acceptance.sigmas[None, :] > buffer_factor() * sigma_min[corrupted][:, None]
+    table = acceptance.table.clone()
+    table[corrupted] = dr.cap_share(acceptance.table[corrupted], clean_count=int(is_clean.sum()), max_share=max_share,
+                                    usable=past_gate).float()
+    return Acceptance(acceptance.sigmas, table)
