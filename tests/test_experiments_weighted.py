@@ -92,9 +92,10 @@ def test_capped_acceptance_scales_each_level_to_the_share():
     table[2:] = torch.tensor([[1.0, 1.0, 1.0], [0.5, 1.0, 1.0], [1.0, 0.5, 1.0], [1.0, 1.0, 0.25]])
     sigma_min = torch.tensor([0, 0, 0, 0, 0, 5.0 / buffer_factor()], dtype=torch.float64)  # the last: past at s = 10
     capped = capped_acceptance(Acceptance(sigmas, table), sigma_min, is_clean, max_share=0.5)
-    # past the gate: 2.5, 2.5 and 3.25 corrupted against 2 clean -> at most 2 each: factors 0.8, 0.8, 2 / 3.25
+    # each level counts the samples past the gate at the next level up (the last: all), so that the cap holds
+    # between levels: 2.5, 3.5 and 3.25 corrupted against 2 clean -> at most 2 each: factors 0.8, 2 / 3.5, 2 / 3.25
     expected = table.clone()
-    expected[2:] *= torch.tensor([0.8, 0.8, 2 / 3.25])
+    expected[2:] *= torch.tensor([0.8, 2 / 3.5, 2 / 3.25])
     torch.testing.assert_close(capped.table, expected)
     assert torch.equal(capped.sigmas, sigmas)
     loose = capped_acceptance(Acceptance(sigmas, table), sigma_min, is_clean, max_share=0.75)  # allows 6: unchanged

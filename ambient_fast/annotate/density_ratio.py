@@ -43,10 +43,16 @@ def cap_share(acceptance: torch.Tensor, *, clean_count: float, max_share: float,
     """Variant (b): scale each level's column so that the corrupted share of the usable set,
     sum_i a_i(s) / (clean_count + sum_i a_i(s)), is at most max_share. A uniform factor per level keeps the admitted
     corrupted samples' distribution as it was (it only takes fewer of them). acceptance [N_B, L]; clean_count:
-    samples always usable (clean); usable [N_B, L] bool: past the gate (default all)."""
+    samples always usable (clean); usable [N_B, L] bool: past the gate (default all).
+
+    The share holds at every level, not only on the grid: between levels k and k+1 the sampler takes a sample past
+    its gate with the interpolated acceptance, so column k counts the samples past the gate at level k + 1 (the
+    gate only opens upward), and the last column every sample (beyond the grid a gate may still open)."""
     if not 0 < max_share < 1:
         raise ValueError(f"max_share must lie in (0, 1); got {max_share}")
     allowed = max_share / (1 - max_share) * clean_count  # share <= m  <=>  sum a <= m / (1 - m) * clean
+    if usable is not None:
+        usable = torch.cat([usable[:, 1:], torch.ones_like(usable[:, :1])], dim=1)
     counted = acceptance.double() if usable is None else acceptance.double() * usable
     taken = counted.sum(dim=0)
     factor = torch.where(taken > allowed, allowed / taken.clamp_min(1e-300), torch.ones_like(taken))
