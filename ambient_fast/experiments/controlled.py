@@ -414,12 +414,11 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
 
                 acceptance = weighted_acceptance(mixed, experiment, seed=seed, device=device,
                                                  cache=out_dir / f"classifier-seed{seed}.safetensors", log=log)
-                if arm.kind == "weighted_capped":
-                    from .weighted import capped_acceptance
-
-                    _, gate, _ = arm_training_set(arm, mixed, annotation)
-                    acceptance = capped_acceptance(acceptance, gate, mixed.is_clean)
             images, sigma_min, sigma_max = arm_training_set(arm, mixed, annotation, crops, acceptance)
+            if arm.kind == "weighted_capped":  # the cap counts the samples past this arm's gate
+                from .weighted import capped_acceptance
+
+                acceptance = capped_acceptance(acceptance, sigma_min, mixed.is_clean)
             if arm.kind in ("fixed", "classifier", *WEIGHTED_KINDS) and arm.name not in selection:
                 selection[arm.name] = selection_diagnostic(train_images, mixed.images, mixed.is_clean, sigma_min,
                                                            acceptance=acceptance)
