@@ -64,3 +64,26 @@ def test_weight_decay_is_adamw_shrinkage_on_top_of_the_same_step():
         plain = plain.detach()
         torch.testing.assert_close(plain.double() - decayed.double(), 1e-2 * 0.5 * initial[name].detach().double(),
                                    rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_training_batches_reach_the_network_in_nchw_layout(monkeypatch, layout):
+    """The shift augmentation gathers pixels in [N, H, W, C] order and users' npz images arrive as a permuted view:
+    a channels-last batch sends CPU convolutions and GroupNorm down their slow NHWC path (measured 34% of a demo
+    classifier's training time, docs/results.md). Every batch the network sees is NCHW-contiguous, whatever the
+    augmentation or the layout of the images given."""
+    seen = []
+    forward = NoiseClassifier.forward
+
+    def spy(self, x_noisy, sigma):
+        seen.append(x_noisy.is_contiguous())
+        return forward(self, x_noisy, sigma)
+
+    monkeypatch.setattr(NoiseClassifier, "forward", spy)
+    generator = torch.Generator().manual_seed(0)
+    clean, corrupted = (torch.randn(8, 3, 8, 8, generator=generator).contiguous(memory_format=layout) for _ in range(2))
+    config = ClassifierConfig(img_resolution=8, model_channels=8, channel_mult=(1, 1))
+    for augment, shift in (("none", 0), ("dihedral", 0), ("dihedral", 2)):
+        train_classifier(clean, corrupted, config=config,
+                         train=TrainConfig(steps=2, batch_size=4, augment=augment, translate_px=shift))
+    assert seen and all(seen), f"{seen.count(False)} of {len(seen)} training batches were not NCHW-contiguous"

@@ -258,3 +258,14 @@ def test_train_classifier_with_workers_writes_the_same_classifiers(workspace, tm
     assert parallel.report == sequential.report and parallel.calibration == sequential.calibration
     for a, b in zip(sequential.models, parallel.models, strict=True):
         assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_uint8_images_become_nchw_contiguous():
+    """[N, H, W, C] uint8 -> [N, C, H, W] in [-1, 1], NCHW in memory: a permuted view would send the classifier's
+    CPU convolutions down their slow channels-last path."""
+    from ambient_fast.annotate.images import from_uint8
+
+    array = np.arange(2 * 4 * 5 * 3, dtype=np.uint8).reshape(2, 4, 5, 3)
+    images = from_uint8(array)
+    assert images.is_contiguous() and images.shape == (2, 3, 4, 5)
+    np.testing.assert_allclose(images.double().numpy(), array.transpose(0, 3, 1, 2) / 127.5 - 1, rtol=0, atol=1e-6)

@@ -140,6 +140,7 @@ def test_corrupt_and_eval_commands(tmp_path, embedded, capsys):
     # What is on disk is the corruption of the source, up to 8-bit rounding.
     row = first["sample_id"]
     source_images = load_images(source)
+    assert source_images.is_contiguous()  # NCHW in memory, not a permuted view of the uint8 [N, H, W, C] array
     redo = MotionBlur(length_px=5).apply(source_images[row:row + 1], sample_ids=torch.tensor([row]), seed=2)
     assert (images[row] - redo[0]).abs().max() <= 1 / 127.5 + 1e-6
     with pytest.raises(FileExistsError):

@@ -273,6 +273,9 @@ def train_classifier(clean: torch.Tensor, corrupted: torch.Tensor, *, config: Cl
         x0 = torch.cat([balanced_pick(clean, half, generator), balanced_pick(corrupted, half, generator)])
         x0 = translated(augmented(x0.to(device, torch.float32), train.augment, generator), train.translate_px,
                         generator)
+        # NCHW-contiguous: the shift's gather (and a user's permuted npz images) give a channels-last batch, whose
+        # CPU convolution and GroupNorm kernels are much slower (docs/results.md, "make demo's time")
+        x0 = x0.contiguous()
         sigma = training_levels(x0.shape[0], train, generator).to(device)
         noise = torch.randn(x0.shape, generator=generator).to(device)
         return model(x0 + sigma.view(-1, 1, 1, 1) * noise, sigma)

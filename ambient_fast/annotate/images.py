@@ -55,7 +55,7 @@ class LatentReading:
 
 def from_uint8(array: np.ndarray) -> torch.Tensor:
     """[N, H, W, C] uint8 -> float32 [N, C, H, W] in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).contiguous().float() / 127.5 - 1  # NCHW in memory
 
 
 def load_folder(folder: str | Path, *, report=print, latents: LatentReading = LatentReading()) -> ImageSet:

@@ -140,7 +140,7 @@ def load_images(path: str | Path) -> torch.Tensor:
         if array.dtype == np.uint8:
             if array.ndim != 4:
                 raise UserError(f"{path}[{key!r}] must be uint8 [N, H, W, C], got shape {array.shape}")
-            return torch.from_numpy(array).permute(0, 3, 1, 2).float() / 127.5 - 1
+            return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous().float() / 127.5 - 1  # NCHW in memory
         if not np.issubdtype(array.dtype, np.floating):
             raise UserError(f"{path}[{key!r}] has dtype {array.dtype}; images are uint8 [N, H, W, C] or float "
                             "[N, C, H, W] in [-1, 1]")
