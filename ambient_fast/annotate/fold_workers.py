@@ -37,8 +37,9 @@ def auto_workers(folds: int, *, thread_budget: int, fold_threads: int, device) -
     return max(1, min(folds, thread_budget // fold_threads))
 
 
-class _Worker:
-    """One task in its own interpreter; a thread relays its progress lines (other stdout lines pass through)."""
+class Worker:
+    """One task in its own interpreter; a thread relays its progress lines (other stdout lines pass through).
+    Used by map_in_workers and by experiments/arm_lanes.py (an experiment's arms side by side)."""
 
     def __init__(self, key, function: Callable, arguments: dict, folder: Path, progress: Callable | None):
         self.key, self.task, self.result = key, folder / f"task-{key}.pt", folder / f"result-{key}.pt"
@@ -63,7 +64,7 @@ class _Worker:
         """The task's return value; its exception raised here; a worker that died says so."""
         self.relay.join()
         if not self.result.is_file():
-            raise RuntimeError(f"the worker of fold task {self.key!r} exited with code {self.process.returncode} "
+            raise RuntimeError(f"the worker of task {self.key!r} exited with code {self.process.returncode} "
                                "without a result (killed? out of memory?)")
         outcome = torch.load(self.result, weights_only=False)  # written by our own worker, in our own folder
         self.task.unlink(missing_ok=True)
@@ -88,7 +89,7 @@ def map_in_workers(function: Callable, keys: list, arguments_of: Callable[[objec
             while (waiting and failed is None) or running:
                 while waiting and failed is None and len(running) < workers:
                     key = waiting.pop(0)
-                    running.append(_Worker(key, function, arguments_of(key), Path(folder), progress))
+                    running.append(Worker(key, function, arguments_of(key), Path(folder), progress))
                 finished = [worker for worker in running if worker.process.poll() is not None]
                 if not finished:
                     time.sleep(0.05)
@@ -129,7 +130,7 @@ def _main(task_path: str, result_path: str) -> int:
     return 0 if "value" in outcome else 1
 
 
-__all__ = ["auto_workers", "map_in_workers"]
+__all__ = ["Worker", "auto_workers", "map_in_workers"]
 
 if __name__ == "__main__":
     raise SystemExit(_main(*sys.argv[1:]))

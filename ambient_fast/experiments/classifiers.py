@@ -24,9 +24,10 @@ def classifier_train_config(setting, *, seed: int, grid):
                        sigma_lo=grid.sigma_lo, sigma_hi=grid.sigma_hi)
 
 
-def train_setting_classifiers(setting, mixed, *, seed: int, device, log=print):
+def train_setting_classifiers(setting, mixed, *, seed: int, device, log=print, thread_budget: int | None = None):
     """The cross-fitted ClassifierSet of `setting` on the mixed dataset's clean vs corrupted images (one thread
-    count pinned, the caller's random state untouched)."""
+    count pinned, the caller's random state untouched). thread_budget: the CPU threads the folds may use together
+    (default torch's thread count; less while an experiment's arms train beside them, experiments/arm_lanes.py)."""
     from ..annotate.classifier import ClassifierConfig
     from ..annotate.crossfit import train_crossfit
     from ..annotate.fold_workers import auto_workers
@@ -36,8 +37,8 @@ def train_setting_classifiers(setting, mixed, *, seed: int, device, log=print):
     grid = LevelGrid(levels=setting.levels)
     # Folds side by side within torch's thread count (2 cores, 1 thread per classifier: 2 at once; OMP_NUM_THREADS=1:
     # one at a time); the classifiers do not depend on it (annotate/fold_workers.py), so it is not in the cache key.
-    workers = auto_workers(setting.folds, thread_budget=torch.get_num_threads(), fold_threads=setting.cpu_threads,
-                           device=device)
+    workers = auto_workers(setting.folds, thread_budget=thread_budget or torch.get_num_threads(),
+                           fold_threads=setting.cpu_threads, device=device)
     with cpu_threads(setting.cpu_threads, device), torch.random.fork_rng(devices=[]):
         return train_crossfit(
             mixed.clean_images, mixed.corrupted_images, folds=setting.folds,
@@ -49,9 +50,10 @@ def train_setting_classifiers(setting, mixed, *, seed: int, device, log=print):
                                                             f"BCE {loss:.3f}, accuracy {accuracy:.3f}"))
 
 
-def classifiers_for(experiment, mixed, *, seed: int, device, cache: Path | None, log=print):
+def classifiers_for(experiment, mixed, *, seed: int, device, cache: Path | None, log=print,
+                    thread_budget: int | None = None):
     """The experiment's cross-fitted classifiers for `seed`, cached at `cache` (reused when its key matches;
-    None: trained, not cached)."""
+    None: trained, not cached); thread_budget as in train_setting_classifiers."""
     from ..annotate.crossfit import load_classifier_set, save_classifier_set
 
     key = json.dumps({"data": experiment.data.cache_key(), "classifier": asdict(experiment.classifier), "seed": seed},
@@ -62,7 +64,8 @@ def classifiers_for(experiment, mixed, *, seed: int, device, cache: Path | None,
             log(f"classifiers: {cache} (cached)")
             return cached
         log(f"classifiers: {cache} was trained with other settings: training again")
-    classifiers = train_setting_classifiers(experiment.classifier, mixed, seed=seed, device=device, log=log)
+    classifiers = train_setting_classifiers(experiment.classifier, mixed, seed=seed, device=device, log=log,
+                                            thread_budget=thread_budget)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         save_classifier_set(classifiers, cache, provenance={"experiment": experiment.name, "seed": seed, "key": key})

@@ -174,6 +174,10 @@ class Experiment:
     metrics: tuple[str, ...] = ("fd_pixels", "swd", "spectrum")  # + "fid", "fd_dinov2" where weights exist
     paper: tuple[tuple[str, float], ...] = ()  # arm name -> the paper's FID for this setting (docs/results.md)
     device: str = "cpu"
+    # torch's CPU thread count while an arm trains and samples (0: torch's default). The float summation order
+    # depends on it, so a pinned count gives the same numbers on every machine; with one thread per arm, a
+    # machine of several cores trains that many arms at once (experiments/arm_lanes.py). No effect on a GPU.
+    arm_threads: int = 1
 
     def __post_init__(self) -> None:
         kinds = {arm.kind for arm in self.arms}

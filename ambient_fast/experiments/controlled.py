@@ -28,6 +28,7 @@ from ..annotate.crop_size import CropMeasurement, CropTable
 from ..buffer import buffer_factor
 from . import overrides, seed_results
 from .configs import EXPERIMENTS, WEIGHTED_KINDS, Arm, Experiment
+from .arm_lanes import ArmLanes, lane_count
 from .mixed_dataset import MixedDataset
 from .experiment_data import DATA_SEED, cpu_threads, prepare_data
 from .selection import selection_diagnostic
@@ -89,17 +90,24 @@ class ExperimentResult:
     inputs: dict = field(default_factory=dict)  # the user's data files and their content digests; {} = embedded
 
 
+def _needs_annotation(arm: Arm) -> bool:
+    """Whether the arm's training set waits for an annotation: the noise classifier's, or the crops classifier's."""
+    return (arm.kind in ("classifier", "crops", *WEIGHTED_KINDS)
+            or (arm.kind == "fixed" and arm.fixed_sigma is None))
+
+
 def _needs_classifier(experiment: Experiment) -> bool:
-    return any(arm.kind in ("classifier", *WEIGHTED_KINDS) or (arm.kind == "fixed" and arm.fixed_sigma is None)
-               for arm in experiment.arms)
+    return any(_needs_annotation(arm) and arm.kind != "crops" for arm in experiment.arms)
 
 
 def annotate_with_classifier(mixed: MixedDataset, experiment: Experiment, *, seed: int, device,
-                             log=print, cache: Path | None = None) -> ClassifierAnnotation:
+                             log=print, cache: Path | None = None, thread_budget: int | None = None
+                             ) -> ClassifierAnnotation:
     """Cross-fitted noise classifiers (eq. 3.1) on S_G vs S_B with their held-out report, then sigma_min per sample,
     each scored out of fold (annotate.crossfit), and one level for the set (eq. 3.2), with the setting's rule.
     A classifier at chance at low noise gets the setting's if_uninformative policy (the report says so).
-    cache: where the classifiers are kept for the weighted arm of the same seed (experiments/classifiers.py)."""
+    cache: where the classifiers are kept for the weighted arm of the same seed (experiments/classifiers.py).
+    thread_budget: the CPU threads the folds may use together (default torch's; arms may train beside them)."""
     from ..annotate.sigma_min import LevelGrid, SigmaMinConfig, sigma_min_fast, sigma_min_single
     from .classifiers import classifiers_for
 
@@ -108,7 +116,8 @@ def annotate_with_classifier(mixed: MixedDataset, experiment: Experiment, *, see
     corrupted_ids = mixed.sample_ids[~mixed.is_clean]
     grid = LevelGrid(levels=setting.levels)
     config = SigmaMinConfig(grid=grid, draws=setting.draws, eps=setting.eps, seed=seed)
-    classifiers = classifiers_for(experiment, mixed, seed=seed, device=device, cache=cache, log=log)
+    classifiers = classifiers_for(experiment, mixed, seed=seed, device=device, cache=cache, log=log,
+                                  thread_budget=thread_budget)
     with cpu_threads(setting.cpu_threads, device):
         report = classifiers.report
         calibrated = setting.rule == "calibrated"
@@ -250,18 +259,12 @@ def train_arm(images, sigma_min, sigma_max, *, experiment: Experiment, seed: int
     runner's own. runs_by_inputs: this seed's runs by their images and annotations digests; an arm whose inputs
     match an earlier arm's (fixed and classifier when the classifier is at chance: both at the single level) starts
     from a copy of that run, which is what it would train (training is deterministic), and the entry is added."""
-    import hashlib
-
-    from ..annotations import Annotations
-    from ..data import TensorDataset
     from ..train import preset, train
 
-    dataset = TensorDataset(images)
-    table = Annotations(torch.arange(images.shape[0]), sigma_min, sigma_max, acceptance=acceptance,
-                        provenance={"experiment": experiment.name, "seed": seed})
-    annotations_digest = dataset.annotations(table).digest()
+    dataset, table, inputs = _arm_inputs(images, sigma_min, sigma_max, experiment=experiment, seed=seed,
+                                         acceptance=acceptance)
+    annotations_digest = inputs.partition("/")[2]
     _set_aside_if_other_annotations(run_dir, annotations_digest, log=note)
-    inputs = f"{hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()}/{annotations_digest}"
     twin = (runs_by_inputs or {}).get(inputs)
     if twin is not None and not run_dir.exists():
         shutil.copytree(twin, run_dir)  # resumes there: the annotations path may differ, the digest may not
@@ -275,6 +278,26 @@ def train_arm(images, sigma_min, sigma_max, *, experiment: Experiment, seed: int
     if runs_by_inputs is not None:
         runs_by_inputs.setdefault(inputs, run_dir)
     return result
+
+
+def run_inputs(images, sigma_min, sigma_max, *, experiment: Experiment, seed: int, acceptance=None) -> str:
+    """What an arm's run is made of, as "<images sha256>/<annotations digest>": two arms with the same inputs train
+    the same run (train_arm copies it)."""
+    return _arm_inputs(images, sigma_min, sigma_max, experiment=experiment, seed=seed, acceptance=acceptance)[2]
+
+
+def _arm_inputs(images, sigma_min, sigma_max, *, experiment: Experiment, seed: int, acceptance=None):
+    """(dataset, annotation table, run_inputs) of an arm's training set."""
+    import hashlib
+
+    from ..annotations import Annotations
+    from ..data import TensorDataset
+
+    dataset = TensorDataset(images)
+    table = Annotations(torch.arange(images.shape[0]), sigma_min, sigma_max, acceptance=acceptance,
+                        provenance={"experiment": experiment.name, "seed": seed})
+    annotations_digest = dataset.annotations(table).digest()
+    return dataset, table, f"{hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()}/{annotations_digest}"
 
 
 def _set_aside_if_other_annotations(run_dir: Path, digest: str, *, log=print) -> None:
@@ -380,72 +403,93 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
         save_image_grid(images[:64], out_dir / f"data_{name}.png")
 
     results, annotations, reference_cache, selection, crops_annotations = [], {}, {}, {}, {}
+    lanes = lane_count(experiment, device=device)
     for seed in seeds or experiment.seeds:
-        trained: dict[str, Path] = {}  # this seed's runs by their images and annotations (train_arm)
-        annotation = None
-        if _needs_classifier(experiment):
-            log(f"  seed {seed}: noise classifier (eq. 3.1) and sigma_min (eq. 3.2)")
-            annotation = cached_annotation(out_dir / f"annotation-seed{seed}.safetensors", experiment, seed=seed,
-                                           make=lambda: annotate_with_classifier(
-                                               mixed, experiment, seed=seed, device=device, log=log,
-                                               cache=out_dir / f"classifier-seed{seed}.safetensors"))
-            annotations[seed] = annotation
-            log(f"    per-sample sigma_min: median {annotation.sigma_min.median():.3f}, "
-                f"{100 * (1 - annotation.reached):.1f}% never clean-like (inf); single (eq. 3.2 over S_B) "
-                f"{annotation.single:.3f}; {annotation.seconds:.0f} s")
-        # The crops arm needs crop(sigma), measured with another arm's denoiser: train that arm first.
+        # The crops arm needs crop(sigma), measured with another arm's denoiser: that arm comes first.
         order = sorted(experiment.arms, key=lambda arm: arm.name != experiment.crops.denoiser_arm)
-        crops = None
-        for arm in order:
-            if arm.kind == "crops" and crops is None:
-                table, measurement = crop_table_for(
-                    experiment, denoiser_run=out_dir / f"{experiment.crops.denoiser_arm}-seed{seed}",
-                    images=mixed.clean_images, seed=seed, device=device)
-                log(f"  seed {seed}: crop(sigma) {dict(zip(table.sigmas, table.crops))}; crops classifier (Section 3.2)")
-                crops = annotate_with_crops_classifier(mixed, experiment, table=table, seed=seed, device=device,
-                                                       log=log, measurement=measurement)
-                crops_annotations[seed] = crops
-                log(f"    sigma_max: mean {crops.sigma_max.mean():.3f}, nonzero for "
-                    f"{100 * float((crops.sigma_max > 0).double().mean()):.1f}% of the extra images; {crops.seconds:.0f} s")
-            run_dir = out_dir / f"{arm.name}-seed{seed}"
-            acceptance = None
-            if arm.kind in WEIGHTED_KINDS:  # density-ratio acceptance from the same (cached) classifiers
-                from .weighted import weighted_acceptance
+        independent = [arm for arm in order if not _needs_annotation(arm)]
+        with ArmLanes(lanes, log=log) as runner:
+            annotation = None
 
-                acceptance = weighted_acceptance(mixed, experiment, seed=seed, device=device,
-                                                 cache=out_dir / f"classifier-seed{seed}.safetensors", log=log)
-            images, sigma_min, sigma_max = arm_training_set(arm, mixed, annotation, crops, acceptance)
-            if arm.kind == "weighted_capped":  # the cap counts the samples past this arm's gate
-                from .weighted import capped_acceptance
+            def submit(arm: Arm, crops: CropsAnnotation | None = None) -> None:
+                acceptance = None
+                if arm.kind in WEIGHTED_KINDS:  # density-ratio acceptance from the same (cached) classifiers
+                    from .weighted import weighted_acceptance
 
-                acceptance = capped_acceptance(acceptance, sigma_min, mixed.is_clean)
-            if arm.kind in ("fixed", "classifier", *WEIGHTED_KINDS) and arm.name not in selection:
-                selection[arm.name] = selection_diagnostic(train_images, mixed.images, mixed.is_clean, sigma_min,
-                                                           acceptance=acceptance)
-            seconds = {}
-            tick = time.perf_counter()
-            log(f"  seed {seed}, arm {arm.name}: {images.shape[0]} training images")
-            train_arm(images, sigma_min, sigma_max, experiment=experiment, seed=seed, run_dir=run_dir, device=device,
-                      log=lambda line: None, note=log, acceptance=acceptance, runs_by_inputs=trained)
-            seconds["train"] = time.perf_counter() - tick
-            tick = time.perf_counter()
-            samples = generate(run_dir, count=experiment.generated_count, num_steps=experiment.sampler_steps,
-                               seed=seed, ema_std=experiment.ema_std, device=device)
-            save_image_grid(samples[:64], out_dir / f"samples_{arm.name}-seed{seed}.png")
-            # Every sample, so that `ambient-fast experiment-report` recomputes the metrics without sampling again.
-            save_file({"samples": samples.contiguous()}, str(out_dir / f"samples_{arm.name}-seed{seed}.safetensors"))
-            save_samples_npz(samples, out_dir / f"samples_{arm.name}-seed{seed}.npz")  # for numpy and `eval`
-            seconds["sample"] = time.perf_counter() - tick
-            tick = time.perf_counter()
-            metrics = evaluate(samples, references={"test": test_images, "train": train_images},
-                               train=train_images, test=test_images,
-                               config=EvaluationConfig(seed=seed, feature_extractors=extractors),
-                               reference_cache=reference_cache)
-            seconds["eval"] = time.perf_counter() - tick
-            results.append(ArmResult(arm.name, seed, sigma_min, sigma_max, metrics, samples, seconds))
-            log(f"    train {seconds['train']:.0f} s, sample {seconds['sample']:.0f} s, eval {seconds['eval']:.0f} s: "
-                f"test FD_pixels {metrics['test']['fd_pixels']:.2f}, SWD {metrics['test']['swd']:.1f}, "
-                f"high-frequency spectrum {metrics['test']['spectrum_high_freq']:+.3f} decades")
+                    acceptance = weighted_acceptance(mixed, experiment, seed=seed, device=device,
+                                                     cache=out_dir / f"classifier-seed{seed}.safetensors", log=log)
+                images, sigma_min, sigma_max = arm_training_set(arm, mixed, annotation, crops, acceptance)
+                if arm.kind == "weighted_capped":  # the cap counts the samples past this arm's gate
+                    from .weighted import capped_acceptance
+
+                    acceptance = capped_acceptance(acceptance, sigma_min, mixed.is_clean)
+                if arm.kind in ("fixed", "classifier", *WEIGHTED_KINDS) and arm.name not in selection:
+                    selection[arm.name] = selection_diagnostic(train_images, mixed.images, mixed.is_clean,
+                                                               sigma_min, acceptance=acceptance)
+                log(f"  seed {seed}, arm {arm.name}: {images.shape[0]} training images")
+                runner.submit(arm.name, dict(images=images, sigma_min=sigma_min, sigma_max=sigma_max,
+                                             acceptance=acceptance, experiment=experiment, seed=seed,
+                                             run_dir=str(out_dir / f"{arm.name}-seed{seed}"), device=str(device)),
+                              inputs=run_inputs(images, sigma_min, sigma_max, experiment=experiment, seed=seed,
+                                                acceptance=acceptance))
+
+            # The arms that need no annotation train while the classifiers do: half the lanes for them meanwhile.
+            runner.open(max(1, lanes // 2) if _needs_classifier(experiment) and independent else lanes)
+            for arm in independent:
+                submit(arm)
+            if _needs_classifier(experiment):
+                log(f"  seed {seed}: noise classifier (eq. 3.1) and sigma_min (eq. 3.2)"
+                    + (f", beside {runner.open_lanes} arm(s) training" if independent and lanes > 1 else ""))
+                budget = max(1, torch.get_num_threads() - (experiment.arm_threads * runner.open_lanes
+                                                           if independent and lanes > 1 else 0))
+                annotation = cached_annotation(out_dir / f"annotation-seed{seed}.safetensors", experiment, seed=seed,
+                                               make=lambda: annotate_with_classifier(
+                                                   mixed, experiment, seed=seed, device=device, log=log,
+                                                   cache=out_dir / f"classifier-seed{seed}.safetensors",
+                                                   thread_budget=budget))
+                annotations[seed] = annotation
+                log(f"    per-sample sigma_min: median {annotation.sigma_min.median():.3f}, "
+                    f"{100 * (1 - annotation.reached):.1f}% never clean-like (inf); single (eq. 3.2 over S_B) "
+                    f"{annotation.single:.3f}; {annotation.seconds:.0f} s")
+            runner.open(lanes)
+            crops = None
+            for arm in order:
+                if arm in independent:
+                    continue
+                if arm.kind == "crops" and crops is None:
+                    runner.result(experiment.crops.denoiser_arm)  # its run must be finished
+                    table, measurement = crop_table_for(
+                        experiment, denoiser_run=out_dir / f"{experiment.crops.denoiser_arm}-seed{seed}",
+                        images=mixed.clean_images, seed=seed, device=device)
+                    log(f"  seed {seed}: crop(sigma) {dict(zip(table.sigmas, table.crops))}; crops classifier "
+                        "(Section 3.2)")
+                    crops = annotate_with_crops_classifier(mixed, experiment, table=table, seed=seed, device=device,
+                                                           log=log, measurement=measurement)
+                    crops_annotations[seed] = crops
+                    log(f"    sigma_max: mean {crops.sigma_max.mean():.3f}, nonzero for "
+                        f"{100 * float((crops.sigma_max > 0).double().mean()):.1f}% of the extra images; "
+                        f"{crops.seconds:.0f} s")
+                submit(arm, crops)
+            for arm in order:  # scored here, one at a time, as each finishes
+                outcome = runner.result(arm.name)
+                samples, seconds = outcome["samples"], dict(outcome["seconds"])
+                task = runner.tasks[arm.name].arguments
+                save_image_grid(samples[:64], out_dir / f"samples_{arm.name}-seed{seed}.png")
+                # Every sample, so that `ambient-fast experiment-report` recomputes the metrics without sampling again.
+                save_file({"samples": samples.contiguous()}, str(out_dir / f"samples_{arm.name}-seed{seed}.safetensors"))
+                save_samples_npz(samples, out_dir / f"samples_{arm.name}-seed{seed}.npz")  # for numpy and `eval`
+                tick = time.perf_counter()
+                metrics = evaluate(samples, references={"test": test_images, "train": train_images},
+                                   train=train_images, test=test_images,
+                                   config=EvaluationConfig(seed=seed, feature_extractors=extractors),
+                                   reference_cache=reference_cache)
+                seconds["eval"] = time.perf_counter() - tick
+                results.append(ArmResult(arm.name, seed, task["sigma_min"], task["sigma_max"], metrics, samples,
+                                         seconds))
+                log(f"    {arm.name}: train {seconds['train']:.0f} s, sample {seconds['sample']:.0f} s, eval "
+                    f"{seconds['eval']:.0f} s: test FD_pixels {metrics['test']['fd_pixels']:.2f}, SWD "
+                    f"{metrics['test']['swd']:.1f}, high-frequency spectrum "
+                    f"{metrics['test']['spectrum_high_freq']:+.3f} decades")
         # Written after every seed, so that a call stopped later keeps what its finished seeds measured.
         result = _ordered_result(experiment, results, annotations, out_dir, time.perf_counter() - start, selection,
                                  crops_annotations, inputs)
