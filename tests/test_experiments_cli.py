@@ -116,6 +116,8 @@ def test_options_map_onto_the_experiment(tiny):
     assert modify(tiny, metrics=["fd_pixels", "fid"]).metrics == ("fd_pixels", "swd", "spectrum", "memorization",
                                                                   "fid")
     assert modify(tiny) is tiny and changes(tiny) == {}
+    assert changes(modify(tiny, arm_threads=2)) == {"arm_threads": 2}  # recorded: the numbers depend on it
+    assert modify(tiny, arm_threads=tiny.arm_threads) is tiny
 
 
 def test_the_second_embedded_dataset_is_an_option(tiny):
@@ -159,6 +161,7 @@ REFUSALS = [
     ([TINY, "--set", "no_such_field=1"], "no_such_field"),
     ([TINY, "--set", "batch_size=0"], "batch_size"),
     ([TINY, "--steps", "0"], "--steps"),
+    ([TINY, "--arm-threads", "-1"], "--arm-threads"),
     (["cifar10-blur1.0", "--arms", "only_clean"], "reads your data"),
     pytest.param(["cifar10-blur1.0", "--data", "{train}", "--test", "{test}", "--resolution", "8"], "--device cpu",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="refused only without CUDA")),

@@ -307,6 +307,10 @@ def register(subparsers) -> None:
     experiment.add_argument("--embedded", choices=EMBEDDED_NAMES,
                             help="embedded data: crop scikit-image's five colour photographs (the default) or its three "
                                  "grayscale textures (brick, grass, gravel), a second dataset of another kind")
+    experiment.add_argument("--arm-threads", type=int, metavar="N",
+                            help="CPU threads per arm while it trains and samples (default 1: the same numbers on "
+                                 "every machine, and as many arms at once as torch's thread count holds; 0: torch's "
+                                 "default, one arm at a time)")
     experiment.add_argument("--out", default="runs/experiments", help="output folder")
     experiment.add_argument("--seeds", type=int, nargs="+", help="training seeds (default: the experiment's)")
     experiment.add_argument("--device", type=device_arg, help="cpu or cuda (default: the experiment's)")

@@ -70,11 +70,12 @@ def modify(experiment: Experiment, *, data: str | Path | None = None, test: str 
            resolution_px: int | None = None, preset: str | None = None, settings: dict | None = None,
            steps: int | None = None, samples: int | None = None, arms: list[str] | None = None,
            metrics: list[str] | None = None, train_count: int | None = None, test_count: int | None = None,
-           embedded: str | None = None) -> Experiment:
+           embedded: str | None = None, arm_threads: int | None = None) -> Experiment:
     """The experiment with these changes (None / empty: unchanged). data / test: the user's clean training and
     held-out images (EDM2 folder / zip / .npz); given to an embedded experiment they replace its crops, at their own
     resolution (resolution_px, when given, must match them). embedded: which embedded images the crops come from
-    ("photographs" or "textures", embedded_data.EMBEDDED_SETS)."""
+    ("photographs" or "textures", embedded_data.EMBEDDED_SETS). arm_threads: CPU threads per arm (0: torch's
+    default; Experiment.arm_threads)."""
     data_setting = {}
     user_data = experiment.data.source == "path" or data is not None or test is not None
     if (data is None) != (test is None):
@@ -136,6 +137,11 @@ def modify(experiment: Experiment, *, data: str | Path | None = None, test: str 
         fields["arms"] = tuple(arm for arm in experiment.arms if arm.name in arms)
     if metrics:
         fields["metrics"] = _metrics(experiment, metrics)
+    if arm_threads is not None:
+        if arm_threads < 0:
+            raise UserError(f"--arm-threads must be >= 0 (0: torch's default thread count), got {arm_threads}")
+        if arm_threads != experiment.arm_threads:
+            fields["arm_threads"] = arm_threads
     if not fields:
         return experiment
     with user_input(f"experiment {experiment.name}"):  # Experiment / DataSetting checks (e.g. crops' denoiser arm)
@@ -203,4 +209,5 @@ def from_arguments(experiment: Experiment, args) -> Experiment:
     return modify(experiment, data=args.data, test=args.test, corruption=args.corruption, parameters=parameters,
                   clean_fraction=args.clean_fraction, resolution_px=args.resolution, preset=args.preset,
                   settings=settings, steps=args.steps, samples=args.samples, arms=args.arms, metrics=args.metrics,
-                  train_count=args.train_count, test_count=args.test_count, embedded=args.embedded)
+                  train_count=args.train_count, test_count=args.test_count, embedded=args.embedded,
+                  arm_threads=args.arm_threads)
