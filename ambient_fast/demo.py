@@ -7,9 +7,11 @@ per-sample annotation from the noise classifier; `--arms ... fixed` adds the abl
 annotation for all blurred samples (eq. 3.2 over S_B), `weighted` the classifier's gate with density-ratio
 acceptance (beyond the paper; clip c = 1, fixed a priori), `weighted_floor` that acceptance with its own gate
 (a >= 0.05) instead of the classifier's threshold and `weighted_capped` the weighted arm with the corrupted share
-of each level's usable set capped at 1/2. A rerun reuses the finished arms. Prints a table of metrics per arm against the held-out test
-crops and the clean training crops, the annotation distribution, usable samples per level, the radial spectrum
-per arm and a conclusion computed from the numbers; writes sample grids and the usable-samples plot.
+of each level's usable set capped at 1/2. Each arm trains at one CPU thread; on two cores two arms train at once,
+only_clean and all_data beside the classifier's folds (experiments/arm_lanes.py). A rerun reuses the finished
+arms. Prints a table of metrics per arm against the held-out test crops and the clean training crops, the
+annotation distribution, usable samples per level, the radial spectrum per arm and a conclusion computed from the
+numbers; writes sample grids and the usable-samples plot.
 
 `make demo-ood` (--experiment demo-cpu-ood) runs the out-of-distribution experiment (Table 2b) the same way: 10% of
 the target photographs' crops plus every crop of the other photographs as extra data, used below the sigma_max the
