@@ -123,13 +123,16 @@ def test_fold_router_equals_scoring_each_fold_separately():
 
 @pytest.fixture(scope="module")
 def small_set():
-    """Three folds on clean vs blur-1.0 fields at 8x8, a few seconds."""
+    """Three folds on clean vs blur-1.0 fields at 8x8, a few seconds (one thread; restored for the modules after:
+    it used to stay at one, and every later test ran single-threaded)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     clean = random_fields(torch.arange(60), resolution=8)
     corrupted = blurred(random_fields(torch.arange(60, 150), resolution=8), 1.0)
     classifiers = train_crossfit(clean, corrupted, folds=3, config=CONFIG, grid=LevelGrid(levels=64),
                                  train=TrainConfig(steps=60, lr=3e-3, uniform_fraction=0.5), report_samples=16)
-    return classifiers, clean, corrupted
+    yield classifiers, clean, corrupted
+    torch.set_num_threads(threads)
 
 
 def test_crossfit_trains_k_classifiers_and_reports_on_held_out_folds(small_set):

@@ -72,12 +72,13 @@ def _trained(folder) -> list:
 
 def test_user_data_replaces_the_embedded_crops(tmp_path, user_data, capsys, monkeypatch):
     """Defect: --data / --test were ignored by an embedded experiment, which trained on its own crops."""
-    from ambient_fast.experiments import controlled
+    from ambient_fast.experiments.arm_lanes import ArmLanes
 
     train_path, test_path, train = user_data
     seen = []
-    real = controlled.train_arm
-    monkeypatch.setattr(controlled, "train_arm", lambda images, *a, **k: seen.append(images) or real(images, *a, **k))
+    real = ArmLanes.submit  # every arm's training set passes here, whether it then trains in a worker or here
+    monkeypatch.setattr(ArmLanes, "submit", lambda self, name, arguments, **k: seen.append(arguments["images"])
+                        or real(self, name, arguments, **k))
     out = _run(capsys, TINY, "--data", train_path, "--test", test_path, "--out", tmp_path / "runs")
     assert f"your images {train_path}" in out and "(8 px)" in out, "the log names the data that ran"
     assert "MODIFIED" in out and str(train_path) in out, "and so does the report's title"
@@ -234,17 +235,17 @@ def test_each_seed_is_kept_when_another_runs_into_the_folder(tmp_path, user_data
 def test_a_stopped_call_keeps_the_seeds_it_finished(tmp_path, user_data, monkeypatch):
     """Defect: results were written only at the end of a call, so a three-seed call stopped during seed 1 left no
     results of seed 0 (its runs were reusable, its metrics and annotations were not written)."""
-    from ambient_fast.experiments import controlled
+    from ambient_fast.experiments.arm_lanes import ArmLanes
 
     train_path, test_path, _ = user_data
-    train_arm = controlled.train_arm
+    submit = ArmLanes.submit
 
-    def stopped_in_seed_1(*args, seed, **kwargs):
-        if seed == 1:
+    def stopped_in_seed_1(self, name, arguments, **kwargs):
+        if arguments["seed"] == 1:
             raise KeyboardInterrupt
-        return train_arm(*args, seed=seed, **kwargs)
+        return submit(self, name, arguments, **kwargs)
 
-    monkeypatch.setattr(controlled, "train_arm", stopped_in_seed_1)
+    monkeypatch.setattr(ArmLanes, "submit", stopped_in_seed_1)
     with pytest.raises(KeyboardInterrupt):
         cli.main(["experiment", TINY, "--data", str(train_path), "--test", str(test_path), "--seeds", "0", "1",
                   "--out", str(tmp_path / "runs")])

@@ -16,34 +16,12 @@ from __future__ import annotations
 import queue
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-
-def train_and_sample(*, images, sigma_min, sigma_max, acceptance, experiment, seed: int, run_dir: str,
-                     runs_by_inputs: dict, device: str, progress=None) -> dict:
-    """One arm: train (or resume / reuse) its run, then sample it from the seed's noise, at experiment.arm_threads.
-    Module-level, so that a worker process can run it. progress(line): the runner's notes (set-aside, twin copy).
-    Returns {"samples": [count, C, H, W], "seconds": {"train": ..., "sample": ...}}."""
-    from .controlled import generate, train_arm
-    from .experiment_data import cpu_threads
-
-    note = progress or print
-    seconds = {}
-    with cpu_threads(experiment.arm_threads, device):
-        tick = time.perf_counter()
-        train_arm(images, sigma_min, sigma_max, experiment=experiment, seed=seed, run_dir=Path(run_dir),
-                  device=device, log=lambda line: None, note=note, acceptance=acceptance,
-                  runs_by_inputs=runs_by_inputs)
-        seconds["train"] = time.perf_counter() - tick
-        tick = time.perf_counter()
-        samples = generate(Path(run_dir), count=experiment.generated_count, num_steps=experiment.sampler_steps,
-                           seed=seed, ema_std=experiment.ema_std, device=device)
-        seconds["sample"] = time.perf_counter() - tick
-    return {"samples": samples, "seconds": seconds}
+from .arm_runs import train_and_sample
 
 
 def lane_count(experiment, *, device) -> int:
@@ -79,7 +57,7 @@ class ArmLanes:
         self._lock = threading.Lock()
         self._stopping = False
         self._folder = None
-        self.inputs: dict[str, str] = {}  # run inputs (controlled.run_inputs) -> the arm that trains them first
+        self.inputs: dict[str, str] = {}  # run inputs (arm_runs.run_inputs) -> the arm that trains them first
 
     def __enter__(self) -> ArmLanes:
         if self.lanes > 1:
@@ -111,7 +89,7 @@ class ArmLanes:
 
     def submit(self, name: str, arguments: dict, *, inputs: str) -> None:
         """Train and sample arm `name` with train_and_sample(**arguments); `inputs` (its images and annotations
-        digest): an arm whose inputs an earlier arm trains copies that run instead (controlled.train_arm)."""
+        digest): an arm whose inputs an earlier arm trains copies that run instead (arm_runs.train_arm)."""
         twin = self.inputs.setdefault(inputs, name)
         task = _Task(name, arguments, after=None if twin == name else twin)
         self.tasks[name] = task
@@ -170,4 +148,4 @@ class ArmLanes:
             self._run(task)
 
 
-__all__ = ["ArmLanes", "lane_count", "train_and_sample"]
+__all__ = ["ArmLanes", "lane_count"]
