@@ -37,7 +37,7 @@ def lane_count(experiment, *, device) -> int:
 class _Task:
     name: str
     arguments: dict
-    after: str | None = None  # an arm whose run this one copies (the same inputs): it waits for that arm
+    after: str | None = None  # the earlier arm with the same run inputs: this one waits for it and copies its run
     done: threading.Event = field(default_factory=threading.Event)
     outcome: dict | None = None
     error: BaseException | None = None
@@ -57,7 +57,7 @@ class ArmLanes:
         self._lock = threading.Lock()
         self._stopping = False
         self._folder = None
-        self.inputs: dict[str, str] = {}  # run inputs (arm_runs.run_inputs) -> the arm that trains them first
+        self._first: dict[str, str] = {}  # run inputs (arm_runs.run_inputs) -> the arm that trains them first
 
     def __enter__(self) -> ArmLanes:
         if self.lanes > 1:
@@ -89,8 +89,8 @@ class ArmLanes:
 
     def submit(self, name: str, arguments: dict, *, inputs: str) -> None:
         """Train and sample arm `name` with train_and_sample(**arguments); `inputs` (its images and annotations
-        digest): an arm whose inputs an earlier arm trains copies that run instead (arm_runs.train_arm)."""
-        twin = self.inputs.setdefault(inputs, name)
+        digest): an arm whose inputs an earlier arm trains copies that run instead (arm_runs.train_arm's copy_of)."""
+        twin = self._first.setdefault(inputs, name)
         task = _Task(name, arguments, after=None if twin == name else twin)
         self.tasks[name] = task
         if self.lanes > 1:
@@ -107,7 +107,7 @@ class ArmLanes:
         return task.outcome
 
     def _run(self, task: _Task) -> None:
-        arguments = {**task.arguments, "runs_by_inputs": self._twin_runs(task)}
+        arguments = {**task.arguments, "copy_of": self._twin_run(task)}
         try:
             if self.lanes > 1:
                 self._in_worker(task, arguments)
@@ -118,15 +118,13 @@ class ArmLanes:
         finally:
             task.done.set()
 
-    def _twin_runs(self, task: _Task) -> dict:
+    def _twin_run(self, task: _Task) -> str | None:
+        """The finished run this arm copies, once its twin is done; None when it has none (or the twin failed)."""
         if task.after is None:
-            return {}
+            return None
         twin = self.tasks[task.after]
         twin.done.wait()
-        return {} if twin.error is not None else {self._inputs_of(task.after): Path(twin.arguments["run_dir"])}
-
-    def _inputs_of(self, name: str) -> str:
-        return next(inputs for inputs, first in self.inputs.items() if first == name)
+        return None if twin.error is not None else twin.arguments["run_dir"]
 
     def _in_worker(self, task: _Task, arguments: dict) -> None:
         from ..annotate.fold_workers import Worker

@@ -16,51 +16,46 @@ from .experiment_data import cpu_threads
 
 
 def train_arm(images, sigma_min, sigma_max, *, experiment: Experiment, seed: int, run_dir: Path, device, log=print,
-              note=print, acceptance=None, runs_by_inputs: dict[str, Path] | None = None):
+              note=print, acceptance=None, copy_of: Path | None = None):
     """Train (or resume / reuse a finished run in run_dir) with the experiment's preset; every arm alike. A run in
     run_dir made with other annotations is set aside (renamed), never reused. log: the trainer's lines; note: the
-    runner's own. runs_by_inputs: this seed's runs by their images and annotations digests; an arm whose inputs
-    match an earlier arm's (fixed and classifier when the classifier is at chance: both at the single level) starts
-    from a copy of that run, which is what it would train (training is deterministic), and the entry is added."""
+    runner's own. copy_of: the finished run of an earlier arm with the same run_inputs (fixed and classifier when the
+    classifier is at chance: both at the single level); this one starts from a copy of it, which is what it would
+    train (training is deterministic)."""
     from ..train import preset, train
 
-    dataset, table, inputs = _arm_inputs(images, sigma_min, sigma_max, experiment=experiment, seed=seed,
-                                         acceptance=acceptance)
-    annotations_digest = inputs.partition("/")[2]
+    dataset, table, annotations_digest = _arm_table(images, sigma_min, sigma_max, experiment=experiment, seed=seed,
+                                                    acceptance=acceptance)
     _set_aside_if_other_annotations(run_dir, annotations_digest, log=note)
-    twin = (runs_by_inputs or {}).get(inputs)
-    if twin is not None and not run_dir.exists():
-        shutil.copytree(twin, run_dir)  # resumes there: the annotations path may differ, the digest may not
-        note(f"    the same images and annotations as {twin.name}: its run is reused (copied), not trained again")
+    if copy_of is not None and not run_dir.exists():
+        shutil.copytree(copy_of, run_dir)  # resumes there: the annotations path may differ, the digest may not
+        note(f"    the same images and annotations as {copy_of.name}: its run is reused (copied), not trained again")
     run_dir.mkdir(parents=True, exist_ok=True)
     annotation_path = run_dir / "annotations.safetensors"
     table.save(annotation_path)
     config = preset(experiment.train_preset, **dict(experiment.train_overrides), seed=seed, annotation_seed=seed,
                     annotations=str(annotation_path))
-    result = train(config, run_dir=run_dir, dataset=dataset, device=device, log=log)
-    if runs_by_inputs is not None:
-        runs_by_inputs.setdefault(inputs, run_dir)
-    return result
+    return train(config, run_dir=run_dir, dataset=dataset, device=device, log=log)
 
 
 def run_inputs(images, sigma_min, sigma_max, *, experiment: Experiment, seed: int, acceptance=None) -> str:
     """What an arm's run is made of, as "<images sha256>/<annotations digest>": two arms with the same inputs train
-    the same run (train_arm copies it)."""
-    return _arm_inputs(images, sigma_min, sigma_max, experiment=experiment, seed=seed, acceptance=acceptance)[2]
-
-
-def _arm_inputs(images, sigma_min, sigma_max, *, experiment: Experiment, seed: int, acceptance=None):
-    """(dataset, annotation table, run_inputs) of an arm's training set."""
+    the same run (the second copies it: train_arm's copy_of)."""
     import hashlib
 
+    digest = _arm_table(images, sigma_min, sigma_max, experiment=experiment, seed=seed, acceptance=acceptance)[2]
+    return f"{hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()}/{digest}"
+
+
+def _arm_table(images, sigma_min, sigma_max, *, experiment: Experiment, seed: int, acceptance=None):
+    """(dataset, annotation table, annotations digest) of an arm's training set."""
     from ..annotations import Annotations
     from ..data import TensorDataset
 
     dataset = TensorDataset(images)
     table = Annotations(torch.arange(images.shape[0]), sigma_min, sigma_max, acceptance=acceptance,
                         provenance={"experiment": experiment.name, "seed": seed})
-    annotations_digest = dataset.annotations(table).digest()
-    return dataset, table, f"{hashlib.sha256(images.contiguous().numpy().tobytes()).hexdigest()}/{annotations_digest}"
+    return dataset, table, dataset.annotations(table).digest()
 
 
 def _set_aside_if_other_annotations(run_dir: Path, digest: str, *, log=print) -> None:
@@ -98,7 +93,7 @@ def generate(run_dir: Path, *, count: int, num_steps: int, seed: int, ema_std: f
 
 
 def train_and_sample(*, images, sigma_min, sigma_max, acceptance, experiment, seed: int, run_dir: str,
-                     runs_by_inputs: dict, device: str, progress=None) -> dict:
+                     copy_of: str | None, device: str, progress=None) -> dict:
     """One arm: train (or resume / reuse) its run, then sample it from the seed's noise, at experiment.arm_threads.
     Module-level, so that a worker process can run it. progress(line): the runner's notes (set-aside, twin copy).
     Returns {"samples": [count, C, H, W], "seconds": {"train": ..., "sample": ...}}."""
@@ -108,7 +103,7 @@ def train_and_sample(*, images, sigma_min, sigma_max, acceptance, experiment, se
         tick = time.perf_counter()
         train_arm(images, sigma_min, sigma_max, experiment=experiment, seed=seed, run_dir=Path(run_dir),
                   device=device, log=lambda line: None, note=note, acceptance=acceptance,
-                  runs_by_inputs=runs_by_inputs)
+                  copy_of=None if copy_of is None else Path(copy_of))
         seconds["train"] = time.perf_counter() - tick
         tick = time.perf_counter()
         samples = generate(Path(run_dir), count=experiment.generated_count, num_steps=experiment.sampler_steps,

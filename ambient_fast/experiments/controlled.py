@@ -356,10 +356,10 @@ def run_experiment(experiment: Experiment, *, out_dir: str | Path, data_path=Non
             for arm in independent:
                 submit(arm)
             if _needs_classifier(experiment):
+                beside = runner.open_lanes if independent and lanes > 1 else 0  # arms training meanwhile
                 log(f"  seed {seed}: noise classifier (eq. 3.1) and sigma_min (eq. 3.2)"
-                    + (f", beside {runner.open_lanes} arm(s) training" if independent and lanes > 1 else ""))
-                budget = max(1, torch.get_num_threads() - (experiment.arm_threads * runner.open_lanes
-                                                           if independent and lanes > 1 else 0))
+                    + (f", beside {beside} arm(s) training" if beside else ""))
+                budget = max(1, torch.get_num_threads() - experiment.arm_threads * beside)
                 annotation = cached_annotation(out_dir / f"annotation-seed{seed}.safetensors", experiment, seed=seed,
                                                make=lambda: annotate_with_classifier(
                                                    mixed, experiment, seed=seed, device=device, log=log,
